@@ -1,0 +1,299 @@
+"""The PPO maths for language models, as pure TensorFlow functions.
+
+Every tensor here is aligned on response tokens: shape `[batch, response_len]`,
+with a boolean `mask` that is True on real response tokens (the first tokens
+of each row) and False on padding after the end of a response. Masked
+positions are excluded with `tf.where`, never by multiplication, so a NaN or
+inf sitting in padding cannot leak into a result (NaN * 0 is NaN).
+
+References:
+  PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7.
+  GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", eq. 16.
+  KL-penalised reward and adaptive controller: Ziegler et al. 2019,
+  "Fine-Tuning Language Models from Human Preferences", sec. 2.2.
+  KL estimators k1/k2/k3: Schulman 2020, "Approximating KL Divergence".
+"""
+
+import collections
+
+import tensorflow as tf
+
+_EPS = 1e-8
+
+
+def masked_sum(values, mask, axis=None):
+    """Sum of `values` where `mask` is True.
+
+    Example:
+    >>> float(masked_sum(tf.constant([1.0, 2.0, float("nan")]), tf.constant([True, True, False])))
+    3.0
+    """
+    values = tf.convert_to_tensor(values)
+    return tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)), axis=axis)
+
+
+def masked_mean(values, mask, axis=None):
+    """Mean of `values` where `mask` is True; 0 where nothing is selected.
+
+    Example:
+    >>> float(masked_mean(tf.constant([[1.0, 3.0], [5.0, 9.0]]), tf.constant([[True, True], [True, False]])))
+    3.0
+    """
+    values = tf.convert_to_tensor(values)
+    count = tf.reduce_sum(tf.cast(mask, values.dtype), axis=axis)
+    return masked_sum(values, mask, axis) / tf.maximum(count, 1.0)
+
+
+def masked_var(values, mask):
+    """Population variance (divide by n) of the selected values; 0 for none or one.
+
+    Example:
+    >>> float(masked_var(tf.constant([1.0, 3.0, 100.0]), tf.constant([True, True, False])))
+    1.0
+    """
+    mean = masked_mean(values, mask)
+    return masked_mean(tf.square(values - mean), mask)
+
+
+def whiten(values, mask, shift_mean=True):
+    """Normalise the selected values to mean 0 (unless `shift_mean=False`) and std 1.
+
+    Zero-variance inputs give zeros (or the unchanged mean when not shifting);
+    masked positions come out as 0.
+
+    Example:
+    >>> whiten(tf.constant([1.0, 3.0, 7.0]), tf.constant([True, True, False])).numpy().round(3).tolist()
+    [-1.0, 1.0, 0.0]
+    """
+    mean = masked_mean(values, mask)
+    whitened = (values - mean) * tf.math.rsqrt(masked_var(values, mask) + _EPS)
+    if not shift_mean:
+        whitened += mean
+    return tf.where(mask, whitened, tf.zeros_like(whitened))
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """Generalised advantage estimates and returns over response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1},
+    with V and A taken as 0 past the last real token (the episode ends there).
+
+    Args:
+        rewards: float `[batch, response_len]`, per-token rewards.
+        values: float `[batch, response_len]`, V(s_t) before each response token.
+        mask: bool `[batch, response_len]`, True on real tokens; a prefix of each row.
+        gamma: discount.
+        lam: GAE lambda.
+
+    Returns:
+        `(advantages, returns)`, both `[batch, response_len]`, 0 on padding;
+        `returns = advantages + values` on real tokens.
+
+    Example:
+    >>> adv, ret = gae(tf.constant([[0.0, 1.0]]), tf.constant([[0.5, 0.5]]), tf.constant([[True, True]]), 1.0, 1.0)
+    >>> adv.numpy().tolist(), ret.numpy().tolist()
+    ([[0.5, 0.5]], [[1.0, 1.0]])
+    """
+    zeros = tf.zeros_like(rewards)
+    rewards = tf.where(mask, rewards, zeros)
+    values = tf.where(mask, values, zeros)
+    next_values = tf.concat([values[:, 1:], zeros[:, :1]], axis=1)
+    deltas = rewards + gamma * next_values - values  # [batch, response_len]
+
+    def backward_step(next_advantage, delta_t):
+        return delta_t + gamma * lam * next_advantage
+
+    # tf.scan runs over the leading axis, so scan the time-major transpose, from the end.
+    advantages = tf.scan(backward_step, tf.transpose(deltas), initializer=zeros[:, 0], reverse=True)
+    advantages = tf.where(mask, tf.transpose(advantages), zeros)
+    return advantages, tf.where(mask, advantages + values, zeros)
+
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+    """Per-token estimate of KL(policy || reference) from sampled-token log-probs.
+
+    k1 = log(p/q) (unbiased, can be negative), k2 = (log(p/q))^2 / 2,
+    k3 = q/p - 1 - log(q/p) (unbiased and never negative), with p the policy
+    and q the reference, evaluated at tokens sampled from p.
+
+    Example:
+    >>> float(kl_penalty(tf.constant(-1.0), tf.constant(-2.0), "k1"))
+    1.0
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * tf.square(log_ratio)
+    if estimator == "k3":
+        return tf.exp(-log_ratio) - 1.0 + log_ratio
+    raise ValueError(f"kl_penalty: estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
+
+
+def entropy_from_logits(logits):
+    """Entropy of softmax(logits) over the last axis, in nats.
+
+    Example:
+    >>> round(float(entropy_from_logits(tf.zeros([4]))), 4)  # uniform over 4: log 4
+    1.3863
+    """
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    return -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+
+
+def logprobs_from_logits(logits, token_ids):
+    """log softmax(logits)[token] for each position: `[..., V], [...] -> [...]`.
+
+    Example:
+    >>> round(float(logprobs_from_logits(tf.zeros([1, 4]), tf.constant([2]))[0]), 4)
+    -1.3863
+    """
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    return tf.gather(log_probs, token_ids, axis=-1, batch_dims=len(token_ids.shape))
+
+
+def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"):
+    """Per-token reward: -kl_coef * KL on each token, plus the score on the last one.
+
+    Args:
+        scores: float `[batch]`, the reward of each whole response.
+        logprobs, ref_logprobs: float `[batch, response_len]`.
+        mask: bool `[batch, response_len]`.
+        kl_coef: scalar beta.
+
+    Returns:
+        `(rewards, kl)`: `[batch, response_len]` each, 0 on padding. A row with
+        no real token gets no reward at all.
+
+    Example:
+    >>> r, _ = shaped_rewards(tf.constant([1.0]), tf.zeros([1, 3]), tf.zeros([1, 3]), tf.constant([[True, True, False]]), 0.1)
+    >>> r.numpy().tolist()
+    [[0.0, 1.0, 0.0]]
+    """
+    kl = tf.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), tf.zeros_like(logprobs))
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)  # [batch]
+    is_last = tf.one_hot(lengths - 1, tf.shape(mask)[1], on_value=True, off_value=False, dtype=tf.bool)
+    rewards = -kl_coef * kl + tf.where(is_last, scores[:, None], tf.zeros_like(kl))
+    return rewards, kl
+
+
+PolicyLoss = collections.namedtuple("PolicyLoss", ["loss", "clipfrac", "approx_kl"])
+ValueLoss = collections.namedtuple("ValueLoss", ["loss", "clipfrac"])
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+    """Clipped surrogate loss, PPO eq. 7, averaged over real tokens.
+
+    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))),
+    ratio = exp(logprobs - old_logprobs).
+
+    Returns:
+        `PolicyLoss(loss, clipfrac, approx_kl)`: the fraction of tokens where
+        the clipped term was chosen, and approx-KL = mean((log ratio)^2) / 2.
+
+    Example:
+    >>> out = policy_loss(tf.constant([[0.0]]), tf.constant([[0.0]]), tf.constant([[2.0]]), tf.constant([[True]]), 0.2)
+    >>> float(out.loss), float(out.clipfrac)
+    (-2.0, 0.0)
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = tf.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * tf.clip_by_value(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(tf.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean(tf.cast(clipped > unclipped, logprobs.dtype), mask)
+    approx_kl = 0.5 * masked_mean(tf.square(log_ratio), mask)
+    return PolicyLoss(loss, clipfrac, approx_kl)
+
+
+def value_loss(values, old_values, returns, mask, cliprange_value=None):
+    """Clipped value loss, 0.5 * mean(max((V - R)^2, (V_clipped - R)^2)).
+
+    `V_clipped = old_values + clip(values - old_values, -c, c)`; with
+    `cliprange_value=None` it is the plain squared error.
+
+    Example:
+    >>> out = value_loss(tf.constant([[2.0]]), tf.constant([[0.0]]), tf.constant([[2.0]]), tf.constant([[True]]), 0.5)
+    >>> float(out.loss), float(out.clipfrac)
+    (1.125, 1.0)
+    """
+    unclipped = tf.square(values - returns)
+    if cliprange_value is None:
+        return ValueLoss(0.5 * masked_mean(unclipped, mask), tf.zeros([], values.dtype))
+    clipped_values = old_values + tf.clip_by_value(values - old_values, -cliprange_value, cliprange_value)
+    clipped = tf.square(clipped_values - returns)
+    loss = 0.5 * masked_mean(tf.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean(tf.cast(clipped > unclipped, values.dtype), mask)
+    return ValueLoss(loss, clipfrac)
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var(returns - values) / Var(returns) over real tokens (1 is perfect).
+
+    Example:
+    >>> float(explained_variance(tf.constant([1.0, 2.0]), tf.constant([1.0, 2.0]), tf.constant([True, True])))
+    1.0
+    """
+    return 1.0 - masked_var(returns - values, mask) / (masked_var(returns, mask) + _EPS)
+
+
+class FixedKLController:
+    """A constant KL coefficient beta.
+
+    Example:
+    >>> FixedKLController(0.1).update(current_kl=5.0, num_rollouts=64)
+    0.1
+    """
+
+    def __init__(self, kl_coef):
+        self.value = tf.Variable(float(kl_coef), dtype=tf.float64, trainable=False, name="kl_coef")
+
+    def update(self, current_kl, num_rollouts):
+        return float(self.value.numpy())
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019) eq. 2: beta <- beta * (1 + K_beta * e), e = clip(KL/target - 1, -0.2, 0.2).
+
+    K_beta = num_rollouts / horizon. The coefficient is a `tf.Variable`, so it
+    is saved with the checkpoint and a resumed run continues with it.
+
+    Example:
+    >>> controller = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    >>> round(controller.update(current_kl=12.0, num_rollouts=100), 6)  # KL too high: beta grows
+    0.1002
+    """
+
+    def __init__(self, kl_coef, target, horizon):
+        self.value = tf.Variable(float(kl_coef), dtype=tf.float64, trainable=False, name="kl_coef")
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl, num_rollouts):
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value.assign(self.value * (1.0 + proportional_error * num_rollouts / self.horizon))
+        return float(self.value.numpy())
+
+
+def clip_gradients(gradients, mode="global_norm", threshold=1.0):
+    """Clip gradients by their global norm (default) or each entry to [-threshold, threshold].
+
+    `mode="value"` is the article's `tf.clip_by_value(grad, -1.0, 1.0)`; it
+    changes the gradient's direction, which is why global-norm clipping is the
+    default. `threshold=None` leaves gradients unchanged.
+
+    Returns:
+        `(clipped_gradients, global_norm)`, the norm measured before clipping.
+
+    Example:
+    >>> clipped, norm = clip_gradients([tf.constant([3.0, 4.0])], "global_norm", 1.0)
+    >>> clipped[0].numpy().tolist(), float(norm)
+    ([0.6000000238418579, 0.800000011920929], 5.0)
+    """
+    global_norm = tf.linalg.global_norm(gradients)
+    if threshold is None:
+        return list(gradients), global_norm
+    if mode == "value":
+        return [tf.clip_by_value(g, -threshold, threshold) for g in gradients], global_norm
+    clipped, _ = tf.clip_by_global_norm(gradients, threshold, use_norm=global_norm)
+    return clipped, global_norm

@@ -1,0 +1,87 @@
+"""What a run writes for people to read: metrics CSV, TensorBoard, a curve plot.
+
+Example:
+>>> import tempfile
+>>> log = RunLog(tempfile.mkdtemp())
+>>> log.write(1, {"score_mean": 0.5, "kl": 1.0})
+>>> log.close()
+"""
+
+import csv
+import pathlib
+
+import tensorflow as tf
+
+PLOTTED = (("score_mean", "reward (score)"), ("kl", "KL to reference (nats / response)"),
+           ("fluency", "fluent completions"), ("kl_coef", "kl_coef (beta)"))
+
+
+class RunLog:
+    """Appends one row per update to `metrics.csv` (flushed each time) and to TensorBoard."""
+
+    def __init__(self, run_dir):
+        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.run_dir / "metrics.csv"
+        self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        self._csv_file = None
+        self._csv = None
+
+    def write(self, update, logs):
+        row = {"update": update, **logs}
+        if self._csv is None:
+            new_file = not self.csv_path.exists()
+            self._csv_file = self.csv_path.open("a", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row))
+            if new_file:
+                self._csv.writeheader()
+        self._csv.writerow(row)
+        self._csv_file.flush()  # a crash loses at most the update in flight
+        with self._writer.as_default(step=update):
+            for name, value in logs.items():
+                tf.summary.scalar(name, value)
+        self._writer.flush()
+
+    def close(self):
+        if self._csv_file is not None:
+            self._csv_file.close()
+        self._writer.close()
+
+
+def read_history(csv_path):
+    """The rows of a `metrics.csv`, as dicts of floats (empty if there is no file).
+
+    Example:
+    >>> read_history("/nonexistent/metrics.csv")
+    []
+    """
+    path = pathlib.Path(csv_path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def plot_curves(history, path):
+    """Save a PNG with reward, KL, fluency and kl_coef against the update number.
+
+    Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "curves.png")
+    >>> plot_curves([{"update": 1, "score_mean": 0.1, "kl": 0.5}], path)
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display, in CI and notebooks alike
+    import matplotlib.pyplot as plt
+
+    shown = [(key, title) for key, title in PLOTTED if history and key in history[0]]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3), squeeze=False)
+    updates = [row["update"] for row in history]
+    for axis, (key, title) in zip(axes[0], shown):
+        axis.plot(updates, [row[key] for row in history])
+        axis.set_title(title)
+        axis.set_xlabel("update")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

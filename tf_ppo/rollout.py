@@ -1,0 +1,148 @@
+"""Rollouts: sample responses with a KV cache, then view them per response token.
+
+Buffer layout. A rollout buffer `sequence_ids` is `[batch, P + R]`: each row
+holds its prompt (right-padded to P, the first `prompt_lengths[i]` slots real),
+and its response starts right after its own prompt, at `prompt_lengths[i]`.
+Right padding keeps GPT-2's absolute positions right for every row (the same
+scheme keras-hub's own `generate_step` uses). `response_view` then gathers the
+R response slots of every row into an aligned `[batch, R]` view, on which all
+the PPO maths works.
+
+The logits for response token j of row i come from the position before it,
+`positions[i, j] - 1`; `response_logits` is the one function that computes
+them, for the rollout scoring and the training step alike, so old and new
+log-probs take exactly the same numerical path.
+"""
+
+import collections
+
+import tensorflow as tf
+
+Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
+
+
+def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0):
+    """Sample one token per row from `logits / temperature`, optionally top-k / top-p.
+
+    Top-k and top-p sample among the sorted top values and gather the id, which
+    is much cheaper than masking the whole vocabulary.
+
+    Args:
+        logits: float `[batch, vocab]`.
+        seed: int32 `[2]`, a stateless seed (same seed, same samples).
+        top_k: keep the k most likely tokens; 0 = all.
+        top_p: keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = all.
+
+    Returns:
+        int32 `[batch]` token ids.
+
+    Example:
+    >>> sample_next_token(tf.constant([[0.0, 9.0, 0.0]]), seed=tf.constant([1, 2]), top_k=1).numpy().tolist()
+    [1]
+    """
+    logits = logits / temperature
+    if top_k == 0 and top_p >= 1.0:
+        return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+    k = top_k if top_k else logits.shape[-1]
+    top_logits, top_ids = tf.math.top_k(logits, k)  # sorted, most likely first
+    if top_p < 1.0:
+        probability_before = tf.cumsum(tf.nn.softmax(top_logits), axis=-1, exclusive=True)
+        # The first token always survives: its probability_before is 0.
+        top_logits = tf.where(probability_before < top_p, top_logits, float("-inf"))
+    choice = tf.random.stateless_categorical(top_logits, 1, seed, dtype=tf.int32)  # [batch, 1]
+    return tf.gather(top_ids, choice, batch_dims=1)[:, 0]
+
+
+def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
+             temperature=1.0, top_k=0, top_p=1.0):
+    """Sample `response_length` new tokens after each prompt, decoding with a cache.
+
+    Wrap it in `tf.function` (the trainer does, with `jit_compile`); the loop
+    is a `tf.while_loop`, one cached forward step per token, no Python per token.
+
+    Args:
+        policy: a model with `_build_cache` / `call_with_cache` (see `tf_ppo.models`).
+        prompt_ids: int32 `[batch, P]`, right-padded prompts.
+        prompt_lengths: int32 `[batch]`, real tokens per prompt.
+        seed: int32 `[2]` stateless seed; step t samples with `fold_in(seed, t)`.
+        response_length: R, new tokens per row.
+
+    Returns:
+        int32 `[batch, P + R]` buffer: each prompt, then its R sampled tokens
+        (rows with shorter prompts also sample a few throw-away tokens past R).
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> policy = BigramLM(vocabulary_size=5, hidden_dim=2)
+    >>> generate(policy, tf.constant([[1, 2, 0]]), tf.constant([2]), tf.constant([0, 0]), 3).shape
+    TensorShape([1, 6])
+    """
+    batch_size = tf.shape(prompt_ids)[0]
+    buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
+    total_length = buffer.shape[1]
+    _, cache = policy._build_cache(buffer)
+
+    def step(index, buffer, cache):
+        # Feed the token at index - 1 (its keys/values go into the cache), sample the one at index.
+        previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
+        logits, _, cache = policy.call_with_cache(previous, cache, index - 1)
+        sampled = sample_next_token(logits[:, 0, :], tf.random.experimental.stateless_fold_in(seed, index),
+                                    temperature, top_k, top_p)
+        # Rows whose prompt is longer than `index` keep their own prompt token.
+        in_prompt = index < prompt_lengths
+        current = tf.where(in_prompt, buffer[:, index], tf.cast(sampled, buffer.dtype))
+        buffer = tf.where(tf.range(total_length)[None, :] == index, current[:, None], buffer)
+        return index + 1, buffer, cache
+
+    start = tf.reduce_min(prompt_lengths)
+    _, buffer, _ = tf.while_loop(lambda index, *_: index < total_length, step, (start, buffer, cache))
+    return buffer
+
+
+def response_view(sequence_ids, prompt_lengths, response_length, end_token_id=None):
+    """Gather each row's R response slots into an aligned `[batch, R]` view.
+
+    With `end_token_id`, a response ends at its first end token (which stays
+    in the response: stopping is an action the policy is rewarded for);
+    everything after it is masked out.
+
+    Returns:
+        `Responses(positions, token_ids, mask)`, each `[batch, R]`:
+        buffer index, token id, and True on real response tokens.
+
+    Example:
+    >>> view = response_view(tf.constant([[5, 6, 7, 0, 8]]), tf.constant([2]), 3, end_token_id=0)
+    >>> view.token_ids.numpy().tolist(), view.mask.numpy().tolist()
+    ([[7, 0, 8]], [[True, True, False]])
+    """
+    positions = prompt_lengths[:, None] + tf.range(response_length)[None, :]  # [batch, R]
+    token_ids = tf.gather(sequence_ids, positions, batch_dims=1)  # [batch, R]
+    if end_token_id is None:
+        return Responses(positions, token_ids, tf.ones_like(token_ids, tf.bool))
+    is_end = tf.cast(token_ids == end_token_id, tf.int32)
+    ends_before = tf.cumsum(is_end, axis=1, exclusive=True)  # end tokens strictly before j
+    return Responses(positions, token_ids, ends_before == 0)
+
+
+def response_logits(model, sequence_ids, positions):
+    """Logits predicting each response token: the model's output at `positions - 1`.
+
+    Args:
+        model: policy (logits `[batch, S, V]`) or value model (`[batch, S]`).
+        sequence_ids: int32 `[batch, S]` rollout buffer.
+        positions: int32 `[batch, R]` from `response_view`.
+
+    Returns:
+        `[batch, R, V]` logits (or `[batch, R]` values).
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> policy = BigramLM(vocabulary_size=5, hidden_dim=2)
+    >>> response_logits(policy, tf.constant([[1, 2, 3]]), tf.constant([[1, 2]])).shape
+    TensorShape([1, 2, 5])
+    """
+    # All-True padding mask: attention is causal, so a response position only
+    # sees its prompt and earlier response tokens, never the padding after it.
+    outputs = model({"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)},
+                    training=False)
+    return tf.gather(outputs, positions - 1, batch_dims=1)

@@ -1,0 +1,356 @@
+"""Stage 2: the PPO training loop (`train`), reading top to bottom like CleanRL.
+
+Each update:
+  1. rollout   sample responses for a batch of prompts (KV-cached, compiled);
+  2. score     policy / reference log-probs and values, one forward pass each;
+  3. reward    the reward function on decoded responses;
+  4. shape     per-token reward = -beta * KL + score on the last token; GAE;
+  5. optimise  num_ppo_epochs x num_mini_batches clipped PPO steps;
+  6. log       metrics CSV, TensorBoard, callbacks; checkpoint.
+The maths lives in `tf_ppo.ppo`; this module only wires it together.
+"""
+
+import dataclasses
+import datetime
+import json
+import pathlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tf_ppo import ppo
+from tf_ppo.config import PPOConfig
+from tf_ppo.data import encode_prompts, prompt_dataset, read_prompt_csv
+from tf_ppo.models import build_value_model, frozen_copy, load_tokenizer
+from tf_ppo.reporting import RunLog, plot_curves, read_history
+from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward
+from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.sft import default_policy
+
+
+class Callback:
+    """Base class for callbacks; `self.trainer` is set before training starts.
+
+    Set `self.trainer.stop_training = True` to stop after the current update.
+
+    Example:
+    >>> class StopAtScore(Callback):
+    ...     def on_update_end(self, update, logs):
+    ...         if logs["score_mean"] > 0.8:
+    ...             self.trainer.stop_training = True
+    """
+
+    trainer = None
+
+    def on_update_end(self, update, logs):
+        pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    policy: keras.Model
+    value_model: keras.Model
+    tokenizer: object
+    history: list  # one dict of metrics per update
+    evaluation_before: dict  # held-out metrics of the starting policy
+    evaluation_after: dict  # held-out metrics of the trained policy
+    run_dir: pathlib.Path
+    config: PPOConfig
+
+
+class PPOTrainer:
+    """Holds the models, the compiled steps and the run state of one PPO run.
+
+    Most users call `train(config)`; the trainer is public for notebooks that
+    want to step through one update (`rollout`, `advantages`, `optimise`).
+
+    Example:
+    >>> trainer = PPOTrainer(PPOConfig(total_updates=2))  # doctest: +SKIP
+    >>> result = trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
+                 resume=False, show_progress=True):
+        self.config = config = config or PPOConfig()
+        self.reward_fn = reward_fn or sentiment_reward
+        self.callbacks = list(callbacks)
+        self.show_progress = show_progress
+        self.stop_training = False
+        self.run_dir = pathlib.Path(config.run_dir or f"runs/ppo-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        keras.utils.set_random_seed(config.seed)
+
+        self.tokenizer = load_tokenizer(config.vocabulary, config.merges)
+        vocabulary_size = self.tokenizer.vocabulary_size()
+        self.prompt_ids, self.prompt_lengths = self._encode(prompts if prompts is not None else config.prompts_csv)
+        self.eval_prompts = read_prompt_csv(config.eval_prompts_csv)["input_text"].tolist()[: config.eval_size]
+        self.bigrams = corpus_bigrams(config.fluency_corpus) if config.fluency_corpus else None
+
+        # Models: the policy, its frozen starting point, and a value model.
+        self.policy = policy or default_policy(config, show_progress=show_progress)
+        self.reference = frozen_copy(self.policy)
+        self.value_model = build_value_model(config.model, self.policy, vocabulary_size)
+        self.variables = self.policy.trainable_variables + self.value_model.trainable_variables
+        self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
+        self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
+        if config.target_kl is None:
+            self.kl_controller = ppo.FixedKLController(config.kl_coef)
+        else:
+            self.kl_controller = ppo.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+
+        # Run state, saved in every checkpoint.
+        self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
+        self.checkpoint = tf.train.Checkpoint(policy=self.policy, value_model=self.value_model,
+                                              optimizer=self.optimizer, kl_coef=self.kl_controller.value,
+                                              update=self.update)
+        self.checkpoints = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=3)
+        if resume:
+            self._restore()
+
+        # One compiled function per phase, each with fixed shapes: traced once.
+        self._generate = tf.function(self._generate_fn, jit_compile=config.generation_jit)
+        self._score = tf.function(self._score_fn)
+        self._advantages = tf.function(self._advantages_fn)
+        self._train_step = tf.function(self._train_step_fn)
+
+    # ----------------------------------------------------------------- compiled phases
+
+    def _generate_fn(self, prompt_ids, prompt_lengths, seed):
+        c = self.config
+        return generate(self.policy, prompt_ids, prompt_lengths, seed, c.response_length,
+                        c.temperature, c.top_k, c.top_p)
+
+    def _response_logprobs(self, model, sequence_ids, responses):
+        """Log-probs of the response tokens, logits divided by the sampling temperature."""
+        logits = response_logits(model, sequence_ids, responses.positions) / self.config.temperature
+        return ppo.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
+
+    def _score_fn(self, sequence_ids, prompt_lengths):
+        end_token = self.tokenizer.end_token_id if self.config.stop_at_eos else None
+        responses = response_view(sequence_ids, prompt_lengths, self.config.response_length, end_token)
+        logprobs, logits = self._response_logprobs(self.policy, sequence_ids, responses)
+        ref_logprobs, _ = self._response_logprobs(self.reference, sequence_ids, responses)
+        values = response_logits(self.value_model, sequence_ids, responses.positions)  # [batch, R]
+        entropy = ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
+        return responses, logprobs, ref_logprobs, values, entropy
+
+    def _advantages_fn(self, scores, logprobs, ref_logprobs, values, mask, kl_coef):
+        c = self.config
+        rewards, kl = ppo.shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, c.kl_estimator)
+        if c.whiten_rewards:
+            rewards = ppo.whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ppo.gae(rewards, values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = ppo.whiten(advantages, mask)
+        return advantages, returns, kl
+
+    def _train_step_fn(self, batch):
+        c = self.config
+        responses = batch["responses"]
+        with tf.GradientTape() as tape:
+            logprobs, logits = self._response_logprobs(self.policy, batch["sequence_ids"], responses)
+            values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
+            pg = ppo.policy_loss(logprobs, batch["logprobs"], batch["advantages"], responses.mask, c.cliprange)
+            vf = ppo.value_loss(values, batch["values"], batch["returns"], responses.mask, c.cliprange_value)
+            entropy = ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
+            loss = pg.loss + c.vf_coef * vf.loss - c.entropy_coef * entropy
+        gradients = tape.gradient(loss, self.variables)
+        gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
+        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        return {"policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
+                "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl, "grad_norm": grad_norm}
+
+    # ----------------------------------------------------------------- one update, in steps
+
+    def rollout(self, prompt_ids, prompt_lengths, seed):
+        """Sample, score and reward one batch; returns a dict of tensors, texts and timings."""
+        started = time.perf_counter()
+        sequence_ids = self._generate(prompt_ids, prompt_lengths, seed)
+        generated = time.perf_counter()
+        responses, logprobs, ref_logprobs, values, entropy = self._score(sequence_ids, prompt_lengths)
+        scored = time.perf_counter()
+        texts = self.decode(responses)
+        scores = compute_scores(self.reward_fn, texts)
+        if self.config.missing_eos_penalty is not None:
+            never_stopped = ~np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)
+            scores = scores - self.config.missing_eos_penalty * never_stopped
+        return {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths, "responses": responses,
+                "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy,
+                "scores": tf.constant(scores, tf.float32), "texts": texts,
+                "seconds": {"generate": generated - started, "score": scored - generated,
+                            "reward": time.perf_counter() - scored}}
+
+    def decode(self, responses):
+        """Response texts, without the end token and the padding after it."""
+        keep = responses.mask & (responses.token_ids != self.tokenizer.end_token_id)
+        texts = self.tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+        return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+                for text in np.asarray(texts).tolist()]
+
+    def optimise(self, batch, update):
+        """Run the PPO epochs over shuffled minibatches; returns the mean of each loss term."""
+        c = self.config
+        trainable = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values",
+                                                 "advantages", "returns")}
+        rng = np.random.default_rng([c.seed, update])  # per update, so a resumed run shuffles the same way
+        steps, epochs_done = [], 0
+        for _ in range(c.num_ppo_epochs):
+            order = rng.permutation(c.batch_size)
+            epoch = [self._train_step(tf.nest.map_structure(lambda t: tf.gather(t, indices), trainable))
+                     for indices in np.split(order, c.num_mini_batches)]
+            steps += epoch
+            epochs_done += 1
+            if c.max_approx_kl is not None and np.mean([s["approx_kl"] for s in epoch]) > c.max_approx_kl:
+                break  # the policy moved too far from the one that sampled: stop early (CleanRL's target_kl)
+        means = {key: float(np.mean([s[key] for s in steps])) for key in steps[0]}
+        return {**means, "ppo_epochs": epochs_done}
+
+    # ----------------------------------------------------------------- the loop
+
+    def train(self):
+        """Run `config.total_updates` PPO updates (from the last checkpoint if resumed)."""
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(c.to_json())
+        log = RunLog(self.run_dir)
+        history = read_history(log.csv_path)[: int(self.update.numpy())]
+        for callback in self.callbacks:
+            callback.trainer = self
+        evaluation_before = self.evaluate()
+        prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths, c.batch_size, c.seed)
+                       .skip(int(self.update.numpy())))  # a resumed run continues where the data left off
+        progress = tqdm(total=c.total_updates, initial=int(self.update.numpy()), desc="PPO",
+                        disable=not self.show_progress)
+        while int(self.update.numpy()) < c.total_updates and not self.stop_training:
+            update = int(self.update.numpy()) + 1
+            logs = self.run_update(next(prompts), update)
+            self.update.assign(update)
+            history.append({"update": update, **logs})
+            log.write(update, logs)
+            progress.update(1)
+            progress.set_postfix(score=f"{logs['score_mean']:.3f}", kl=f"{logs['kl']:.2f}")
+            if update % c.checkpoint_every == 0 or update == c.total_updates:
+                self.checkpoints.save(checkpoint_number=update)
+            if c.eval_every and update % c.eval_every == 0:
+                tqdm.write(f"update {update}: held-out {_summary(self.evaluate())}")
+            for callback in self.callbacks:
+                callback.on_update_end(update, logs)
+        progress.close()
+        log.close()
+        evaluation_after = self.evaluate()
+        self.save_artifacts(history)
+        return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before,
+                           evaluation_after, self.run_dir, c)
+
+    def run_update(self, prompt_batch, update):
+        """One PPO update on a batch of prompts; returns its metrics."""
+        c = self.config
+        started = time.perf_counter()
+        seed = tf.constant([c.seed, update], tf.int32)
+        batch = self.rollout(prompt_batch["prompt_ids"], prompt_batch["prompt_lengths"], seed)
+        mask = batch["responses"].mask
+        kl_coef = float(self.kl_controller.value.numpy())
+        batch["advantages"], batch["returns"], kl = self._advantages(
+            batch["scores"], batch["logprobs"], batch["ref_logprobs"], batch["values"], mask, kl_coef)
+        optimise_started = time.perf_counter()
+        losses = self.optimise(batch, update)
+        kl_per_response = float(tf.reduce_mean(tf.reduce_sum(kl, axis=1)))
+        self.kl_controller.update(kl_per_response, c.batch_size)
+        return {
+            "score_mean": float(np.mean(batch["scores"])), "score_std": float(np.std(batch["scores"])),
+            "kl": kl_per_response, "kl_coef": kl_coef,
+            "non_score_reward": -kl_coef * kl_per_response,
+            "entropy": float(batch["entropy"]),
+            **losses,
+            "explained_variance": float(ppo.explained_variance(batch["values"], batch["returns"], mask)),
+            "response_length": float(tf.reduce_mean(tf.reduce_sum(tf.cast(mask, tf.float32), axis=1))),
+            **self._fluency(batch),
+            **{f"seconds_{phase}": seconds for phase, seconds in batch["seconds"].items()},
+            "seconds_optimise": time.perf_counter() - optimise_started,
+            "seconds_update": time.perf_counter() - started,
+        }
+
+    def evaluate(self, prompts=None, seed=12345):
+        """Mean score, KL to the reference and fluency of sampled completions of held-out prompts.
+
+        Prompts go in chunks of `batch_size` (the last one topped up with
+        repeats) so evaluation reuses the compiled training-shape functions.
+        """
+        prompts = prompts or self.eval_prompts
+        c = self.config
+        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length)
+        padded = -len(prompts) % c.batch_size
+        token_ids, lengths = np.concatenate([token_ids, token_ids[:padded]]), np.concatenate([lengths, lengths[:padded]])
+        scores, kls, texts = [], [], []
+        for start in range(0, len(token_ids), c.batch_size):
+            chunk = slice(start, start + c.batch_size)
+            batch = self.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
+            kl = ppo.masked_sum(batch["logprobs"] - batch["ref_logprobs"], batch["responses"].mask, axis=1)
+            scores += list(batch["scores"].numpy())
+            kls += list(kl.numpy())
+            texts += batch["texts"]
+        n = len(prompts)
+        evaluation = {"score_mean": float(np.mean(scores[:n])), "kl": float(np.mean(kls[:n])),
+                      "samples": list(zip(prompts, texts[:n]))}
+        if self.bigrams is not None:
+            evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in zip(prompts, texts)]))
+        return evaluation
+
+    def save_artifacts(self, history):
+        """The final policy and value model (Keras format) and the curves PNG."""
+        self.policy.save(self.run_dir / "policy.keras")
+        self.value_model.save(self.run_dir / "value_model.keras")
+        if history:
+            plot_curves(history, self.run_dir / "curves.png")
+
+    # ----------------------------------------------------------------- helpers
+
+    def _encode(self, prompts):
+        if isinstance(prompts, (str, pathlib.Path)):
+            prompts = read_prompt_csv(prompts)["input_text"].tolist()
+        return encode_prompts(self.tokenizer, list(prompts), self.config.max_prompt_length)
+
+    def _fluency(self, batch):
+        if self.bigrams is None:
+            return {}
+        prompt_texts = [self.tokenizer.detokenize(ids[1:n]) for ids, n in
+                        zip(batch["sequence_ids"].numpy(), batch["prompt_lengths"].numpy())]
+        return {"fluency": float(np.mean([is_fluent(p + t, self.bigrams)
+                                          for p, t in zip(prompt_texts, batch["texts"])]))}
+
+    def _restore(self):
+        latest = self.checkpoints.latest_checkpoint
+        if latest is None:
+            raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+
+
+def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True):
+    """Fine-tune a policy with PPO; usable from notebooks (no argparse, no sys.exit).
+
+    Args:
+        config: `PPOConfig` (default: the demo task's settings).
+        reward_fn: `texts -> scores`; default VADER sentiment of each response.
+        prompts: list of prompt strings or a CSV path; default `config.prompts_csv`.
+        policy: a policy to start from; default the tiny SFT policy (cached).
+        callbacks: `Callback` objects; `on_update_end(update, logs)` after each update.
+        resume: continue from the latest checkpoint in `config.run_dir`.
+
+    Returns:
+        `TrainResult` with the policy, history, held-out evaluations and run directory.
+
+    Example:
+    >>> from tf_ppo.rewards import word_count_reward
+    >>> result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))  # doctest: +SKIP
+    >>> result.history[-1]["score_mean"]  # doctest: +SKIP
+    """
+    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress)
+    return trainer.train()
+
+
+def _summary(evaluation):
+    return json.dumps({k: round(v, 3) for k, v in evaluation.items() if isinstance(v, float)})
