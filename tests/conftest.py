@@ -1,0 +1,32 @@
+"""Shared fixtures: one SFT policy per session, tiny PPO configs."""
+
+import os
+import tempfile
+
+# Before TensorFlow is imported: a private policy cache, and quiet logs.
+os.environ.setdefault("TF_PPO_CACHE", tempfile.mkdtemp(prefix="tf_ppo_cache_"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from tf_ppo.config import PPOConfig  # noqa: E402
+from tf_ppo.sft import default_policy  # noqa: E402
+
+
+def tiny_config(tmp_path, **changes):
+    """A PPO config small enough for a unit test: 32 rollouts per update, 32 held-out prompts."""
+    return PPOConfig(run_dir=str(tmp_path / "run"), batch_size=32, eval_size=32, total_updates=4,
+                     checkpoint_every=2).replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def sft_policy_path():
+    """Trains the default tiny policy once per session (then every load is a fresh copy)."""
+    default_policy(PPOConfig(), show_progress=False)
+    return os.environ["TF_PPO_CACHE"]
+
+
+@pytest.fixture
+def sft_policy(sft_policy_path):
+    """A fresh, trainable copy of the session's SFT policy."""
+    return default_policy(PPOConfig(), show_progress=False)
