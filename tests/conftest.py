@@ -3,9 +3,8 @@
 import os
 import tempfile
 
-# Before TensorFlow is imported: a private policy cache, and quiet logs.
+# A private policy cache, so the suite never reads or writes the user's.
 os.environ.setdefault("TF_PPO_CACHE", tempfile.mkdtemp(prefix="tf_ppo_cache_"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 

@@ -30,8 +30,8 @@ class ModelConfig:
     architecture: str = "gpt2"  # "gpt2" (keras-hub GPT2CausalLM) or "bigram" (the article's Embedding -> Dense)
     num_layers: int = 2
     num_heads: int = 4
-    hidden_dim: int = 64
-    intermediate_dim: int = 256
+    hidden_dim: int = 128
+    intermediate_dim: int = 512
     max_sequence_length: int = 64
     dropout: float = 0.0  # dropout is off in PPO in any case (models run with training=False)
 
@@ -54,7 +54,7 @@ class SFTConfig:
     """
 
     train_csv: str = str(DATA_DIR / "train_data.csv")
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
     learning_rate: float = 2e-3
     clip_mode: str = "global_norm"  # or "value": clip each gradient entry to [-clip, clip], as the article does
@@ -93,7 +93,7 @@ class PPOConfig:
     fluency_corpus: str | None = str(DATA_DIR / "corpus.txt")  # word bigrams that count as fluent; None = skip the metric
     run_dir: str | None = None  # None = runs/ppo-<date>-<time>
     # --- rollout
-    total_updates: int = 60
+    total_updates: int = 100
     batch_size: int = 64  # rollouts (prompts) per update
     max_prompt_length: int = 16  # prompts are right-padded to this many tokens (BOS included)
     response_length: int = 16  # maximum new tokens per response

@@ -60,8 +60,8 @@ def sft(config=None, policy=None, show_progress=True):
         and `heldout_loss` (on `config.eval_prompts_csv`).
 
     Example:
-    >>> config = PPOConfig(sft={"epochs": 1}, model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
-    >>> result = sft(config, show_progress=False)  # doctest: +SKIP
+        config = PPOConfig(sft={"epochs": 1}, model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
+        result = sft(config, show_progress=False)
     """
     config = config or PPOConfig()
     keras.utils.set_random_seed(config.sft.seed)
@@ -106,7 +106,7 @@ def default_policy(config=None, show_progress=True):
     crash mid-save never leaves a half-written model to be picked up.
 
     Example:
-    >>> policy = default_policy()  # doctest: +SKIP
+        policy = default_policy()
     """
     config = config or PPOConfig()
     path = _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"

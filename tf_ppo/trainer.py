@@ -70,8 +70,8 @@ class PPOTrainer:
     want to step through one update (`rollout`, `advantages`, `optimise`).
 
     Example:
-    >>> trainer = PPOTrainer(PPOConfig(total_updates=2))  # doctest: +SKIP
-    >>> result = trainer.train()  # doctest: +SKIP
+        trainer = PPOTrainer(PPOConfig(total_updates=2))
+        result = trainer.train()
     """
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
@@ -232,7 +232,8 @@ class PPOTrainer:
             history.append({"update": update, **logs})
             log.write(update, logs)
             progress.update(1)
-            progress.set_postfix(score=f"{logs['score_mean']:.3f}", kl=f"{logs['kl']:.2f}")
+            if self.show_progress:
+                tqdm.write(_metrics_line(update, c.total_updates, logs))
             if update % c.checkpoint_every == 0 or update == c.total_updates:
                 self.checkpoints.save(checkpoint_number=update)
             if c.eval_every and update % c.eval_every == 0:
@@ -344,12 +345,18 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         `TrainResult` with the policy, history, held-out evaluations and run directory.
 
     Example:
-    >>> from tf_ppo.rewards import word_count_reward
-    >>> result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))  # doctest: +SKIP
-    >>> result.history[-1]["score_mean"]  # doctest: +SKIP
+        from tf_ppo.rewards import word_count_reward
+        result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
+        result.history[-1]["score_mean"]
     """
     trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress)
     return trainer.train()
+
+
+def _metrics_line(update, total_updates, logs):
+    shown = ("score_mean", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss", "fluency")
+    values = " ".join(f"{key} {logs[key]:.3f}" for key in shown if key in logs)
+    return f"update {update}/{total_updates}: {values} ({logs['seconds_update']:.2f} s)"
 
 
 def _summary(evaluation):
