@@ -1,14 +1,16 @@
 """End-to-end PPO runs on tiny models: learning, artefacts, reproducibility, resume."""
 
-import json
+import pathlib
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.conftest import tiny_config
 from tf_ppo import Callback, PPOConfig, PPOTrainer, train
 from tf_ppo.reporting import read_history
+from tf_ppo.sft import default_policy
 from tf_ppo.rewards import word_count_reward
 
 
@@ -89,8 +91,23 @@ def test_callback_can_stop_training(tmp_path, sft_policy):
     assert len(result.history) == 2 and callback.seen == 2
 
 
-def test_article_bigram_model_runs_sft_and_ppo(tmp_path):
-    config = tiny_config(tmp_path, total_updates=2, model={"architecture": "bigram"}, sft={"epochs": 1})
-    result = train(config, show_progress=False)
+def test_article_bigram_model_with_value_clipping_early_stop_and_eos_penalty(tmp_path):
+    """The article's Embedding -> Dense model through SFT (clip by value, as the article) and PPO."""
+    config = tiny_config(tmp_path, total_updates=2, model={"architecture": "bigram"},
+                         sft={"epochs": 1, "clip_mode": "value"}, clip_mode="value",
+                         max_approx_kl=1e-12, missing_eos_penalty=1.0, response_length=4)
+    trainer = PPOTrainer(config, reward_fn=lambda texts: [0.0] * len(texts), show_progress=False)
+    result = trainer.train()
     assert type(result.policy).__name__ == "BigramLM"
-    assert all(np.isfinite(row["policy_loss"]) for row in result.history)
+    assert all(row["ppo_epochs"] == 1 for row in result.history)  # approx-KL bound stops after one epoch
+    batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
+    ended = np.any(batch["responses"].token_ids.numpy() == trainer.tokenizer.end_token_id, axis=1)
+    np.testing.assert_array_equal(batch["scores"].numpy(), np.where(ended, 0.0, -1.0))
+
+
+def test_default_policy_is_cached(sft_policy_path, sft_policy):
+    cached = [p for p in pathlib.Path(sft_policy_path).iterdir() if p.name.startswith("sft-")]
+    again = default_policy(PPOConfig(), show_progress=False)  # loads, does not retrain
+    assert cached == [p for p in pathlib.Path(sft_policy_path).iterdir() if p.name.startswith("sft-")]
+    for a, b in zip(sft_policy.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)

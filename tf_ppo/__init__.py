@@ -8,10 +8,11 @@ Example:
 from tf_ppo import ppo
 from tf_ppo.config import ModelConfig, PPOConfig, SFTConfig
 from tf_ppo.data import DataError
+from tf_ppo.export import ExportError, export
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.trainer import Callback, PPOTrainer, TrainResult, train
 
-__all__ = ["ppo", "ModelConfig", "PPOConfig", "SFTConfig", "DataError", "RewardError", "sentiment_reward",
+__all__ = ["ppo", "ModelConfig", "PPOConfig", "SFTConfig", "DataError", "ExportError", "export", "RewardError", "sentiment_reward",
            "word_count_reward", "default_policy", "sft", "Callback", "PPOTrainer", "TrainResult", "train"]
 __version__ = "0.1.0"

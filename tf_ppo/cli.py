@@ -9,6 +9,8 @@ Example:
     tf-ppo train --config my_config.json --total_updates 200
     tf-ppo train --resume --run_dir runs/ppo-20261128-120000
     tf-ppo sft --sft.epochs 8
+    tf-ppo export runs/ppo-20261128-120000 exported/sentiment
+    tf-ppo generate exported/sentiment "the film was" --top_k 1
 """
 
 import argparse
@@ -29,6 +31,16 @@ def build_parser():
     train = commands.add_parser("train", help="PPO (the policy is SFT-trained first if not cached)")
     sft = commands.add_parser("sft", help="supervised fine-tuning only")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run_dir")
+    export = commands.add_parser("export", help="write a run's policy as a SavedModel (strings in, text out)")
+    export.add_argument("run_dir")
+    export.add_argument("export_dir")
+    generate = commands.add_parser("generate", help="complete prompts with an exported SavedModel")
+    generate.add_argument("export_dir")
+    generate.add_argument("prompts", nargs="+")
+    generate.add_argument("--max_new_tokens", type=int, default=16)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top_k", type=int, default=0, help="1 = greedy, 0 = sample from all tokens")
+    generate.add_argument("--seed", type=int, default=0)
     for command in (demo, train, sft):
         command.add_argument("--config", help="a JSON file of PPOConfig fields; flags override it")
         _add_config_flags(command)
@@ -96,6 +108,18 @@ def run_demo(config):
     return summary
 
 
+def run_generate(args):
+    """Load a SavedModel with TensorFlow alone and print one completion per prompt."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the tokenizer ops the SavedModel uses
+
+    model = tf.saved_model.load(args.export_dir)
+    outputs = model.generate(tf.constant(args.prompts), args.max_new_tokens, args.temperature, args.top_k,
+                             args.seed)
+    for prompt, completion in zip(args.prompts, outputs["completions"].numpy()):
+        print(f"{prompt}{completion.decode()}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -109,6 +133,12 @@ def main(argv=None):
                 raise ValueError("--resume needs --run_dir (the run to continue)")
             result = train(config, resume=args.resume)
             print(json.dumps({k: v for k, v in result.evaluation_after.items() if k != "samples"}))
+        elif args.command == "export":
+            from tf_ppo.export import export
+
+            print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
+        elif args.command == "generate":
+            run_generate(args)
         else:
             from tf_ppo.sft import sft
 

@@ -41,9 +41,10 @@ def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0):
     [1]
     """
     logits = logits / temperature
-    if top_k == 0 and top_p >= 1.0:
+    if not tf.is_tensor(top_k) and top_k == 0 and top_p >= 1.0:
         return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-    k = top_k if top_k else logits.shape[-1]
+    # top_k may be a tensor (the exported SavedModel takes it as an input): 0 still means "all".
+    k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1]) if tf.is_tensor(top_k) else (top_k or logits.shape[-1])
     top_logits, top_ids = tf.math.top_k(logits, k)  # sorted, most likely first
     if top_p < 1.0:
         probability_before = tf.cumsum(tf.nn.softmax(top_logits), axis=-1, exclusive=True)
@@ -79,7 +80,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
     """
     batch_size = tf.shape(prompt_ids)[0]
     buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
-    total_length = buffer.shape[1]
+    total_length = tf.shape(buffer)[1]  # dynamic: the SavedModel takes any prompt and response length
     _, cache = policy._build_cache(buffer)
 
     def step(index, buffer, cache):

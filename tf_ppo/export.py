@@ -1,0 +1,182 @@
+"""Export a fine-tuned policy as a SavedModel: strings in, text out.
+
+The SavedModel holds the tokenizer ops, the policy weights and these
+signatures; loading it needs TensorFlow and `tensorflow_text` (for the BPE
+tokenizer ops: `import tensorflow_text` before `tf.saved_model.load`), not
+tf_ppo or keras-hub:
+
+  generate(prompts, max_new_tokens, temperature, top_k, seed)
+      -> completions (string [batch]), token_ids (int32 [batch, max_new_tokens]),
+         lengths (int32 [batch]). top_k=1 is greedy decoding; top_k=0 samples
+         from the whole distribution. A completion ends at the first end token.
+  serving_default(prompts): `generate` with the defaults fixed at export time.
+  score(prompts, completions) -> logprobs (float32 [batch, completion_len], 0 on
+      padding), sum_logprobs ([batch]), lengths ([batch]).
+  value(prompts, completions) -> values ([batch, completion_len]), when a value model is given.
+
+Prompts are tokenised exactly as in training: start token + prompt.
+"""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from tf_ppo import ppo
+from tf_ppo.config import PPOConfig
+from tf_ppo.models import build_policy, load_tokenizer
+from tf_ppo.rollout import generate, response_logits, response_view
+
+
+class ExportError(ValueError):
+    """The model or run directory cannot be exported; the message says what is missing."""
+
+
+class PolicyModule(tf.Module):
+    """The policy, its tokenizer and the serving functions, ready for `tf.saved_model.save`.
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    >>> policy = BigramLM(tokenizer.vocabulary_size(), 8)
+    >>> module = PolicyModule(policy, tokenizer, default_max_new_tokens=4)
+    >>> module.generate(tf.constant(["the film was"]), 4, 1.0, 1, 0)["token_ids"].shape
+    TensorShape([1, 4])
+    """
+
+    def __init__(self, policy, tokenizer, default_max_new_tokens=16, value_model=None):
+        super().__init__()
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.value_model = value_model
+        self.default_max_new_tokens = default_max_new_tokens
+        self.end_token_id = tokenizer.end_token_id
+
+    def _encode(self, texts, with_start):
+        ids = self.tokenizer(texts)  # ragged [batch, None]
+        if with_start:
+            start = tf.fill([tf.shape(texts)[0], 1], tf.cast(self.tokenizer.start_token_id, ids.dtype))
+            ids = tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
+        return tf.cast(ids.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32), \
+            tf.cast(ids.row_lengths(), tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32),
+                                  tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
+                                  tf.TensorSpec([], tf.int32)])
+    def generate(self, prompts, max_new_tokens, temperature, top_k, seed):
+        prompt_ids, prompt_lengths = self._encode(prompts, with_start=True)
+        sequence_ids = generate(self.policy, prompt_ids, prompt_lengths, tf.stack([seed, 0]), max_new_tokens,
+                                temperature, top_k)
+        responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.end_token_id)
+        keep = responses.mask & (responses.token_ids != self.end_token_id)
+        completions = self.tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+        return {"completions": completions, "token_ids": responses.token_ids,
+                "lengths": tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serving_default(self, prompts):
+        return self.generate(prompts, self.default_max_new_tokens, 1.0, 0, 0)
+
+    def _completion_view(self, prompts, completions):
+        prompt_ids, prompt_lengths = self._encode(prompts, with_start=True)
+        completion_ids, completion_lengths = self._encode(completions, with_start=False)
+        # Right-aligned buffer: each completion starts right after its own prompt.
+        width = tf.shape(completion_ids)[1]
+        sequence_ids = tf.concat([prompt_ids, tf.zeros_like(completion_ids)], axis=1)
+        positions = prompt_lengths[:, None] + tf.range(width)[None, :]
+        mask = tf.range(width)[None, :] < completion_lengths[:, None]
+        scatter_index = tf.stack([tf.repeat(tf.range(tf.shape(prompts)[0]), width), tf.reshape(positions, [-1])], 1)
+        sequence_ids = tf.tensor_scatter_nd_update(sequence_ids, scatter_index, tf.reshape(completion_ids, [-1]))
+        return sequence_ids, positions, completion_ids, mask, completion_lengths
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    def score(self, prompts, completions):
+        sequence_ids, positions, completion_ids, mask, lengths = self._completion_view(prompts, completions)
+        logprobs = ppo.logprobs_from_logits(response_logits(self.policy, sequence_ids, positions), completion_ids)
+        logprobs = tf.where(mask, logprobs, tf.zeros_like(logprobs))
+        return {"logprobs": logprobs, "sum_logprobs": tf.reduce_sum(logprobs, axis=1), "lengths": lengths}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    def value(self, prompts, completions):
+        sequence_ids, positions, _, mask, _ = self._completion_view(prompts, completions)
+        values = response_logits(self.value_model, sequence_ids, positions)
+        return {"values": tf.where(mask, values, tf.zeros_like(values))}
+
+
+def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, value_model=None):
+    """Write a SavedModel of a policy (or of a finished run directory) to `export_dir`.
+
+    The SavedModel is written to a temporary directory beside `export_dir`
+    and renamed into place, so a crash never leaves a half-written export.
+
+    Args:
+        policy_or_run_dir: a policy model, or a run directory holding
+            `config.json` and `policy.keras` (or at least one checkpoint).
+        export_dir: where to write; must not exist yet.
+        tokenizer: needed with a policy; a run directory brings its own.
+        max_new_tokens: default response length of `serving_default`.
+        value_model: optional; adds the `value` signature (a run directory brings its own).
+
+    Returns:
+        `export_dir` as a `pathlib.Path`.
+
+    Raises:
+        ExportError: the run directory has no finished checkpoint, or `export_dir` exists.
+
+    Example:
+        tf_ppo.export("runs/demo-20261128-130000", "exported/sentiment")
+    """
+    export_dir = pathlib.Path(export_dir)
+    if export_dir.exists():
+        raise ExportError(f"{export_dir} already exists; choose a new export directory")
+    if isinstance(policy_or_run_dir, (str, os.PathLike)):
+        policy, tokenizer, value_model, config = load_run(policy_or_run_dir)
+        max_new_tokens = max_new_tokens or config.response_length
+    else:
+        policy = policy_or_run_dir
+        if tokenizer is None:
+            raise ExportError("export(policy, ...) needs the tokenizer")
+    module = PolicyModule(policy, tokenizer, max_new_tokens or 16, value_model)
+    signatures = {"serving_default": module.serving_default, "generate": module.generate, "score": module.score}
+    if value_model is not None:
+        signatures["value"] = module.value
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=export_dir.parent, prefix=f".{export_dir.name}.partial-"))
+    try:
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        os.rename(staging, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return export_dir
+
+
+def load_run(run_dir):
+    """Policy, tokenizer, value model (or None) and config of a run directory.
+
+    Uses the final `policy.keras` when training finished, else the latest
+    complete checkpoint (CheckpointManager only lists checkpoints whose
+    write completed).
+
+    Example:
+        policy, tokenizer, value_model, config = load_run("runs/demo-20261128-130000")
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ExportError(f"{run_dir} is not a tf_ppo run directory (no config.json)")
+    config = PPOConfig.from_file(run_dir / "config.json")
+    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    if (run_dir / "policy.keras").is_file():
+        policy = keras.saving.load_model(run_dir / "policy.keras", compile=False)
+        value_path = run_dir / "value_model.keras"
+        value_model = keras.saving.load_model(value_path, compile=False) if value_path.is_file() else None
+        return policy, tokenizer, value_model, config
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    if latest is None:
+        raise ExportError(f"{run_dir} has no finished checkpoint (no policy.keras, nothing in "
+                          f"{run_dir / 'checkpoints'}); train it first or resume it")
+    policy = build_policy(config.model, tokenizer.vocabulary_size())
+    tf.train.Checkpoint(policy=policy).restore(latest).expect_partial()
+    return policy, tokenizer, None, config
