@@ -18,7 +18,8 @@ from tf_ppo.rewards import word_count_reward
 def great_run(tmp_path_factory, sft_policy_path):
     """PPO toward the word 'great' (a custom reward), 20 updates; shared by several tests."""
     tmp_path = tmp_path_factory.mktemp("great")
-    config = tiny_config(tmp_path, total_updates=20, checkpoint_every=5, kl_coef=0.02, eval_every=10)
+    config = tiny_config(tmp_path, total_updates=20, checkpoint_every=5, kl_coef=0.02, target_kl=0.5,
+                         kl_horizon=500, eval_every=10)  # adaptive beta: it must move without retracing
     trainer = PPOTrainer(config, reward_fn=word_count_reward("great"), show_progress=False)
     return trainer, trainer.train()
 
@@ -54,7 +55,8 @@ def test_run_directory_artifacts(great_run):
 
 
 def test_compiled_steps_trace_once(great_run):
-    trainer, _ = great_run
+    trainer, result = great_run
+    assert len({row["kl_coef"] for row in result.history}) > 1
     for fn in (trainer._generate, trainer._score, trainer._advantages, trainer._train_step):
         assert fn.experimental_get_tracing_count() == 1, fn
 

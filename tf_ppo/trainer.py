@@ -255,8 +255,8 @@ class PPOTrainer:
         batch = self.rollout(prompt_batch["prompt_ids"], prompt_batch["prompt_lengths"], seed)
         mask = batch["responses"].mask
         kl_coef = float(self.kl_controller.value.numpy())
-        batch["advantages"], batch["returns"], kl = self._advantages(
-            batch["scores"], batch["logprobs"], batch["ref_logprobs"], batch["values"], mask, kl_coef)
+        batch["advantages"], batch["returns"], kl = self._advantages(  # kl_coef as a tensor: no retrace when it moves
+            batch["scores"], batch["logprobs"], batch["ref_logprobs"], batch["values"], mask, tf.constant(kl_coef))
         optimise_started = time.perf_counter()
         losses = self.optimise(batch, update)
         kl_per_response = float(tf.reduce_mean(tf.reduce_sum(kl, axis=1)))
