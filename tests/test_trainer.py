@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from tf_ppo import Callback, PPOConfig, PPOTrainer, train
+from tf_ppo import Callback, NonFiniteError, PPOConfig, PPOTrainer, train
 from tf_ppo.reporting import read_history
 from tf_ppo.sft import default_policy
 from tf_ppo.rewards import word_count_reward
@@ -113,3 +113,46 @@ def test_default_policy_is_cached(sft_policy_path, sft_policy):
     assert cached == [p for p in pathlib.Path(sft_policy_path).iterdir() if p.name.startswith("sft-")]
     for a, b in zip(sft_policy.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_rollout_skips_the_update_and_keeps_the_weights(tmp_path, sft_policy):
+    calls = []
+
+    def overflowing_reward(texts):  # 1e39 is finite in float64 but inf in float32: the first update only
+        calls.append(1)
+        return [1e39 if len(calls) == 2 else float(len(t)) for t in texts]  # call 1 is the held-out evaluation
+
+    class Snapshot(Callback):
+        def on_update_end(self, update, logs):
+            if update == 1:
+                self.weights = [w.copy() for w in self.trainer.policy.get_weights()]
+
+    initial = [w.copy() for w in sft_policy.get_weights()]
+    snapshot = Snapshot()
+    with pytest.warns(UserWarning, match="update 1 skipped: non-finite scores"):
+        result = train(tiny_config(tmp_path, total_updates=2), reward_fn=overflowing_reward, policy=sft_policy,
+                       callbacks=[snapshot], show_progress=False)
+    assert result.history[0]["skipped_steps"] == 8 and result.history[1]["skipped_steps"] == 0
+    for before, after_skip in zip(initial, snapshot.weights):
+        np.testing.assert_array_equal(before, after_skip)
+    assert not all(np.array_equal(a, b) for a, b in zip(initial, result.policy.get_weights()))
+
+
+def test_consecutive_non_finite_updates_stop_the_run(tmp_path, sft_policy):
+    config = tiny_config(tmp_path, total_updates=5, max_consecutive_skips=2)
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteError, match="2 updates in a row skipped.*scores"):
+        train(config, reward_fn=lambda texts: [1e39] * len(texts), policy=sft_policy, show_progress=False)
+
+
+def test_train_step_skips_a_nan_loss_inside_the_graph(tmp_path, sft_policy):
+    trainer = PPOTrainer(tiny_config(tmp_path), policy=sft_policy, show_progress=False)
+    batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
+    advantages = np.ones(batch["logprobs"].shape, np.float32)
+    advantages[0, 0] = np.nan  # a real (unmasked) token
+    minibatch = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values")}
+    minibatch.update(advantages=tf.constant(advantages), returns=tf.zeros_like(batch["values"]))
+    before = [v.numpy().copy() for v in trainer.variables]
+    assert not bool(trainer._train_step(minibatch)["applied"])
+    for old, variable in zip(before, trainer.variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+    assert int(trainer.optimizer.iterations.numpy()) == 0  # Adam's step and moments untouched too

@@ -124,6 +124,7 @@ class PPOConfig:
     clip_mode: str = "global_norm"  # or "value" (the article's clip_by_value)
     max_grad_norm: float | None = 1.0
     max_approx_kl: float | None = None  # stop the remaining PPO epochs of an update when approx-KL exceeds this
+    max_consecutive_skips: int = 3  # updates in a row skipped for NaN/inf before the run stops with an error
     # --- bookkeeping
     seed: int = 0
     checkpoint_every: int = 10  # updates
@@ -137,7 +138,8 @@ class PPOConfig:
             object.__setattr__(self, "sft", SFTConfig(**self.sft))
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
                      "temperature", "kl_horizon", "num_ppo_epochs", "num_mini_batches",
-                     "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size"):
+                     "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size",
+                     "max_consecutive_skips"):
             _check_positive(self, name)
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:

@@ -15,6 +15,7 @@ import datetime
 import json
 import pathlib
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -29,6 +30,13 @@ from tf_ppo.reporting import RunLog, plot_curves, read_history
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward
 from tf_ppo.rollout import generate, response_logits, response_view
 from tf_ppo.sft import default_policy
+
+
+LOSS_METRICS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "grad_norm")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many updates in a row were skipped because of NaN or inf; the message says where it came from."""
 
 
 class Callback:
@@ -81,6 +89,7 @@ class PPOTrainer:
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
         self.stop_training = False
+        self.consecutive_skips = 0
         self.run_dir = pathlib.Path(config.run_dir or f"runs/ppo-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         keras.utils.set_random_seed(config.seed)
 
@@ -160,9 +169,17 @@ class PPOTrainer:
             loss = pg.loss + c.vf_coef * vf.loss - c.entropy_coef * entropy
         gradients = tape.gradient(loss, self.variables)
         gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
-        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        # A NaN or inf must never reach the weights (or Adam's moments): skip the step instead.
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
+
+        def apply():
+            self.optimizer.apply_gradients(zip(gradients, self.variables))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
         return {"policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
-                "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl, "grad_norm": grad_norm}
+                "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl, "grad_norm": grad_norm,
+                "applied": applied}
 
     # ----------------------------------------------------------------- one update, in steps
 
@@ -194,6 +211,12 @@ class PPOTrainer:
     def optimise(self, batch, update):
         """Run the PPO epochs over shuffled minibatches; returns the mean of each loss term."""
         c = self.config
+        non_finite = [key for key in ("scores", "logprobs", "ref_logprobs", "values", "advantages", "returns")
+                      if not np.all(np.isfinite(batch[key]))]
+        if non_finite:
+            self._skipped(update, f"non-finite {', '.join(non_finite)} in the rollout")
+            return {**dict.fromkeys(LOSS_METRICS, float("nan")), "skipped_steps": c.num_ppo_epochs * c.num_mini_batches,
+                    "ppo_epochs": 0}
         trainable = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values",
                                                  "advantages", "returns")}
         rng = np.random.default_rng([c.seed, update])  # per update, so a resumed run shuffles the same way
@@ -206,8 +229,22 @@ class PPOTrainer:
             epochs_done += 1
             if c.max_approx_kl is not None and np.mean([s["approx_kl"] for s in epoch]) > c.max_approx_kl:
                 break  # the policy moved too far from the one that sampled: stop early (CleanRL's target_kl)
+        applied = [bool(s.pop("applied")) for s in steps]
+        if not any(applied):
+            self._skipped(update, "non-finite loss or gradients in every optimiser step")
+        else:
+            self.consecutive_skips = 0
         means = {key: float(np.mean([s[key] for s in steps])) for key in steps[0]}
-        return {**means, "ppo_epochs": epochs_done}
+        return {**means, "skipped_steps": applied.count(False), "ppo_epochs": epochs_done}
+
+    def _skipped(self, update, reason):
+        """Count a skipped update; stop the run after `max_consecutive_skips` in a row."""
+        self.consecutive_skips += 1
+        message = f"update {update} skipped: {reason}"
+        if self.consecutive_skips >= self.config.max_consecutive_skips:
+            raise NonFiniteError(f"{self.consecutive_skips} updates in a row skipped (max_consecutive_skips="
+                                 f"{self.config.max_consecutive_skips}); last: {message}")
+        warnings.warn(message)
 
     # ----------------------------------------------------------------- the loop
 
