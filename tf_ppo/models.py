@@ -16,7 +16,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from tf_ppo.config import ModelConfig
+from tf_ppo.config import ModelConfig  # noqa: F401  used by the docstring examples (doctests)
 
 
 def load_tokenizer(vocabulary, merges):

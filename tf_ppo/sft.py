@@ -20,7 +20,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_ppo import ppo
-from tf_ppo.config import DATA_DIR, PPOConfig
+from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import build_policy, load_tokenizer
 
