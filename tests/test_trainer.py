@@ -1,4 +1,4 @@
-"""End-to-end PPO runs on tiny models: learning, artefacts, reproducibility, resume."""
+"""End-to-end PPO runs on tiny models: learning, artefacts, reproducibility, the non-finite guard."""
 
 import pathlib
 
@@ -10,8 +10,8 @@ import tensorflow as tf
 from tests.conftest import tiny_config
 from tf_ppo import Callback, NonFiniteError, PPOConfig, PPOTrainer, train
 from tf_ppo.reporting import read_history
-from tf_ppo.sft import default_policy
 from tf_ppo.rewards import word_count_reward
+from tf_ppo.sft import default_policy
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +67,6 @@ def test_same_seed_same_run(tmp_path, sft_policy_path):
     assert strip[0] == strip[1]
     for a, b in zip(runs[0].policy.get_weights(), runs[1].policy.get_weights()):
         np.testing.assert_array_equal(a, b)
-
-
-def test_resume_continues_exactly(tmp_path, sft_policy_path):
-    straight = train(tiny_config(tmp_path / "straight", total_updates=4, target_kl=1.0), show_progress=False)
-    interrupted = tiny_config(tmp_path / "resumed", total_updates=2, target_kl=1.0)
-    train(interrupted, show_progress=False)
-    resumed = train(interrupted.replace(total_updates=4), resume=True, show_progress=False)
-    assert [row["update"] for row in resumed.history] == [1, 2, 3, 4]
-    assert resumed.history[-1]["kl_coef"] == straight.history[-1]["kl_coef"]
-    for a, b in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_callback_can_stop_training(tmp_path, sft_policy):

@@ -11,8 +11,8 @@ from tf_ppo.data import DataError
 from tf_ppo.export import ExportError, export
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
 from tf_ppo.sft import default_policy, sft
-from tf_ppo.trainer import Callback, NonFiniteError, PPOTrainer, TrainResult, train
+from tf_ppo.trainer import Callback, CheckpointError, NonFiniteError, PPOTrainer, TrainResult, train
 
 __all__ = ["ppo", "ModelConfig", "PPOConfig", "SFTConfig", "DataError", "ExportError", "export", "RewardError", "sentiment_reward",
-           "word_count_reward", "default_policy", "sft", "Callback", "NonFiniteError", "PPOTrainer", "TrainResult", "train"]
+           "word_count_reward", "default_policy", "sft", "Callback", "CheckpointError", "NonFiniteError", "PPOTrainer", "TrainResult", "train"]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ disagree: every top-level field is `--field_name VALUE` (JSON values, e.g.
 Example:
     tf-ppo demo
     tf-ppo train --config my_config.json --total_updates 200
-    tf-ppo train --resume --run_dir runs/ppo-20261128-120000
+    tf-ppo train --resume runs/ppo-20261128-120000 --total_updates 200
     tf-ppo sft --sft.epochs 8
     tf-ppo export runs/ppo-20261128-120000 exported/sentiment
     tf-ppo generate exported/sentiment "the film was" --top_k 1
@@ -16,10 +16,14 @@ Example:
 import argparse
 import dataclasses
 import json
+import pathlib
 import sys
 import time
 
 from tf_ppo.config import ModelConfig, PPOConfig, SFTConfig
+from tf_ppo.export import export
+from tf_ppo.sft import sft
+from tf_ppo.trainer import CheckpointError, train
 
 DEMO_RUN_DIR = "runs/demo-{time}"
 
@@ -30,7 +34,8 @@ def build_parser():
     demo = commands.add_parser("demo", help="SFT a tiny policy on data/, then PPO it toward positive sentiment")
     train = commands.add_parser("train", help="PPO (the policy is SFT-trained first if not cached)")
     sft = commands.add_parser("sft", help="supervised fine-tuning only")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run_dir")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue that run from its latest checkpoint, with its config.json (flags override)")
     export = commands.add_parser("export", help="write a run's policy as a SavedModel (strings in, text out)")
     export.add_argument("run_dir")
     export.add_argument("export_dir")
@@ -67,8 +72,10 @@ def _parse_value(text):
 def config_from_args(args, **defaults):
     """A `PPOConfig` from `--config` then flags; errors name the bad field."""
     values = dict(defaults)
+    if getattr(args, "resume", None):
+        values.update(json.loads(_read(pathlib.Path(args.resume) / "config.json")), run_dir=args.resume)
     if args.config:
-        values.update(json.loads(open(args.config).read()))
+        values.update(json.loads(_read(args.config)))
     for key, value in vars(args).items():
         if key in ("command", "config", "resume"):
             continue
@@ -80,10 +87,15 @@ def config_from_args(args, **defaults):
     return PPOConfig().replace(**values)
 
 
+def _read(path):
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    return path.read_text()
+
+
 def run_demo(config):
     """SFT + PPO on the shipped data; prints samples, figures and a final JSON line."""
-    from tf_ppo.trainer import train
-
     started = time.perf_counter()
     result = train(config)
     before, after = result.evaluation_before, result.evaluation_after
@@ -126,25 +138,20 @@ def main(argv=None):
         if args.command == "demo":
             run_demo(config_from_args(args, run_dir=DEMO_RUN_DIR.format(time=time.strftime("%Y%m%d-%H%M%S"))))
         elif args.command == "train":
-            from tf_ppo.trainer import train
-
-            config = config_from_args(args)
-            if args.resume and not config.run_dir:
-                raise ValueError("--resume needs --run_dir (the run to continue)")
-            result = train(config, resume=args.resume)
-            print(json.dumps({k: v for k, v in result.evaluation_after.items() if k != "samples"}))
+            result = train(config_from_args(args), resume=bool(args.resume))
+            if result.preempted:
+                print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
+                      f"Continue with: tf-ppo train --resume {result.run_dir}")
+            else:
+                print(json.dumps({k: v for k, v in result.evaluation_after.items() if k != "samples"}))
         elif args.command == "export":
-            from tf_ppo.export import export
-
             print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
         elif args.command == "generate":
             run_generate(args)
         else:
-            from tf_ppo.sft import sft
-
             result = sft(config_from_args(args))
             print(json.dumps(result.history[-1]))
-    except (ValueError, FileNotFoundError) as error:  # user mistakes: one line, no stack trace
+    except (ValueError, FileNotFoundError, CheckpointError) as error:  # user mistakes: one line, no stack trace
         print(f"tf-ppo {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

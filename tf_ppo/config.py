@@ -96,6 +96,7 @@ class PPOConfig:
     total_updates: int = 100
     batch_size: int = 64  # rollouts (prompts) per update
     max_prompt_length: int = 16  # prompts are right-padded to this many tokens (BOS included)
+    truncate_prompts: bool = False  # longer prompts: False = error naming the row, True = keep their last tokens (warns)
     response_length: int = 16  # maximum new tokens per response
     temperature: float = 1.0
     top_k: int = 0  # 0 = off, as in PPO practice: sampling must match the policy being optimised

@@ -11,6 +11,7 @@ steps are traced once.
 """
 
 import pathlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -65,19 +66,22 @@ def check_texts(texts, where):
             raise DataError(f"{where}: row {row} is empty; expected non-empty text")
 
 
-def encode_prompts(tokenizer, prompts, max_prompt_length):
+def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False):
     """Tokenise prompts: start token + prompt, right-padded.
 
     Args:
         tokenizer: a keras-hub tokenizer with `start_token_id`/`pad_token_id`.
         prompts: list of N strings.
         max_prompt_length: the padded width P (start token included).
+        truncate: cut longer prompts to their last P - 1 tokens (with a warning)
+            instead of raising; the end of a prompt is what the response continues.
 
     Returns:
         `(token_ids, lengths)`: int32 `[N, P]` and int32 `[N]` (real tokens per row).
 
     Raises:
-        DataError: a prompt is longer than `max_prompt_length` tokens (names the row).
+        DataError: a prompt is longer than `max_prompt_length` tokens and
+            `truncate` is off (names the row).
 
     Example:
     >>> from tf_ppo.config import PPOConfig
@@ -90,10 +94,16 @@ def encode_prompts(tokenizer, prompts, max_prompt_length):
     token_lists = [[tokenizer.start_token_id] + ids for ids in _tokenize(tokenizer, prompts)]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
     too_long = np.flatnonzero(lengths > max_prompt_length)
-    if too_long.size:
+    if too_long.size and not truncate:
         row = int(too_long[0])
         raise DataError(f"prompt row {row} has {lengths[row]} tokens (start token included), more than "
-                        f"max_prompt_length={max_prompt_length}: {prompts[row]!r}")
+                        f"max_prompt_length={max_prompt_length}: {prompts[row]!r} (or set truncate_prompts=True)")
+    if too_long.size:
+        warnings.warn(f"{too_long.size} of {len(prompts)} prompts cut to their last {max_prompt_length - 1} "
+                      f"tokens (max_prompt_length={max_prompt_length}); first: row {int(too_long[0])}")
+        token_lists = [ids[:1] + ids[1:][len(ids) - max_prompt_length:] if len(ids) > max_prompt_length else ids
+                       for ids in token_lists]
+        lengths = np.minimum(lengths, max_prompt_length)
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
 
 

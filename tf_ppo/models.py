@@ -96,9 +96,7 @@ def build_policy(model_config, vocabulary_size):
     'GPT2CausalLM'
     """
     if model_config.architecture == "bigram":
-        policy = BigramLM(vocabulary_size, model_config.hidden_dim)
-        policy({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
-        return policy
+        return build_weights(BigramLM(vocabulary_size, model_config.hidden_dim))
     return keras_hub.models.GPT2CausalLM(build_backbone(model_config, vocabulary_size))
 
 
@@ -146,24 +144,32 @@ def build_value_model(model_config, policy, vocabulary_size):
     True
     """
     backbone = build_backbone(model_config, vocabulary_size)
-    value_model = ValueModel(backbone)
-    value_model({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
+    value_model = build_weights(ValueModel(backbone))
     if isinstance(policy, keras_hub.models.GPT2CausalLM):
         backbone.set_weights(policy.backbone.get_weights())
     return value_model
+
+
+def build_weights(model):
+    """Create a model's weights (if not yet) by calling it on one token; returns the model.
+
+    Example:
+    >>> len(build_weights(BigramLM(vocabulary_size=10, hidden_dim=4)).weights)
+    3
+    """
+    if not model.built:  # a subclassed model creates its weights on its first call
+        model({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
+    return model
 
 
 def frozen_copy(policy):
     """A non-trainable clone of `policy` with the same weights: the PPO reference model.
 
     Example:
-    >>> policy = BigramLM(vocabulary_size=10, hidden_dim=4)
-    >>> _ = policy({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
-    >>> frozen_copy(policy).trainable
+    >>> frozen_copy(BigramLM(vocabulary_size=10, hidden_dim=4)).trainable
     False
     """
-    reference = policy.__class__.from_config(policy.get_config())
-    reference({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
-    reference.set_weights(policy.get_weights())
+    reference = build_weights(policy.__class__.from_config(policy.get_config()))
+    reference.set_weights(build_weights(policy).get_weights())
     reference.trainable = False
     return reference

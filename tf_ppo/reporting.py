@@ -8,6 +8,7 @@ Example:
 """
 
 import csv
+import os
 import pathlib
 
 import tensorflow as tf
@@ -17,12 +18,18 @@ PLOTTED = (("score_mean", "reward (score)"), ("kl", "KL to reference (nats / res
 
 
 class RunLog:
-    """Appends one row per update to `metrics.csv` (flushed each time) and to TensorBoard."""
+    """Appends one row per update to `metrics.csv` (flushed each time) and to TensorBoard.
 
-    def __init__(self, run_dir):
+    `keep_updates=n` first drops CSV rows after update n: a resumed run redoes
+    the updates after its checkpoint, and their rows must not appear twice.
+    """
+
+    def __init__(self, run_dir, keep_updates=None):
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "metrics.csv"
+        if keep_updates is not None and self.csv_path.exists():
+            _keep_rows(self.csv_path, keep_updates)
         self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
         self._csv_file = None
         self._csv = None
@@ -60,6 +67,22 @@ def read_history(csv_path):
         return []
     with path.open(newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _keep_rows(csv_path, last_update):
+    """Rewrite `csv_path` (atomically) with only its complete rows up to `last_update`."""
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames = reader.fieldnames or []
+        # A row cut by a crash has missing cells (None): drop it with the rows after the checkpoint.
+        rows = [row for row in reader
+                if None not in row and None not in row.values() and float(row["update"]) <= last_update]
+    partial = csv_path.with_suffix(".csv.tmp")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, csv_path)
 
 
 def plot_curves(history, path):

@@ -10,10 +10,13 @@ Each update:
 The maths lives in `tf_ppo.ppo`; this module only wires it together.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import pathlib
+import signal
+import threading
 import time
 import warnings
 
@@ -37,6 +40,10 @@ LOSS_METRICS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "appr
 
 class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped because of NaN or inf; the message says where it came from."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of the run can be restored (missing, corrupt, or from a different model)."""
 
 
 class Callback:
@@ -69,6 +76,7 @@ class TrainResult:
     evaluation_after: dict  # held-out metrics of the trained policy
     run_dir: pathlib.Path
     config: PPOConfig
+    preempted: bool = False  # stopped early by SIGTERM: checkpoint saved, no final evaluation
 
 
 class PPOTrainer:
@@ -119,6 +127,9 @@ class PPOTrainer:
         self.checkpoints = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=3)
         if resume:
             self._restore()
+        elif self.checkpoints.latest_checkpoint:
+            raise CheckpointError(f"{self.run_dir} already holds checkpoints of a run; resume it (resume=True, "
+                                  f"tf-ppo train --resume {self.run_dir}) or choose a new run_dir")
 
         # One compiled function per phase, each with fixed shapes: traced once.
         self._generate = tf.function(self._generate_fn, jit_compile=config.generation_jit)
@@ -249,40 +260,66 @@ class PPOTrainer:
     # ----------------------------------------------------------------- the loop
 
     def train(self):
-        """Run `config.total_updates` PPO updates (from the last checkpoint if resumed)."""
+        """Run `config.total_updates` PPO updates (from the last checkpoint if resumed).
+
+        SIGTERM (a cloud preemption) ends the run at the end of the update in
+        flight, with a checkpoint: `result.preempted` is then True.
+        """
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(c.to_json())
-        log = RunLog(self.run_dir)
-        history = read_history(log.csv_path)[: int(self.update.numpy())]
+        restored = int(self.update.numpy())
+        log = RunLog(self.run_dir, keep_updates=restored)  # rows after the checkpoint are redone, not duplicated
+        history = read_history(log.csv_path)
         for callback in self.callbacks:
             callback.trainer = self
         evaluation_before = self.evaluate()
         prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths, c.batch_size, c.seed)
-                       .skip(int(self.update.numpy())))  # a resumed run continues where the data left off
-        progress = tqdm(total=c.total_updates, initial=int(self.update.numpy()), desc="PPO",
-                        disable=not self.show_progress)
-        while int(self.update.numpy()) < c.total_updates and not self.stop_training:
-            update = int(self.update.numpy()) + 1
-            logs = self.run_update(next(prompts), update)
-            self.update.assign(update)
-            history.append({"update": update, **logs})
-            log.write(update, logs)
-            progress.update(1)
-            if self.show_progress:
-                tqdm.write(_metrics_line(update, c.total_updates, logs))
-            if update % c.checkpoint_every == 0 or update == c.total_updates:
-                self.checkpoints.save(checkpoint_number=update)
-            if c.eval_every and update % c.eval_every == 0:
-                tqdm.write(f"update {update}: held-out {_summary(self.evaluate())}")
-            for callback in self.callbacks:
-                callback.on_update_end(update, logs)
+                       .skip(restored))  # a resumed run continues where the data left off
+        progress = tqdm(total=c.total_updates, initial=restored, desc="PPO", disable=not self.show_progress)
+        with self._stop_on_sigterm():
+            while int(self.update.numpy()) < c.total_updates and not self.stop_training:
+                update = int(self.update.numpy()) + 1
+                logs = self.run_update(next(prompts), update)
+                self.update.assign(update)
+                history.append({"update": update, **logs})
+                log.write(update, logs)
+                progress.update(1)
+                if self.show_progress:
+                    tqdm.write(_metrics_line(update, c.total_updates, logs))
+                if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
+                    self.checkpoints.save(checkpoint_number=update)
+                if c.eval_every and update % c.eval_every == 0:
+                    tqdm.write(f"update {update}: held-out {_summary(self.evaluate())}")
+                for callback in self.callbacks:
+                    callback.on_update_end(update, logs)
         progress.close()
         log.close()
+        if self.preempted:  # the grace period is short: the checkpoint is saved, skip evaluation and plots
+            return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before, None,
+                               self.run_dir, c, preempted=True)
         evaluation_after = self.evaluate()
         self.save_artifacts(history)
         return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before,
                            evaluation_after, self.run_dir, c)
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self):
+        """While training, SIGTERM asks the loop to checkpoint and stop after the update in flight."""
+        self.preempted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def request_stop(signum, frame):
+            self.preempted = self.stop_training = True
+            tqdm.write("SIGTERM: saving a checkpoint after the current update, then stopping")
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def run_update(self, prompt_batch, update):
         """One PPO update on a batch of prompts; returns its metrics."""
@@ -320,7 +357,7 @@ class PPOTrainer:
         """
         prompts = prompts or self.eval_prompts
         c = self.config
-        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length)
+        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts)
         padded = -len(prompts) % c.batch_size
         token_ids, lengths = np.concatenate([token_ids, token_ids[:padded]]), np.concatenate([lengths, lengths[:padded]])
         scores, kls, texts = [], [], []
@@ -350,7 +387,8 @@ class PPOTrainer:
     def _encode(self, prompts):
         if isinstance(prompts, (str, pathlib.Path)):
             prompts = read_prompt_csv(prompts)["input_text"].tolist()
-        return encode_prompts(self.tokenizer, list(prompts), self.config.max_prompt_length)
+        return encode_prompts(self.tokenizer, list(prompts), self.config.max_prompt_length,
+                              self.config.truncate_prompts)
 
     def _fluency(self, batch):
         if self.bigrams is None:
@@ -361,10 +399,20 @@ class PPOTrainer:
                                           for p, t in zip(prompt_texts, batch["texts"])]))}
 
     def _restore(self):
-        latest = self.checkpoints.latest_checkpoint
-        if latest is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        """Restore the newest readable checkpoint; a corrupt one is skipped with a warning."""
+        directory = self.run_dir / "checkpoints"
+        candidates = self.checkpoints.checkpoints[::-1]  # newest first; only complete checkpoints are listed
+        if not candidates:
+            raise CheckpointError(f"resume: no checkpoint in {directory}")
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                problem = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                warnings.warn(f"resume: checkpoint {path} cannot be restored ({problem}); trying the previous one")
+        raise CheckpointError(f"resume: none of the checkpoints in {directory} can be restored "
+                              f"(last problem: {problem})")
 
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True):

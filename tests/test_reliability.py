@@ -1,0 +1,157 @@
+"""Crashes, preemption and corrupt state: a run always resumes to the same weights, or fails clearly."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+from tf_ppo import CheckpointError, DataError, PPOConfig, PPOTrainer, train
+from tf_ppo.cli import main
+from tf_ppo.data import encode_prompts
+from tf_ppo.models import BigramLM, build_weights, load_tokenizer
+from tf_ppo.reporting import read_history
+
+# The straight run's settings, also spelled as CLI flags for the subprocess runs.
+RUN = {"total_updates": 4, "target_kl": 1.0, "batch_size": 32, "eval_size": 32}
+RUN_FLAGS = [arg for key, value in RUN.items() for arg in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, sft_policy_path):
+    """An uninterrupted 4-update run (checkpoints at 2 and 4): what every resumed run must reproduce."""
+    return train(tiny_config(tmp_path_factory.mktemp("straight"), checkpoint_every=2, **RUN), show_progress=False)
+
+
+def assert_same_weights(expected_model, run_dir):
+    resumed = keras.saving.load_model(run_dir / "policy.keras", compile=False)
+    for expected, got in zip(expected_model.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def cli(*args, **popen_kwargs):
+    """Start `tf-ppo` in a fresh process (it inherits the session's policy cache)."""
+    return subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+def test_resume_continues_exactly(tmp_path, straight):
+    interrupted = tiny_config(tmp_path, **{**RUN, "total_updates": 2})
+    train(interrupted, show_progress=False)
+    resumed = train(interrupted.replace(total_updates=4), resume=True, show_progress=False)
+    assert [row["update"] for row in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["kl_coef"] == straight.history[-1]["kl_coef"]  # the KL controller's state
+    assert_same_weights(straight.policy, resumed.run_dir)
+
+
+def test_sigkill_mid_update_then_resume_matches_the_uninterrupted_run(tmp_path, straight):
+    run_dir = tmp_path / "killed"
+    process = cli("train", "--run_dir", str(run_dir), "--checkpoint_every", "1", *RUN_FLAGS)
+    while not (run_dir / "checkpoints" / "ckpt-2.index").exists():  # then kill somewhere in update 3 or 4
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    delay = random.uniform(0.0, 0.3)
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    assert not (run_dir / "policy.keras").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
+
+    resumed = cli("train", "--resume", str(run_dir))
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert_same_weights(straight.policy, run_dir)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, sft_policy_path):
+    run_dir = tmp_path / "preempted"
+    process = cli("train", "--run_dir", str(run_dir), *RUN_FLAGS, "--total_updates", "100",
+                  "--checkpoint_every", "1000")
+    while len(read_history(run_dir / "metrics.csv")) < 1:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout
+    done = len(read_history(run_dir / "metrics.csv"))
+    assert 1 <= done < 100
+    assert (run_dir / "checkpoints" / f"ckpt-{done}.index").exists()
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, straight):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(straight.run_dir, run_dir)
+    data_file = run_dir / "checkpoints" / "ckpt-4.data-00000-of-00001"
+    data_file.write_bytes(b"\0" * data_file.stat().st_size)  # same size, every byte wrong
+    with pytest.warns(UserWarning, match="ckpt-4 cannot be restored"):
+        resumed = train(straight.config.replace(run_dir=str(run_dir)), resume=True, show_progress=False)
+    assert [row["update"] for row in resumed.history] == [1, 2, 3, 4]  # updates 3 and 4 redone from ckpt-2
+    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert_same_weights(straight.policy, run_dir)
+
+
+def test_checkpoint_of_another_model_fails_loudly(straight):
+    tokenizer = load_tokenizer(straight.config.vocabulary, straight.config.merges)
+    other = BigramLM(tokenizer.vocabulary_size(), 16)
+    config = straight.config.replace(model={"architecture": "bigram", "hidden_dim": 16})
+    with warnings.catch_warnings(), pytest.raises(CheckpointError, match="none of the checkpoints .* can be restored"):
+        warnings.simplefilter("ignore")
+        PPOTrainer(config, policy=other, resume=True, show_progress=False)
+
+
+def test_a_used_run_dir_is_not_overwritten_by_a_fresh_run(straight, sft_policy):
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):
+        PPOTrainer(straight.config, policy=sft_policy, show_progress=False)
+
+
+def test_cli_resume_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert f"error: {tmp_path / 'nowhere' / 'config.json'}: file not found" in capsys.readouterr().err
+
+
+def test_truncated_prompts_keep_their_last_tokens_with_a_warning():
+    tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    long_prompt = "i thought the film was really quite"
+    with pytest.warns(UserWarning, match="1 of 2 prompts cut to their last 5 tokens"):
+        ids, lengths = encode_prompts(tokenizer, ["the film", long_prompt], 6, truncate=True)
+    tail = tokenizer(long_prompt)[-5:]
+    assert lengths.tolist() == [3, 6]
+    assert ids[1].tolist() == [tokenizer.start_token_id, *tail]
+
+
+def test_empty_prompt_list_is_refused(tmp_path, sft_policy):
+    with pytest.raises(DataError, match="prompts: no rows"):
+        PPOTrainer(tiny_config(tmp_path), prompts=[], policy=sft_policy, show_progress=False)
+
+
+@pytest.mark.parametrize("end_bias", [100.0, 6.6], ids=["all-empty", "half-empty"])
+def test_empty_responses_one_token_prompts_and_a_constant_reward(tmp_path, end_bias):
+    """The article's model, biased to stop at once, on one-word prompts with a reward of 1 for everything."""
+    config = tiny_config(tmp_path, total_updates=2, model={"architecture": "bigram", "hidden_dim": 16},
+                         response_length=4)
+    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    policy = build_weights(BigramLM(tokenizer.vocabulary_size(), 16))
+    bias = np.zeros(tokenizer.vocabulary_size(), np.float32)
+    bias[tokenizer.end_token_id] = end_bias  # 6.6 = log(762 other tokens): P(end) about 1/2 per step
+    policy.head.bias.assign(bias)
+    prompts = ["the", "a", "it", "this", "i", "my", "I", "the"] * 4
+    trainer = PPOTrainer(config, reward_fn=lambda texts: [1.0] * len(texts), prompts=prompts, policy=policy,
+                         show_progress=False)
+    assert set(trainer.prompt_lengths.tolist()) == {2}  # start token + one word token
+    batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
+    lengths = batch["responses"].mask.numpy().sum(axis=1)  # an empty response is its end token alone
+    assert lengths.min() == 1 and (lengths.max() == 1) == (end_bias == 100.0), lengths
+    result = trainer.train()
+    assert all(row["skipped_steps"] == 0 for row in result.history)
+    assert all(np.isfinite(value) for row in result.history for value in row.values())
+    assert all(np.all(np.isfinite(w)) for w in result.policy.get_weights())
