@@ -65,8 +65,8 @@ def test_reward_errors():
         compute_scores(lambda texts: [1.0], ["a", "b"])
     with pytest.raises(RewardError, match="must return numbers"):
         compute_scores(lambda texts: ["good"] * len(texts), ["a"])
-    with pytest.raises(RewardError, match="nan for row 1"):
-        compute_scores(lambda texts: [0.0, float("nan")], ["a", "b"])
+    with pytest.raises(RewardError, match=r"shape \(2, 1\)"):
+        compute_scores(lambda prompts, texts: [[0.0]] * len(texts), ["a", "b"], ["p", "q"])
 
 
 def test_default_and_word_rewards():

@@ -6,13 +6,42 @@ Example:
 """
 
 from tf_ppo import ppo
-from tf_ppo.config import ModelConfig, PPOConfig, SFTConfig
+from tf_ppo.config import ModelConfig, PPOConfig, RewardConfig, SFTConfig
 from tf_ppo.data import DataError
 from tf_ppo.export import ExportError, export
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
+from tf_ppo.pipeline import PipelineResult, pipeline
+from tf_ppo.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
 from tf_ppo.sft import default_policy, sft
-from tf_ppo.trainer import Callback, CheckpointError, NonFiniteError, PPOTrainer, TrainResult, train
+from tf_ppo.checkpoints import CheckpointError
+from tf_ppo.trainer import Callback, NonFiniteError, OveroptimisationWarning, PPOTrainer, TrainResult, train
 
-__all__ = ["ppo", "ModelConfig", "PPOConfig", "SFTConfig", "DataError", "ExportError", "export", "RewardError", "sentiment_reward",
-           "word_count_reward", "default_policy", "sft", "Callback", "CheckpointError", "NonFiniteError", "PPOTrainer", "TrainResult", "train"]
+__all__ = [
+    "ppo",
+    "ModelConfig",
+    "PPOConfig",
+    "RewardConfig",
+    "SFTConfig",
+    "DataError",
+    "ExportError",
+    "export",
+    "RewardError",
+    "sentiment_reward",
+    "word_count_reward",
+    "PipelineResult",
+    "pipeline",
+    "ClassifierReward",
+    "RewardModel",
+    "read_preferences",
+    "train_reward_model",
+    "default_policy",
+    "sft",
+    "CheckpointError",
+    "Callback",
+    "NonFiniteError",
+    "OveroptimisationWarning",
+    "PPOTrainer",
+    "TrainResult",
+    "train",
+]
 __version__ = "0.1.0"

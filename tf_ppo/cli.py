@@ -1,4 +1,4 @@
-"""The `tf-ppo` command: `demo`, `train` and `sft`.
+"""The `tf-ppo` command: `demo`, `train`, `sft`, `reward`, `pipeline`, `export`, `generate`.
 
 Flags are derived from `PPOConfig`'s fields, so the CLI and the config never
 disagree: every top-level field is `--field_name VALUE` (JSON values, e.g.
@@ -9,6 +9,8 @@ Example:
     tf-ppo train --config my_config.json --total_updates 200
     tf-ppo train --resume runs/ppo-20261128-120000 --total_updates 200
     tf-ppo sft --sft.epochs 8
+    tf-ppo reward --reward.epochs 2 --run_dir runs/rm
+    tf-ppo pipeline --run_dir runs/rlhf           # SFT -> reward model -> PPO, proxy and gold scores
     tf-ppo export runs/ppo-20261128-120000 exported/sentiment
     tf-ppo generate exported/sentiment "the film was" --top_k 1
 """
@@ -20,10 +22,14 @@ import pathlib
 import sys
 import time
 
-from tf_ppo.config import ModelConfig, PPOConfig, SFTConfig
+from tf_ppo.config import NESTED, PPOConfig
+from tf_ppo.data import read_prompt_csv
 from tf_ppo.export import export
-from tf_ppo.sft import sft
-from tf_ppo.trainer import CheckpointError, train
+from tf_ppo.pipeline import pipeline
+from tf_ppo.reward_model import train_reward_model
+from tf_ppo.sft import default_policy, sft
+from tf_ppo.checkpoints import CheckpointError
+from tf_ppo.trainer import train
 
 DEMO_RUN_DIR = "runs/demo-{time}"
 
@@ -34,6 +40,8 @@ def build_parser():
     demo = commands.add_parser("demo", help="SFT a tiny policy on data/, then PPO it toward positive sentiment")
     train = commands.add_parser("train", help="PPO (the policy is SFT-trained first if not cached)")
     sft = commands.add_parser("sft", help="supervised fine-tuning only")
+    reward = commands.add_parser("reward", help="train a reward model on preference pairs (--reward.* flags)")
+    pipeline = commands.add_parser("pipeline", help="SFT -> reward model -> PPO, with a gold score beside the proxy")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue that run from its latest checkpoint, with its config.json (flags override)")
     export = commands.add_parser("export", help="write a run's policy as a SavedModel (strings in, text out)")
@@ -46,7 +54,7 @@ def build_parser():
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--top_k", type=int, default=0, help="1 = greedy, 0 = sample from all tokens")
     generate.add_argument("--seed", type=int, default=0)
-    for command in (demo, train, sft):
+    for command in (demo, train, sft, reward, pipeline):
         command.add_argument("--config", help="a JSON file of PPOConfig fields; flags override it")
         _add_config_flags(command)
     return parser
@@ -54,8 +62,8 @@ def build_parser():
 
 def _add_config_flags(parser):
     for field in dataclasses.fields(PPOConfig):
-        if field.name in ("model", "sft"):
-            for sub in dataclasses.fields(ModelConfig if field.name == "model" else SFTConfig):
+        if field.name in NESTED:
+            for sub in dataclasses.fields(NESTED[field.name]):
                 parser.add_argument(f"--{field.name}.{sub.name}", dest=f"{field.name}.{sub.name}",
                                     type=_parse_value, default=argparse.SUPPRESS)
         else:
@@ -120,6 +128,16 @@ def run_demo(config):
     return summary
 
 
+def run_reward(config):
+    """Train a reward model from the default SFT policy's backbone, normalised on its samples."""
+    run_dir = pathlib.Path(config.run_dir or f"runs/reward-{time.strftime('%Y%m%d-%H%M%S')}")
+    policy = default_policy(config)
+    prompts = read_prompt_csv(config.prompts_csv)["input_text"].tolist()
+    result = train_reward_model(config, policy.backbone, run_dir, policy=policy, prompts=prompts)
+    print(f"reward model written to {result.path}")
+    print(json.dumps(result.history[-1]))
+
+
 def run_generate(args):
     """Load a SavedModel with TensorFlow alone and print one completion per prompt."""
     import tensorflow as tf
@@ -148,6 +166,10 @@ def main(argv=None):
             print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
         elif args.command == "generate":
             run_generate(args)
+        elif args.command == "reward":
+            run_reward(config_from_args(args))
+        elif args.command == "pipeline":
+            print(json.dumps(pipeline(config_from_args(args)).summary))
         else:
             result = sft(config_from_args(args))
             print(json.dumps(result.history[-1]))

@@ -69,6 +69,36 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """The learned reward model (`tf_ppo.train_reward_model`, `tf-ppo reward`, `tf-ppo pipeline`).
+
+    Example:
+    >>> RewardConfig(epochs=2).batch_size
+    32
+    """
+
+    preferences_csv: str = str(DATA_DIR / "preferences.csv")  # prompt,chosen,rejected or prompt,response_0..,best
+    epochs: int = 1
+    batch_size: int = 32  # preference rows per step
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    max_length: int = 32  # tokens per scored text (start + prompt + response); longer texts keep their end
+    heldout_fraction: float = 0.15  # rows held out for accuracy when the CSV has no `split` column
+    normalise_samples: int = 256  # SFT samples that fit gain and bias (mean 0, std 1); 0 = no normalisation
+    clip: float | None = None  # clip normalised rewards to [-clip, clip]
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length"):
+            _check_positive(self, name)
+        _check_range(self, "heldout_fraction", 0.0, 1.0, include_high=False)
+        if self.normalise_samples < 0:
+            _fail(self, "normalise_samples", f"must be >= 0, got {self.normalise_samples!r}")
+        if self.clip is not None:
+            _check_positive(self, "clip")
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Stage 2: PPO with a KL penalty against the frozen reference policy.
 
@@ -90,6 +120,7 @@ class PPOConfig:
     merges: str = str(DATA_DIR / "merges.txt")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     fluency_corpus: str | None = str(DATA_DIR / "corpus.txt")  # word bigrams that count as fluent; None = skip the metric
     run_dir: str | None = None  # None = runs/ppo-<date>-<time>
     # --- rollout
@@ -131,16 +162,16 @@ class PPOConfig:
     checkpoint_every: int = 10  # updates
     eval_every: int = 0  # updates; 0 = only before and after training
     eval_size: int = 128  # held-out prompts scored at each evaluation
+    overoptimisation_window: int = 10  # updates; warn when the proxy reward rises while the gold score falls
 
     def __post_init__(self):
-        if isinstance(self.model, dict):
-            object.__setattr__(self, "model", ModelConfig(**self.model))
-        if isinstance(self.sft, dict):
-            object.__setattr__(self, "sft", SFTConfig(**self.sft))
+        for name, section in NESTED.items():
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, section(**getattr(self, name)))
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
                      "temperature", "kl_horizon", "num_ppo_epochs", "num_mini_batches",
                      "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size",
-                     "max_consecutive_skips"):
+                     "max_consecutive_skips", "overoptimisation_window"):
             _check_positive(self, name)
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:
@@ -173,13 +204,13 @@ class PPOConfig:
         return self.max_prompt_length + self.response_length
 
     def replace(self, **changes):
-        """A copy with some fields changed (nested dicts allowed for `model`/`sft`).
+        """A copy with some fields changed (nested dicts allowed for `model`/`sft`/`reward`).
 
         Example:
         >>> PPOConfig().replace(seed=3, model={"num_layers": 1}).model.num_layers
         1
         """
-        for name in ("model", "sft"):
+        for name in NESTED:
             if isinstance(changes.get(name), dict):
                 changes[name] = dataclasses.replace(getattr(self, name), **changes[name])
         return dataclasses.replace(self, **changes)
@@ -199,6 +230,9 @@ class PPOConfig:
     @classmethod
     def from_file(cls, path):
         return cls.from_json(pathlib.Path(path).read_text())
+
+
+NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig}  # PPOConfig fields that are sections
 
 
 def _fail(config, name, message):

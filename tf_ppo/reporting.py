@@ -102,9 +102,15 @@ def plot_curves(history, path):
     figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3), squeeze=False)
     updates = [row["update"] for row in history]
     for axis, (key, title) in zip(axes[0], shown):
-        axis.plot(updates, [row[key] for row in history])
+        axis.plot(updates, [row[key] for row in history], label="proxy (the reward)")
         axis.set_title(title)
         axis.set_xlabel("update")
+    if "gold_score_mean" in history[0]:  # over-optimisation shows as these two curves parting
+        gold_axis = axes[0][0].twinx()
+        gold_axis.plot(updates, [row["gold_score_mean"] for row in history], color="tab:orange", label="gold")
+        gold_axis.set_ylabel("gold score")
+        axes[0][0].set_title("proxy reward and gold score")
+        axes[0][0].legend(handles=axes[0][0].lines + gold_axis.lines, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -1,10 +1,12 @@
 """Rewards on decoded text, and the fluency metric of the default task.
 
-A reward is any Python callable `texts -> scores` (a list of floats or a 1-D
-array, one per text). It runs outside the graph, on decoded responses.
+A reward is any Python callable `responses -> scores`, or `(prompts, responses)
+-> scores` when it takes two arguments (a list of floats or a 1-D array, one
+per response), or a `tf_ppo.RewardModel`. It runs on decoded text.
 """
 
 import functools
+import inspect
 import pathlib
 import re
 
@@ -46,18 +48,30 @@ def word_count_reward(word):
     return lambda texts: [float(words(text).count(word)) for text in texts]
 
 
-def compute_scores(reward_fn, texts):
-    """Call `reward_fn(texts)` and check it returned one finite number per text.
+def compute_scores(reward_fn, texts, prompts=None):
+    """Score `texts` (the responses) and check the reward returned one number per text.
+
+    `reward_fn(texts)`, or `reward_fn(prompts, texts)` when it takes two
+    arguments, or `reward_fn.score_texts(prompts, texts)` (a `RewardModel`).
+    NaN and inf pass through: the trainer's non-finite guard skips such an
+    update and counts it, rather than ending the run.
 
     Raises:
-        RewardError: naming what went wrong (exception, length, type or NaN, and the row).
+        RewardError: naming what went wrong (exception, length or type).
 
     Example:
     >>> compute_scores(lambda texts: [1] * len(texts), ["a", "b"]).tolist()
     [1.0, 1.0]
+    >>> compute_scores(lambda prompts, texts: [len(p + t) for p, t in zip(prompts, texts)], ["a"], ["xy"]).tolist()
+    [3.0]
     """
     try:
-        scores = reward_fn(texts)
+        if hasattr(reward_fn, "score_texts"):
+            scores = reward_fn.score_texts(prompts, texts)
+        elif _takes_prompts(reward_fn):
+            scores = reward_fn(prompts, texts)
+        else:
+            scores = reward_fn(texts)
     except Exception as error:
         raise RewardError(f"reward function {_name(reward_fn)} raised {type(error).__name__}: {error}") from error
     try:
@@ -67,11 +81,18 @@ def compute_scores(reward_fn, texts):
     if scores.shape != (len(texts),):
         raise RewardError(f"reward function {_name(reward_fn)} returned shape {scores.shape} "
                           f"for {len(texts)} texts; expected one score per text")
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        raise RewardError(f"reward function {_name(reward_fn)} returned {scores[bad[0]]} for row {bad[0]} "
-                          f"({texts[bad[0]]!r}); expected a finite number")
     return scores
+
+
+def _takes_prompts(reward_fn):
+    """True when `reward_fn` has two required positional parameters: (prompts, responses)."""
+    try:
+        parameters = inspect.signature(reward_fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: assume texts only
+        return False
+    required = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty]
+    return len(required) >= 2
 
 
 def words(text):
@@ -112,3 +133,31 @@ def is_fluent(text, bigrams):
 
 def _name(fn):
     return getattr(fn, "__name__", type(fn).__name__)
+
+
+def proxy_rises_gold_falls(proxy, gold, window, t_threshold=2.0):
+    """True when, over the last `window` points, the proxy's trend is up and the gold's is down.
+
+    A trend counts when its least-squares slope is at least `t_threshold`
+    standard errors from zero, so batch-to-batch noise does not raise alarms.
+
+    Example:
+    >>> steps = np.arange(10.0)
+    >>> proxy_rises_gold_falls(steps, -steps + 0.1 * np.sin(steps), 10)
+    True
+    >>> proxy_rises_gold_falls(steps, np.sin(steps), 10)
+    False
+    """
+    if len(proxy) < window or window < 3:
+        return False
+    return bool(_slope_t(proxy[-window:]) > t_threshold and _slope_t(gold[-window:]) < -t_threshold)
+
+
+def _slope_t(values):
+    """t-statistic of the least-squares slope of `values` against 0, 1, 2, ..."""
+    y = np.asarray(values, np.float64)
+    x = np.arange(len(y)) - (len(y) - 1) / 2
+    slope = np.dot(x, y - y.mean()) / np.dot(x, x)
+    residuals = y - y.mean() - slope * x
+    standard_error = np.sqrt(np.dot(residuals, residuals) / (len(y) - 2) / np.dot(x, x))
+    return slope / standard_error if standard_error > 0 else np.sign(slope) * np.inf

@@ -15,11 +15,10 @@ import shutil
 import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from tf_ppo import ppo
+from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import build_policy, load_tokenizer
@@ -47,13 +46,15 @@ def next_token_loss(policy, token_ids, padding_mask, training=False):
     return ppo.masked_mean(losses, padding_mask[:, 1:])  # [batch, len - 1] -> scalar
 
 
-def sft(config=None, policy=None, show_progress=True):
+def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
     """Fine-tune `policy` (default: a new tiny one) on `config.sft.train_csv`.
 
     Args:
         config: `PPOConfig`; uses its `model`, `sft`, `vocabulary` and `merges`.
         policy: a policy to continue training; built from `config.model` if None.
         show_progress: draw a progress bar per epoch.
+        checkpoint_dir: checkpoint every epoch there, and continue from the
+            latest checkpoint found there.
 
     Returns:
         `SFTResult(policy, history)`; history rows hold `epoch`, `train_loss`
@@ -73,7 +74,8 @@ def sft(config=None, policy=None, show_progress=True):
     optimizer.build(policy.trainable_variables)
 
     @tf.function
-    def train_step(token_ids, padding_mask):
+    def train_step(batch):
+        token_ids, padding_mask = batch
         with tf.GradientTape() as tape:
             loss = next_token_loss(policy, token_ids, padding_mask, training=True)
         gradients = tape.gradient(loss, policy.trainable_variables)
@@ -81,19 +83,16 @@ def sft(config=None, policy=None, show_progress=True):
         optimizer.apply_gradients(zip(gradients, policy.trainable_variables))
         return loss
 
-    evaluate = tf.function(lambda ids, mask: next_token_loss(policy, ids, mask))
-    dataset = (tf.data.Dataset.from_tensor_slices((train_ids, train_mask))
-               .shuffle(len(train_ids), seed=config.sft.seed).batch(config.sft.batch_size, drop_remainder=True))
-    history = []
-    for epoch in range(config.sft.epochs):
-        losses = [float(train_step(ids, mask))
-                  for ids, mask in tqdm(dataset, desc=f"SFT epoch {epoch + 1}/{config.sft.epochs}",
-                                        disable=not show_progress, leave=False)]
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "heldout_loss": float(evaluate(heldout_ids, heldout_mask))})
-        if show_progress:
-            print(f"SFT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, "
-                  f"held-out loss {history[-1]['heldout_loss']:.3f}")
+    heldout_loss = tf.function(lambda: next_token_loss(policy, heldout_ids, heldout_mask))
+
+    def epoch_batches(epoch):
+        dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask))
+        return dataset.shuffle(len(train_ids), seed=config.sft.seed + epoch).batch(config.sft.batch_size,
+                                                                                   drop_remainder=True)
+
+    history = run_epochs("SFT", train_step, epoch_batches, config.sft.epochs,
+                         lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,
+                         {"policy": policy, "optimizer": optimizer}, show_progress)
     return SFTResult(policy, history)
 
 

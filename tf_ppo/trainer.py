@@ -26,11 +26,12 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_ppo import ppo
+from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts, prompt_dataset, read_prompt_csv
 from tf_ppo.models import build_value_model, frozen_copy, load_tokenizer
 from tf_ppo.reporting import RunLog, plot_curves, read_history
-from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward
+from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
 from tf_ppo.rollout import generate, response_logits, response_view
 from tf_ppo.sft import default_policy
 
@@ -42,8 +43,8 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped because of NaN or inf; the message says where it came from."""
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint of the run can be restored (missing, corrupt, or from a different model)."""
+class OveroptimisationWarning(UserWarning):
+    """The proxy reward keeps rising while the gold score falls: reward hacking."""
 
 
 class Callback:
@@ -91,9 +92,11 @@ class PPOTrainer:
     """
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
-                 resume=False, show_progress=True):
+                 resume=False, show_progress=True, gold_reward_fn=None):
         self.config = config = config or PPOConfig()
         self.reward_fn = reward_fn or sentiment_reward
+        self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
+        self.overoptimising = False
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
         self.stop_training = False
@@ -202,20 +205,26 @@ class PPOTrainer:
         responses, logprobs, ref_logprobs, values, entropy = self._score(sequence_ids, prompt_lengths)
         scored = time.perf_counter()
         texts = self.decode(responses)
-        scores = compute_scores(self.reward_fn, texts)
+        prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, 1:], lengths=prompt_lengths - 1))
+        scores = compute_scores(self.reward_fn, texts, prompt_texts)
+        gold_scores = compute_scores(self.gold_reward_fn, texts, prompt_texts) if self.gold_reward_fn else None
         if self.config.missing_eos_penalty is not None:
             never_stopped = ~np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)
             scores = scores - self.config.missing_eos_penalty * never_stopped
         return {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths, "responses": responses,
                 "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy,
-                "scores": tf.constant(scores, tf.float32), "texts": texts,
+                "scores": tf.constant(scores, tf.float32), "texts": texts, "prompt_texts": prompt_texts,
+                "gold_scores": gold_scores,
                 "seconds": {"generate": generated - started, "score": scored - generated,
                             "reward": time.perf_counter() - scored}}
 
     def decode(self, responses):
         """Response texts, without the end token and the padding after it."""
         keep = responses.mask & (responses.token_ids != self.tokenizer.end_token_id)
-        texts = self.tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+        return self._detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+
+    def _detokenize(self, token_ids):
+        texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings
         return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
                 for text in np.asarray(texts).tolist()]
 
@@ -291,6 +300,7 @@ class PPOTrainer:
                     self.checkpoints.save(checkpoint_number=update)
                 if c.eval_every and update % c.eval_every == 0:
                     tqdm.write(f"update {update}: held-out {_summary(self.evaluate())}")
+                self._warn_if_overoptimising(history)
                 for callback in self.callbacks:
                     callback.on_update_end(update, logs)
         progress.close()
@@ -344,6 +354,7 @@ class PPOTrainer:
             "explained_variance": float(ppo.explained_variance(batch["values"], batch["returns"], mask)),
             "response_length": float(tf.reduce_mean(tf.reduce_sum(tf.cast(mask, tf.float32), axis=1))),
             **self._fluency(batch),
+            **self._gold(batch),
             **{f"seconds_{phase}": seconds for phase, seconds in batch["seconds"].items()},
             "seconds_optimise": time.perf_counter() - optimise_started,
             "seconds_update": time.perf_counter() - started,
@@ -360,7 +371,7 @@ class PPOTrainer:
         token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts)
         padded = -len(prompts) % c.batch_size
         token_ids, lengths = np.concatenate([token_ids, token_ids[:padded]]), np.concatenate([lengths, lengths[:padded]])
-        scores, kls, texts = [], [], []
+        scores, kls, texts, gold = [], [], [], []
         for start in range(0, len(token_ids), c.batch_size):
             chunk = slice(start, start + c.batch_size)
             batch = self.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
@@ -368,11 +379,14 @@ class PPOTrainer:
             scores += list(batch["scores"].numpy())
             kls += list(kl.numpy())
             texts += batch["texts"]
+            gold += list(batch["gold_scores"]) if batch["gold_scores"] is not None else []
         n = len(prompts)
         evaluation = {"score_mean": float(np.mean(scores[:n])), "kl": float(np.mean(kls[:n])),
                       "samples": list(zip(prompts, texts[:n]))}
         if self.bigrams is not None:
             evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in zip(prompts, texts)]))
+        if gold:
+            evaluation["gold_score_mean"] = float(np.mean(gold[:n]))
         return evaluation
 
     def save_artifacts(self, history):
@@ -393,38 +407,48 @@ class PPOTrainer:
     def _fluency(self, batch):
         if self.bigrams is None:
             return {}
-        prompt_texts = [self.tokenizer.detokenize(ids[1:n]) for ids, n in
-                        zip(batch["sequence_ids"].numpy(), batch["prompt_lengths"].numpy())]
         return {"fluency": float(np.mean([is_fluent(p + t, self.bigrams)
-                                          for p, t in zip(prompt_texts, batch["texts"])]))}
+                                          for p, t in zip(batch["prompt_texts"], batch["texts"])]))}
+
+    def _gold(self, batch):
+        """The gold score beside the proxy, and how well they agree on this batch."""
+        if batch["gold_scores"] is None:
+            return {}
+        proxy, gold = batch["scores"].numpy(), batch["gold_scores"]
+        agree = float(np.corrcoef(proxy, gold)[0, 1]) if proxy.std() > 0 and gold.std() > 0 else 0.0
+        return {"gold_score_mean": float(np.mean(gold)), "proxy_gold_correlation": agree}
+
+    def _warn_if_overoptimising(self, history):
+        """Warn once each time the proxy starts rising while the gold score falls."""
+        window = self.config.overoptimisation_window
+        diverging = self.gold_reward_fn is not None and proxy_rises_gold_falls(
+            [row["score_mean"] for row in history], [row["gold_score_mean"] for row in history], window)
+        if diverging and not self.overoptimising:
+            warnings.warn(f"update {history[-1]['update']}: over the last {window} updates the proxy reward "
+                          f"rose while the gold score fell: the policy may be exploiting the reward model "
+                          f"(raise kl_coef or stop here)", OveroptimisationWarning)
+        self.overoptimising = diverging
 
     def _restore(self):
-        """Restore the newest readable checkpoint; a corrupt one is skipped with a warning."""
-        directory = self.run_dir / "checkpoints"
-        candidates = self.checkpoints.checkpoints[::-1]  # newest first; only complete checkpoints are listed
-        if not candidates:
-            raise CheckpointError(f"resume: no checkpoint in {directory}")
-        for path in candidates:
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-                return path
-            except (tf.errors.OpError, AssertionError, ValueError) as error:
-                problem = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                warnings.warn(f"resume: checkpoint {path} cannot be restored ({problem}); trying the previous one")
-        raise CheckpointError(f"resume: none of the checkpoints in {directory} can be restored "
-                              f"(last problem: {problem})")
+        if restore_latest(self.checkpoints, self.checkpoint) is None:
+            raise CheckpointError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
 
 
-def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True):
+def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
+          gold_reward_fn=None):
     """Fine-tune a policy with PPO; usable from notebooks (no argparse, no sys.exit).
 
     Args:
         config: `PPOConfig` (default: the demo task's settings).
-        reward_fn: `texts -> scores`; default VADER sentiment of each response.
+        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, or a
+            `RewardModel`; default VADER sentiment of each response.
         prompts: list of prompt strings or a CSV path; default `config.prompts_csv`.
         policy: a policy to start from; default the tiny SFT policy (cached).
         callbacks: `Callback` objects; `on_update_end(update, logs)` after each update.
         resume: continue from the latest checkpoint in `config.run_dir`.
+        gold_reward_fn: an independent scorer logged beside the reward
+            (`gold_score_mean`, `proxy_gold_correlation`); a warning when the
+            reward rises while it falls (`config.overoptimisation_window`).
 
     Returns:
         `TrainResult` with the policy, history, held-out evaluations and run directory.
@@ -434,12 +458,12 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
         result.history[-1]["score_mean"]
     """
-    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress)
+    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn)
     return trainer.train()
 
 
 def _metrics_line(update, total_updates, logs):
-    shown = ("score_mean", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss", "fluency")
+    shown = ("score_mean", "gold_score_mean", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss", "fluency")
     values = " ".join(f"{key} {logs[key]:.3f}" for key in shown if key in logs)
     return f"update {update}/{total_updates}: {values} ({logs['seconds_update']:.2f} s)"
 

@@ -1,0 +1,421 @@
+"""Learned rewards: a Keras reward model trained from preferences, and any keras-hub classifier as a reward.
+
+The reward model is a transformer backbone with a scalar head on the last real
+token (InstructGPT, lm-human-preferences). It is trained with the
+Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), or, for best-of-n
+rows, the softmax cross-entropy over the n scores (the pairwise loss is its
+n = 2 case: one function serves both). After training, a gain and a bias are
+fitted so the SFT policy's own samples score mean 0 and std 1, as
+lm-human-preferences does before PPO; they are saved with the model.
+
+Text layout: `start token + prompt + response`, joined with a space unless
+one side already has it, cut to `max_length` tokens keeping the end (the
+response is what is judged).
+"""
+
+import dataclasses
+import os
+import pathlib
+import warnings
+
+import keras
+import keras_hub
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tf_ppo import ppo
+from tf_ppo.checkpoints import run_epochs
+from tf_ppo.config import PPOConfig
+from tf_ppo.data import DataError, check_texts, encode_prompts
+from tf_ppo.models import build_backbone, load_tokenizer
+from tf_ppo.rollout import generate, response_view
+
+
+def join_texts(prompts, responses):
+    """`prompt + response`, with a space between unless either side already has one.
+
+    Example:
+    >>> join_texts(tf.constant(["the film was", "it was "]), tf.constant(["great.", "fine."])).numpy().tolist()
+    [b'the film was great.', b'it was fine.']
+    """
+    needs_space = ~(tf.strings.regex_full_match(responses, r"\s.*") | tf.strings.regex_full_match(prompts, r".*\s"))
+    return tf.strings.join([prompts, tf.where(needs_space, " ", ""), responses])
+
+
+def encode_texts(tokenizer, prompts, responses, max_length):
+    """Token ids of `start + prompt + response`, right-padded; longer texts keep their last tokens.
+
+    Works eagerly and inside `tf.function` (the tokenizer is TensorFlow ops).
+
+    Returns:
+        `(token_ids, padding_mask)`: int32 `[N, max_length]`, bool `[N, max_length]`.
+
+    Example:
+    >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    >>> ids, mask = encode_texts(tokenizer, tf.constant(["the film was"]), tf.constant(["great."]), 8)
+    >>> mask.numpy().sum(axis=1).tolist()
+    [6]
+    """
+    token_ids = tokenizer(join_texts(prompts, responses))
+    if not isinstance(token_ids, tf.RaggedTensor):  # eager keras-hub tokenizers return Python lists
+        token_ids = tf.ragged.constant(token_ids, dtype=tf.int32, ragged_rank=1)
+    token_ids = token_ids[:, -(max_length - 1):]  # ragged [N, <= L-1]: keep the end, the response
+    starts = tf.fill([tf.shape(prompts)[0], 1], tf.cast(tokenizer.start_token_id, token_ids.dtype))
+    token_ids = tf.concat([starts, token_ids], axis=1)
+    padded = token_ids.to_tensor(default_value=tokenizer.pad_token_id, shape=[None, max_length])
+    return tf.cast(padded, tf.int32), tf.sequence_mask(token_ids.row_lengths(), max_length)
+
+
+def preference_loss(scores, best):
+    """Mean -log softmax(scores)[best]; with n = 2 and best = 0 this is -log sigmoid(r_chosen - r_rejected).
+
+    Args:
+        scores: float `[batch, n]` reward of each candidate response.
+        best: int `[batch]` index of the preferred response.
+
+    Returns:
+        `(loss, accuracy)`: scalar mean loss and fraction of rows whose best
+        candidate scores highest.
+
+    Example:
+    >>> loss, accuracy = preference_loss(tf.constant([[2.0, 0.0]]), tf.constant([0]))
+    >>> round(float(loss), 4), float(accuracy)
+    (0.1269, 1.0)
+    """
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=best, logits=scores)
+    correct = tf.cast(tf.argmax(scores, axis=-1, output_type=best.dtype) == best, scores.dtype)
+    return tf.reduce_mean(losses), tf.reduce_mean(correct)
+
+
+@keras.saving.register_keras_serializable(package="tf_ppo")
+class RewardModel(keras.Model):
+    """Scores `(prompt, response)` texts: a keras-hub backbone, a scalar head on the last real token.
+
+    `model(inputs)` gives raw scores `[batch]` from `{"token_ids", "padding_mask"}`
+    (what training differentiates); `score_texts(prompts, responses)` gives the
+    normalised, optionally clipped rewards PPO uses.
+
+    Example:
+    >>> config = PPOConfig(model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
+    >>> tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    >>> model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer)
+    >>> model.score_texts(["the film was", "it was"], ["great.", "awful."]).shape
+    TensorShape([2])
+    """
+
+    def __init__(self, backbone, tokenizer, max_length=32, clip=None, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.clip = clip
+        self.head = keras.layers.Dense(1, name="reward_head")
+        self.gain = self.add_weight(shape=(), initializer="ones", trainable=False, name="gain")
+        self.offset = self.add_weight(shape=(), initializer="zeros", trainable=False, name="offset")
+        self._score_texts = tf.function(self._score_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+        self.build(None)
+
+    def build(self, input_shape):
+        self.head.build([None, self.backbone.hidden_dim])
+
+    def call(self, inputs):
+        hidden_states = self.backbone(inputs)  # [batch, length, hidden]
+        if isinstance(hidden_states, dict):  # encoder backbones (BERT, ...) return several outputs
+            hidden_states = hidden_states["sequence_output"]
+        last = tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1) - 1  # [batch] last real token
+        return tf.squeeze(self.head(tf.gather(hidden_states, last, batch_dims=1)), axis=-1)  # [batch]
+
+    def normalise(self, raw_scores):
+        """`gain * raw + offset`, clipped to `[-clip, clip]` when `clip` is set."""
+        scores = self.gain * raw_scores + self.offset
+        return scores if self.clip is None else tf.clip_by_value(scores, -self.clip, self.clip)
+
+    def score_texts(self, prompts, responses):
+        """Normalised rewards of `prompt + response` texts, float32 `[N]` (compiled, traced once).
+
+        Also the PPO reward interface: `tf_ppo.train(config, reward_fn=reward_model)`.
+        """
+        return self._score_texts(tf.constant(prompts, tf.string), tf.constant(responses, tf.string))
+
+    def _score_texts_fn(self, prompts, responses):
+        token_ids, padding_mask = encode_texts(self.tokenizer, prompts, responses, self.max_length)
+        return self.normalise(self({"token_ids": token_ids, "padding_mask": padding_mask}))
+
+    def fit_normalisation(self, prompts, responses):
+        """Set gain and offset so these texts' rewards have mean 0 and std 1; returns (mean, std) before."""
+        raw = self._raw_scores(prompts, responses)
+        mean, std = float(np.mean(raw)), float(np.std(raw))
+        self.gain.assign(1.0 / max(std, 1e-6))
+        self.offset.assign(-mean / max(std, 1e-6))
+        return mean, std
+
+    def _raw_scores(self, prompts, responses):
+        token_ids, padding_mask = encode_texts(self.tokenizer, tf.constant(prompts), tf.constant(responses),
+                                               self.max_length)
+        return self({"token_ids": token_ids, "padding_mask": padding_mask}).numpy()
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
+                "max_length": self.max_length, "clip": self.clip}
+
+    @classmethod
+    def from_config(cls, config):
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
+        return cls(**config)
+
+    @classmethod
+    def load(cls, path):
+        """Load a reward model saved with `model.save("reward_model.keras")`.
+
+        Example:
+            reward_model = RewardModel.load("runs/pipeline/reward/reward_model.keras")
+        """
+        model = keras.saving.load_model(path, compile=False)
+        if not isinstance(model, cls):
+            raise DataError(f"{path}: a {type(model).__name__}, not a tf_ppo RewardModel")
+        return model
+
+
+class ClassifierReward:
+    """A keras-hub text classifier (BERT, DistilBERT, ... with its preprocessor) as a PPO reward.
+
+    Args:
+        classifier: a `keras_hub.models.TextClassifier`, a preset name
+            (`"distil_bert_base_en_uncased"`, needs the internet once) or a local
+            preset directory.
+        label: the class whose score is the reward (e.g. 1 = positive).
+        output: `"probability"` (softmax of the logits) or `"logit"`.
+        include_prompt: classify `prompt + response` (True) or the response alone.
+
+    Example:
+        reward = ClassifierReward("./my_sentiment_preset", label=1)
+        tf_ppo.train(config, reward_fn=reward)
+    """
+
+    def __init__(self, classifier, label=1, output="probability", include_prompt=True):
+        if isinstance(classifier, (str, os.PathLike)):
+            classifier = keras_hub.models.TextClassifier.from_preset(str(classifier))
+        if classifier.preprocessor is None:
+            raise ValueError("ClassifierReward: the classifier has no preprocessor to turn text into token ids")
+        if output not in ("probability", "logit"):
+            raise ValueError(f"ClassifierReward.output must be 'probability' or 'logit', got {output!r}")
+        self.classifier, self.label, self.output, self.include_prompt = classifier, label, output, include_prompt
+        self._score = tf.function(self._score_fn, input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def __call__(self, prompts, responses):
+        texts = join_texts(tf.constant(prompts), tf.constant(responses)) if self.include_prompt else responses
+        return self._score(tf.constant(texts, tf.string)).numpy()
+
+    def _score_fn(self, texts):
+        logits = self.classifier(self.classifier.preprocessor(texts))  # [batch, classes]
+        scores = tf.nn.softmax(logits) if self.output == "probability" else logits
+        return scores[:, self.label]
+
+
+@dataclasses.dataclass
+class RewardTrainResult:
+    """What `train_reward_model` returns."""
+
+    model: RewardModel
+    history: list  # per epoch: train_loss, heldout_loss, heldout_accuracy
+    path: pathlib.Path | None  # the saved `.keras` file, when a directory was given
+    normalisation: tuple | None  # raw (mean, std) on the policy's samples that gain and offset undo
+
+
+def read_preferences(path):
+    """Read a preference CSV into `(prompts [N], responses [N][n], best [N], split [N] or None)`.
+
+    Two layouts: pairwise `prompt,chosen,rejected` (best = 0, the chosen one)
+    or best-of-n `prompt,response_0,...,response_{n-1},best`. An optional
+    `split` column marks `train` / `heldout` rows.
+
+    Example:
+    >>> prompts, responses, best, split = read_preferences(PPOConfig().reward.preferences_csv)
+    >>> len(responses[0]), int(best[0]), split[0]
+    (2, 0, 'train')
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    frame = pd.read_csv(path, keep_default_na=False)
+    columns = sorted((c for c in frame.columns if c.startswith("response_")), key=lambda c: int(c[9:]))
+    if not columns or "chosen" in frame.columns:
+        columns, required = ["chosen", "rejected"], ["prompt", "chosen", "rejected"]
+    else:
+        required = ["prompt", *columns, "best"] + (["response_1"] if len(columns) < 2 else [])
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected prompt,chosen,rejected "
+                        f"or prompt,response_0,response_1,...,best; found {frame.columns.tolist()}")
+    if frame.empty:
+        raise DataError(f"{path}: no rows")
+    for column in ["prompt"] + columns:
+        check_texts(frame[column].tolist(), f"{path}: column {column!r}")
+    responses = frame[columns].to_numpy().tolist()
+    if "chosen" in columns:
+        best = np.zeros(len(frame), np.int32)
+    else:
+        best = pd.to_numeric(frame["best"], errors="coerce").to_numpy()
+        bad = np.flatnonzero(~np.isin(best, np.arange(len(columns))))
+        if bad.size:
+            raise DataError(f"{path}: column 'best': row {int(bad[0])} is {frame['best'].tolist()[bad[0]]!r}; "
+                            f"expected an index in 0..{len(columns) - 1}")
+        best = best.astype(np.int32)
+    ties = np.array([len(set(row)) == 1 for row in responses])
+    if ties.all():
+        raise DataError(f"{path}: every row's responses are identical ({', '.join(columns)}); nothing to learn")
+    if ties.any():
+        warnings.warn(f"{path}: {int(ties.sum())} rows with identical responses (first: row "
+                      f"{int(np.flatnonzero(ties)[0])}) carry no preference")
+    split = frame["split"].tolist() if "split" in frame.columns else None
+    return frame["prompt"].tolist(), responses, best, split
+
+
+def train_reward_model(config=None, backbone=None, directory=None, show_progress=True, policy=None, prompts=None):
+    """Train a `RewardModel` on `config.reward.preferences_csv` (Bradley-Terry / best-of-n).
+
+    Args:
+        config: `PPOConfig`; uses `reward`, `model`, `vocabulary`, `merges`.
+        backbone: a keras-hub backbone to start from, e.g. the SFT policy's
+            (`policy.backbone`, copied, as lm-human-preferences does); default a
+            fresh one of `config.model`'s size.
+        directory: checkpoints per epoch (a rerun continues from them) and
+            the final `reward_model.keras`.
+        policy, prompts: when given (and `config.reward.normalise_samples`
+            > 0), gain and offset are fitted on the policy's samples for these
+            prompts before saving (`normalise_on_policy_samples`).
+
+    Returns:
+        `RewardTrainResult(model, history, path, normalisation)`; history rows
+        hold `train_loss`, `heldout_loss` and `heldout_accuracy` per epoch;
+        `normalisation` is the raw `(mean, std)` on the policy's samples.
+
+    Example:
+        result = train_reward_model(PPOConfig(reward={"epochs": 2}), directory="runs/rm")
+        result.history[-1]["heldout_accuracy"]
+    """
+    config = config or PPOConfig()
+    settings = config.reward
+    keras.utils.set_random_seed(settings.seed)
+    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    train_set, heldout_set = _split(read_preferences(settings.preferences_csv), settings)
+    model = RewardModel(_copy_backbone(backbone, config, tokenizer), tokenizer, settings.max_length, settings.clip)
+    optimizer = keras.optimizers.Adam(settings.learning_rate)
+    optimizer.build(model.trainable_variables)
+    encode = _encoder(tokenizer, settings.max_length)
+    train_ids, train_mask, train_best = encode(*train_set)
+    heldout_ids, heldout_mask, heldout_best = encode(*heldout_set)
+
+    def candidate_scores(token_ids, padding_mask):  # [batch, n, L] -> [batch, n], one forward pass
+        n = tf.shape(token_ids)[1]
+        flat = {"token_ids": tf.reshape(token_ids, [-1, settings.max_length]),
+                "padding_mask": tf.reshape(padding_mask, [-1, settings.max_length])}
+        return tf.reshape(model(flat), [-1, n])
+
+    @tf.function
+    def train_step(batch):
+        token_ids, padding_mask, best = batch
+        with tf.GradientTape() as tape:
+            loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
+        gradients, _ = ppo.clip_gradients(tape.gradient(loss, model.trainable_variables), "global_norm",
+                                          settings.max_grad_norm)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    heldout_metrics = tf.function(lambda: preference_loss(candidate_scores(heldout_ids, heldout_mask), heldout_best))
+
+    def evaluate():
+        loss, accuracy = heldout_metrics()
+        return {"heldout_loss": float(loss), "heldout_accuracy": float(accuracy)}
+
+    def epoch_batches(epoch):
+        dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask, train_best))
+        return dataset.shuffle(len(train_ids), seed=settings.seed + epoch).batch(settings.batch_size)
+
+    directory = pathlib.Path(directory) if directory is not None else None
+    history = run_epochs("reward model", train_step, epoch_batches, settings.epochs, evaluate,
+                         directory / "checkpoints" if directory else None, {"model": model, "optimizer": optimizer},
+                         show_progress)
+    normalisation = None
+    if policy is not None and settings.normalise_samples:
+        normalisation = normalise_on_policy_samples(model, policy, prompts, config, settings.seed)
+    path = None
+    if directory is not None:
+        path = directory / "reward_model.keras"
+        save_atomically(model, path)
+    return RewardTrainResult(model, history, path, normalisation)
+
+
+def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):
+    """Fit the reward model's gain and offset on the policy's own samples (mean 0, std 1).
+
+    Samples `config.reward.normalise_samples` responses to `prompts` (cycled)
+    with the rollout settings of `config`; returns `(mean, std)` of the raw
+    rewards, for the record.
+
+    Example:
+        normalise_on_policy_samples(reward_model, sft_policy, prompts, config)
+    """
+    count = config.reward.normalise_samples
+    tokenizer = reward_model.tokenizer
+    prompts = [prompts[i % len(prompts)] for i in range(count)]
+    prompt_ids, lengths = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.truncate_prompts)
+    sequence_ids = generate(policy, tf.constant(prompt_ids), tf.constant(lengths), tf.constant([seed, 0]),
+                            config.response_length, config.temperature, config.top_k, config.top_p)
+    end_token = tokenizer.end_token_id if config.stop_at_eos else None
+    responses = response_view(sequence_ids, tf.constant(lengths), config.response_length, end_token)
+    keep = responses.mask & (responses.token_ids != tokenizer.end_token_id)
+    texts = tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+    return reward_model.fit_normalisation(prompts, texts)
+
+
+def save_atomically(model, path):
+    """`model.save(path)` through a temporary file, so a crash never leaves half a model at `path`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".partial-{path.name}")
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def _split(preferences, settings):
+    """Train and held-out rows: the CSV's `split` column, else a seeded random fraction."""
+    prompts, responses, best, split = preferences
+    if split is not None:
+        heldout = np.array([s == "heldout" for s in split])
+    else:
+        heldout = np.zeros(len(prompts), bool)
+        order = np.random.default_rng(settings.seed).permutation(len(prompts))
+        heldout[order[: int(round(len(prompts) * settings.heldout_fraction))]] = True
+    if heldout.all() or not heldout.any():
+        raise DataError(f"{settings.preferences_csv}: need both train and held-out rows, got "
+                        f"{int((~heldout).sum())} train and {int(heldout.sum())} held-out")
+
+    def rows(selected):
+        index = np.flatnonzero(selected)
+        return [prompts[i] for i in index], [responses[i] for i in index], best[index]
+
+    return rows(~heldout), rows(heldout)
+
+
+def _encoder(tokenizer, max_length):
+    def encode(prompts, responses, best):
+        n = len(responses[0])
+        repeated = [prompt for prompt in prompts for _ in range(n)]
+        flat = [response for row in responses for response in row]
+        token_ids, padding_mask = encode_texts(tokenizer, tf.constant(repeated), tf.constant(flat), max_length)
+        shape = [len(prompts), n, max_length]
+        return tf.reshape(token_ids, shape), tf.reshape(padding_mask, shape), tf.constant(best)
+
+    return encode
+
+
+def _copy_backbone(backbone, config, tokenizer):
+    if backbone is None:
+        return build_backbone(config.model, tokenizer.vocabulary_size())
+    copy = backbone.__class__.from_config(backbone.get_config())
+    copy.set_weights(backbone.get_weights())
+    return copy
