@@ -1,6 +1,5 @@
 """Crashes, preemption and corrupt state: a run always resumes to the same weights, or fails clearly."""
 
-import os
 import random
 import shutil
 import signal
@@ -20,6 +19,7 @@ from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import BigramLM, build_weights, load_tokenizer
 from tf_ppo.reporting import read_history
+from tf_ppo.sft import sft
 
 # The straight run's settings, also spelled as CLI flags for the subprocess runs.
 RUN = {"total_updates": 4, "target_kl": 1.0, "batch_size": 32, "eval_size": 32}
@@ -155,3 +155,15 @@ def test_empty_responses_one_token_prompts_and_a_constant_reward(tmp_path, end_b
     assert all(row["skipped_steps"] == 0 for row in result.history)
     assert all(np.isfinite(value) for row in result.history for value in row.values())
     assert all(np.all(np.isfinite(w)) for w in result.policy.get_weights())
+
+
+def test_sft_resumes_from_its_epoch_checkpoint_to_the_same_weights(tmp_path):
+    """SFT and reward-model training share the epoch loop; resuming it matches an uninterrupted run."""
+    config = tiny_config(tmp_path, model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2, "intermediate_dim": 32},
+                         sft={"epochs": 2, "train_csv": PPOConfig().eval_prompts_csv})  # the small file: fast
+    straight = sft(config, show_progress=False)
+    sft(config.replace(sft={"epochs": 1}), show_progress=False, checkpoint_dir=tmp_path / "ckpt")
+    resumed = sft(config, show_progress=False, checkpoint_dir=tmp_path / "ckpt")
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
