@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from tf_ppo import ppo, train
+from tf_ppo import PPOConfig, ppo, train
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import ExportError, export
+from tf_ppo.models import load_tokenizer
 from tf_ppo.rollout import generate, response_logits, response_view
 
 PROMPTS = ["i thought the acting was", "the film is", "to be fair, the second half felt"]
@@ -96,3 +97,12 @@ def test_run_without_a_finished_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
     assert "has no finished checkpoint" in capsys.readouterr().err
+
+
+def test_export_of_a_bare_policy_has_no_value_signature(tmp_path, sft_policy):
+    config = PPOConfig()
+    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    export(sft_policy, tmp_path / "bare", tokenizer=tokenizer, max_new_tokens=4)
+    loaded = tf.saved_model.load(str(tmp_path / "bare"))
+    assert sorted(loaded.signatures) == ["generate", "score", "serving_default"]
+    assert loaded.signatures["serving_default"](prompts=tf.constant(["the film was"]))["token_ids"].shape == (1, 4)

@@ -54,6 +54,8 @@ class PolicyModule(tf.Module):
         self.value_model = value_model
         self.default_max_new_tokens = default_max_new_tokens
         self.end_token_id = tokenizer.end_token_id
+        if value_model is not None:  # saving traces every tf.function attribute, so only attach it when usable
+            self.value = tf.function(self._value, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
 
     def _encode(self, texts, with_start):
         ids = self.tokenizer(texts)  # ragged [batch, None]
@@ -99,8 +101,7 @@ class PolicyModule(tf.Module):
         logprobs = tf.where(mask, logprobs, tf.zeros_like(logprobs))
         return {"logprobs": logprobs, "sum_logprobs": tf.reduce_sum(logprobs, axis=1), "lengths": lengths}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
-    def value(self, prompts, completions):
+    def _value(self, prompts, completions):
         sequence_ids, positions, _, mask, _ = self._completion_view(prompts, completions)
         values = response_logits(self.value_model, sequence_ids, positions)
         return {"values": tf.where(mask, values, tf.zeros_like(values))}
