@@ -8,6 +8,7 @@ Example:
     tf-ppo demo
     tf-ppo train --config my_config.json --total_updates 200
     tf-ppo train --resume runs/ppo-20261128-120000 --total_updates 200
+    tf-ppo train --workers 2 --run_dir runs/mw       # 2 local processes, MultiWorkerMirroredStrategy
     tf-ppo sft --sft.epochs 8
     tf-ppo reward --reward.epochs 2 --run_dir runs/rm
     tf-ppo pipeline --run_dir runs/rlhf           # SFT -> reward model -> PPO, proxy and gold scores
@@ -18,12 +19,16 @@ Example:
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
+import subprocess
 import sys
+import threading
 import time
 
 from tf_ppo.config import NESTED, PPOConfig
 from tf_ppo.data import read_prompt_csv
+from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
 from tf_ppo.export import export
 from tf_ppo.pipeline import pipeline
 from tf_ppo.reward_model import train_reward_model
@@ -42,6 +47,8 @@ def build_parser():
     sft = commands.add_parser("sft", help="supervised fine-tuning only")
     reward = commands.add_parser("reward", help="train a reward model on preference pairs (--reward.* flags)")
     pipeline = commands.add_parser("pipeline", help="SFT -> reward model -> PPO, with a gold score beside the proxy")
+    train.add_argument("--workers", type=int, default=0,
+                       help="start N local worker processes (MultiWorkerMirroredStrategy over 127.0.0.1)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue that run from its latest checkpoint, with its config.json (flags override)")
     export = commands.add_parser("export", help="write a run's policy as a SavedModel (strings in, text out)")
@@ -85,7 +92,7 @@ def config_from_args(args, **defaults):
     if args.config:
         values.update(json.loads(_read(args.config)))
     for key, value in vars(args).items():
-        if key in ("command", "config", "resume"):
+        if key in ("command", "config", "resume", "workers"):
             continue
         if "." in key:
             outer, inner = key.split(".", 1)
@@ -150,13 +157,67 @@ def run_generate(args):
         print(f"{prompt}{completion.decode()}")
 
 
+def launch_workers(argv, workers):
+    """Run `tf-ppo train` as `workers` processes of one MultiWorkerMirroredStrategy cluster on 127.0.0.1.
+
+    Each process gets its `TF_CONFIG`; worker 0 is the chief (it alone writes the
+    run directory). Output lines are prefixed with the worker index. If a
+    worker fails, the others are stopped and its exit code is returned.
+    """
+    child_argv = _without_flag(argv, "--workers") + ["--strategy", "multi_worker"]
+    if not any(arg.startswith("--run_dir") for arg in child_argv):  # every worker must name the same run
+        child_argv += ["--run_dir", f"runs/ppo-{time.strftime('%Y%m%d-%H%M%S')}"]
+    ports = [free_port() for _ in range(workers)]
+    processes = []
+    for index, tf_config in enumerate(local_cluster(ports)):
+        process = subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *child_argv], text=True,
+                                   env={**os.environ, "TF_CONFIG": tf_config},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        print(f"started worker {index} (pid {process.pid}) on 127.0.0.1:{ports[index]}", flush=True)
+        threading.Thread(target=_prefix_lines, args=(process.stdout, f"[worker {index}] "), daemon=True).start()
+        processes.append(process)
+    while True:
+        codes = [process.poll() for process in processes]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed or all(code == 0 for code in codes):
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            return failed[0] if failed else 0
+        time.sleep(0.5)
+
+
+def _without_flag(argv, flag):
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            kept.append(arg)
+    return kept
+
+
+def _prefix_lines(stream, prefix):
+    for line in stream:
+        print(prefix + line, end="", flush=True)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 0):
+        return launch_workers(argv, args.workers)
     try:
         if args.command == "demo":
             run_demo(config_from_args(args, run_dir=DEMO_RUN_DIR.format(time=time.strftime("%Y%m%d-%H%M%S"))))
         elif args.command == "train":
-            result = train(config_from_args(args), resume=bool(args.resume))
+            config = config_from_args(args)
+            # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs in the process.
+            strategy = resolve_strategy("multi_worker", config.collective_timeout) \
+                if config.strategy == "multi_worker" else None
+            result = train(config, resume=bool(args.resume), strategy=strategy)
             if result.preempted:
                 print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
                       f"Continue with: tf-ppo train --resume {result.run_dir}")

@@ -157,6 +157,9 @@ class PPOConfig:
     max_grad_norm: float | None = 1.0
     max_approx_kl: float | None = None  # stop the remaining PPO epochs of an update when approx-KL exceeds this
     max_consecutive_skips: int = 3  # updates in a row skipped for NaN/inf before the run stops with an error
+    # --- devices
+    strategy: str = "auto"  # "auto" (Mirrored if >1 GPU), "default", "mirrored", "multi_worker" (reads TF_CONFIG)
+    collective_timeout: int = 300  # seconds a multi-worker collective waits for a dead worker before failing
     # --- bookkeeping
     seed: int = 0
     checkpoint_every: int = 10  # updates
@@ -171,7 +174,7 @@ class PPOConfig:
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
                      "temperature", "kl_horizon", "num_ppo_epochs", "num_mini_batches",
                      "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size",
-                     "max_consecutive_skips", "overoptimisation_window"):
+                     "max_consecutive_skips", "overoptimisation_window", "collective_timeout"):
             _check_positive(self, name)
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:
@@ -183,6 +186,7 @@ class PPOConfig:
         _check_range(self, "lam", 0.0, 1.0)
         _check_range(self, "top_p", 0.0, 1.0, include_low=False)
         _check_choice(self, "kl_estimator", ("k1", "k2", "k3"))
+        _check_choice(self, "strategy", ("auto", "default", "mirrored", "multi_worker"))
         _check_choice(self, "clip_mode", ("global_norm", "value"))
         if self.clip_mode == "value" and self.max_grad_norm is None:
             _fail(self, "max_grad_norm", "clip_mode='value' needs a clip threshold, got None")

@@ -162,6 +162,18 @@ def build_weights(model):
     return model
 
 
+def copy_model(model):
+    """A new model of the same class and config with the same weights (e.g. under a strategy's scope).
+
+    Example:
+    >>> len(copy_model(BigramLM(vocabulary_size=10, hidden_dim=4)).weights)
+    3
+    """
+    copy = build_weights(model.__class__.from_config(model.get_config()))
+    copy.set_weights(build_weights(model).get_weights())
+    return copy
+
+
 def frozen_copy(policy):
     """A non-trainable clone of `policy` with the same weights: the PPO reference model.
 
@@ -169,7 +181,6 @@ def frozen_copy(policy):
     >>> frozen_copy(BigramLM(vocabulary_size=10, hidden_dim=4)).trainable
     False
     """
-    reference = build_weights(policy.__class__.from_config(policy.get_config()))
-    reference.set_weights(build_weights(policy).get_weights())
+    reference = copy_model(policy)
     reference.trainable = False
     return reference

@@ -35,24 +35,50 @@ def masked_sum(values, mask, axis=None):
 def masked_mean(values, mask, axis=None):
     """Mean of `values` where `mask` is True; 0 where nothing is selected.
 
+    Inside `strategy.run` of a multi-replica tf.distribute strategy, the full
+    mean (`axis=None`) divides this replica's sum by the GLOBAL count of
+    selected values: each replica returns its share, and the shares (and
+    their gradients, which the optimizer sums) add up to the global mean.
+
     Example:
     >>> float(masked_mean(tf.constant([[1.0, 3.0], [5.0, 9.0]]), tf.constant([[True, True], [True, False]])))
     3.0
     """
     values = tf.convert_to_tensor(values)
     count = tf.reduce_sum(tf.cast(mask, values.dtype), axis=axis)
+    context = _replica_context()
+    if axis is None and context is not None:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return masked_sum(values, mask, axis) / tf.maximum(count, 1.0)
 
 
+def global_masked_mean(values, mask):
+    """The mean over every replica's selected values (equal on all replicas); `masked_mean` on one.
+
+    Example:
+    >>> float(global_masked_mean(tf.constant([1.0, 3.0]), tf.constant([True, True])))
+    2.0
+    """
+    share = masked_mean(values, mask)
+    context = _replica_context()
+    return share if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, share)
+
+
 def masked_var(values, mask):
-    """Population variance (divide by n) of the selected values; 0 for none or one.
+    """Population variance (divide by n) of the selected values (across replicas); 0 for none or one.
 
     Example:
     >>> float(masked_var(tf.constant([1.0, 3.0, 100.0]), tf.constant([True, True, False])))
     1.0
     """
-    mean = masked_mean(values, mask)
-    return masked_mean(tf.square(values - mean), mask)
+    mean = global_masked_mean(values, mask)
+    return global_masked_mean(tf.square(values - mean), mask)
+
+
+def _replica_context():
+    """The replica context when several replicas run in sync, else None (one replica, or cross-replica code)."""
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
 
 
 def whiten(values, mask, shift_mean=True):
@@ -65,7 +91,7 @@ def whiten(values, mask, shift_mean=True):
     >>> whiten(tf.constant([1.0, 3.0, 7.0]), tf.constant([True, True, False])).numpy().round(3).tolist()
     [-1.0, 1.0, 0.0]
     """
-    mean = masked_mean(values, mask)
+    mean = global_masked_mean(values, mask)  # statistics of the global batch, also under tf.distribute
     whitened = (values - mean) * tf.math.rsqrt(masked_var(values, mask) + _EPS)
     if not shift_mean:
         whitened += mean

@@ -28,6 +28,7 @@ from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, check_texts, encode_prompts
+from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.models import build_backbone, load_tokenizer
 from tf_ppo.rollout import generate, response_view
 
@@ -274,7 +275,8 @@ def read_preferences(path):
     return frame["prompt"].tolist(), responses, best, split
 
 
-def train_reward_model(config=None, backbone=None, directory=None, show_progress=True, policy=None, prompts=None):
+def train_reward_model(config=None, backbone=None, directory=None, show_progress=True, policy=None, prompts=None,
+                       strategy=None):
     """Train a `RewardModel` on `config.reward.preferences_csv` (Bradley-Terry / best-of-n).
 
     Args:
@@ -287,6 +289,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
         policy, prompts: when given (and `config.reward.normalise_samples`
             > 0), gain and offset are fitted on the policy's samples for these
             prompts before saving (`normalise_on_policy_samples`).
+        strategy: a `tf.distribute.Strategy` (default: from `config.strategy`).
 
     Returns:
         `RewardTrainResult(model, history, path, normalisation)`; history rows
@@ -302,9 +305,14 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     keras.utils.set_random_seed(settings.seed)
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     train_set, heldout_set = _split(read_preferences(settings.preferences_csv), settings)
-    model = RewardModel(_copy_backbone(backbone, config, tokenizer), tokenizer, settings.max_length, settings.clip)
-    optimizer = keras.optimizers.Adam(settings.learning_rate)
-    optimizer.build(model.trainable_variables)
+    strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
+    if settings.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"RewardConfig.batch_size {settings.batch_size} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    with strategy.scope():
+        model = RewardModel(_copy_backbone(backbone, config, tokenizer), tokenizer, settings.max_length, settings.clip)
+        optimizer = keras.optimizers.Adam(settings.learning_rate)
+        optimizer.build(model.trainable_variables)
     encode = _encoder(tokenizer, settings.max_length)
     train_ids, train_mask, train_best = encode(*train_set)
     heldout_ids, heldout_mask, heldout_best = encode(*heldout_set)
@@ -315,13 +323,17 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                 "padding_mask": tf.reshape(padding_mask, [-1, settings.max_length])}
         return tf.reshape(model(flat), [-1, n])
 
-    @tf.function
-    def train_step(batch):
+    def replica_gradients(batch):
         token_ids, padding_mask, best = batch
         with tf.GradientTape() as tape:
             loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
-        gradients, _ = ppo.clip_gradients(tape.gradient(loss, model.trainable_variables), "global_norm",
-                                          settings.max_grad_norm)
+            loss /= strategy.num_replicas_in_sync  # equal rows per replica: its share of the global mean
+        return tape.gradient(loss, model.trainable_variables), loss
+
+    @tf.function
+    def train_step(batch):
+        gradients, loss = reduce_sum(strategy, strategy.run(replica_gradients, args=(batch,)))
+        gradients, _ = ppo.clip_gradients(gradients, "global_norm", settings.max_grad_norm)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
@@ -333,7 +345,10 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
 
     def epoch_batches(epoch):
         dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask, train_best))
-        return dataset.shuffle(len(train_ids), seed=settings.seed + epoch).batch(settings.batch_size)
+        # Several replicas need equal shares: then the last, partial batch of an epoch is dropped.
+        dataset = dataset.shuffle(len(train_ids), seed=settings.seed + epoch).batch(
+            settings.batch_size, drop_remainder=strategy.num_replicas_in_sync > 1)
+        return [split_batch(strategy, batch) for batch in dataset]
 
     directory = pathlib.Path(directory) if directory is not None else None
     history = run_epochs("reward model", train_step, epoch_batches, settings.epochs, evaluate,

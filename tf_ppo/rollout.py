@@ -16,22 +16,29 @@ log-probs take exactly the same numerical path.
 
 import collections
 
+import numpy as np
 import tensorflow as tf
 
 Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
 
 
-def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0):
+def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_offset=0, total_rows=None):
     """Sample one token per row from `logits / temperature`, optionally top-k / top-p.
 
-    Top-k and top-p sample among the sorted top values and gather the id, which
-    is much cheaper than masking the whole vocabulary.
+    Sampling is Gumbel-max (argmax of logits + Gumbel noise, an exact
+    categorical sample) with the noise drawn for `total_rows` rows and this
+    batch's rows taken from `row_offset`: a row's sample depends only on the
+    seed and its global row, so a batch split over replicas samples exactly
+    what one device would. Top-k and top-p sample among the sorted top values
+    and gather the id, much cheaper than masking the whole vocabulary.
 
     Args:
         logits: float `[batch, vocab]`.
         seed: int32 `[2]`, a stateless seed (same seed, same samples).
         top_k: keep the k most likely tokens; 0 = all.
         top_p: keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = all.
+        row_offset, total_rows: where this batch sits in the global batch
+            (default: it is the whole batch).
 
     Returns:
         int32 `[batch]` token ids.
@@ -41,21 +48,25 @@ def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0):
     [1]
     """
     logits = logits / temperature
-    if not tf.is_tensor(top_k) and top_k == 0 and top_p >= 1.0:
-        return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
-    # top_k may be a tensor (the exported SavedModel takes it as an input): 0 still means "all".
-    k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1]) if tf.is_tensor(top_k) else (top_k or logits.shape[-1])
-    top_logits, top_ids = tf.math.top_k(logits, k)  # sorted, most likely first
-    if top_p < 1.0:
-        probability_before = tf.cumsum(tf.nn.softmax(top_logits), axis=-1, exclusive=True)
-        # The first token always survives: its probability_before is 0.
-        top_logits = tf.where(probability_before < top_p, top_logits, float("-inf"))
-    choice = tf.random.stateless_categorical(top_logits, 1, seed, dtype=tf.int32)  # [batch, 1]
-    return tf.gather(top_ids, choice, batch_dims=1)[:, 0]
+    ids = None
+    if tf.is_tensor(top_k) or top_k or top_p < 1.0:
+        # top_k may be a tensor (the exported SavedModel takes it as an input): 0 still means "all".
+        k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1]) if tf.is_tensor(top_k) else (top_k or logits.shape[-1])
+        logits, ids = tf.math.top_k(logits, k)  # sorted, most likely first
+        if top_p < 1.0:
+            probability_before = tf.cumsum(tf.nn.softmax(logits), axis=-1, exclusive=True)
+            # The first token always survives: its probability_before is 0.
+            logits = tf.where(probability_before < top_p, logits, float("-inf"))
+    batch, width = tf.shape(logits)[0], tf.shape(logits)[1]
+    uniform = tf.random.stateless_uniform([batch if total_rows is None else total_rows, width], seed,
+                                          minval=np.finfo(np.float32).tiny, maxval=1.0, dtype=logits.dtype)
+    gumbel = -tf.math.log(-tf.math.log(uniform[row_offset: row_offset + batch]))
+    choice = tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)  # [batch]
+    return choice if ids is None else tf.gather(ids, choice, batch_dims=1)
 
 
 def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
-             temperature=1.0, top_k=0, top_p=1.0):
+             temperature=1.0, top_k=0, top_p=1.0, row_offset=0, total_rows=None):
     """Sample `response_length` new tokens after each prompt, decoding with a cache.
 
     Wrap it in `tf.function` (the trainer does, with `jit_compile`); the loop
@@ -67,6 +78,8 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         prompt_lengths: int32 `[batch]`, real tokens per prompt.
         seed: int32 `[2]` stateless seed; step t samples with `fold_in(seed, t)`.
         response_length: R, new tokens per row.
+        row_offset, total_rows: this batch's place in a global batch split
+            over replicas (see `sample_next_token`).
 
     Returns:
         int32 `[batch, P + R]` buffer: each prompt, then its R sampled tokens
@@ -88,7 +101,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
         logits, _, cache = policy.call_with_cache(previous, cache, index - 1)
         sampled = sample_next_token(logits[:, 0, :], tf.random.experimental.stateless_fold_in(seed, index),
-                                    temperature, top_k, top_p)
+                                    temperature, top_k, top_p, row_offset, total_rows)
         # Rows whose prompt is longer than `index` keep their own prompt token.
         in_prompt = index < prompt_lengths
         current = tf.where(in_prompt, buffer[:, index], tf.cast(sampled, buffer.dtype))

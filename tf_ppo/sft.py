@@ -20,8 +20,9 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
+from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
-from tf_ppo.models import build_policy, load_tokenizer
+from tf_ppo.models import build_policy, copy_model, load_tokenizer
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ def next_token_loss(policy, token_ids, padding_mask, training=False):
     return ppo.masked_mean(losses, padding_mask[:, 1:])  # [batch, len - 1] -> scalar
 
 
-def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
+def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strategy=None):
     """Fine-tune `policy` (default: a new tiny one) on `config.sft.train_csv`.
 
     Args:
@@ -55,6 +56,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
         show_progress: draw a progress bar per epoch.
         checkpoint_dir: checkpoint every epoch there, and continue from the
             latest checkpoint found there.
+        strategy: a `tf.distribute.Strategy` (default: from `config.strategy`);
+            each batch is split over its replicas.
 
     Returns:
         `SFTResult(policy, history)`; history rows hold `epoch`, `train_loss`
@@ -69,16 +72,25 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     train_ids, train_mask = _encode_csv(tokenizer, config.sft.train_csv, config.sft.max_length)
     heldout_ids, heldout_mask = _encode_csv(tokenizer, config.eval_prompts_csv, config.sft.max_length)
-    policy = policy or build_policy(config.model, tokenizer.vocabulary_size())
-    optimizer = keras.optimizers.Adam(config.sft.learning_rate)
-    optimizer.build(policy.trainable_variables)
+    strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
+    if config.sft.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    with strategy.scope():
+        policy = copy_model(policy) if policy is not None else build_policy(config.model, tokenizer.vocabulary_size())
+        optimizer = keras.optimizers.Adam(config.sft.learning_rate)
+        optimizer.build(policy.trainable_variables)
+
+    def replica_gradients(batch):
+        token_ids, padding_mask = batch
+        with tf.GradientTape() as tape:
+            loss = next_token_loss(policy, token_ids, padding_mask, training=True)  # this replica's share
+        return tape.gradient(loss, policy.trainable_variables), loss
 
     @tf.function
     def train_step(batch):
-        token_ids, padding_mask = batch
-        with tf.GradientTape() as tape:
-            loss = next_token_loss(policy, token_ids, padding_mask, training=True)
-        gradients = tape.gradient(loss, policy.trainable_variables)
+        # Sum the replicas' gradients, then clip (clipping per replica is not the same), then apply once.
+        gradients, loss = reduce_sum(strategy, strategy.run(replica_gradients, args=(batch,)))
         gradients, _ = ppo.clip_gradients(gradients, config.sft.clip_mode, config.sft.max_grad_norm)
         optimizer.apply_gradients(zip(gradients, policy.trainable_variables))
         return loss
@@ -87,8 +99,9 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
 
     def epoch_batches(epoch):
         dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask))
-        return dataset.shuffle(len(train_ids), seed=config.sft.seed + epoch).batch(config.sft.batch_size,
-                                                                                   drop_remainder=True)
+        dataset = dataset.shuffle(len(train_ids), seed=config.sft.seed + epoch).batch(config.sft.batch_size,
+                                                                                      drop_remainder=True)
+        return [split_batch(strategy, batch) for batch in dataset]
 
     history = run_epochs("SFT", train_step, epoch_batches, config.sft.epochs,
                          lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,
@@ -96,7 +109,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None):
     return SFTResult(policy, history)
 
 
-def default_policy(config=None, show_progress=True):
+def default_policy(config=None, show_progress=True, strategy=None):
     """The tiny policy fine-tuned on the shipped corpus, trained on first use and cached.
 
     The cache key covers the model and SFT settings and the data files, so a
@@ -111,7 +124,7 @@ def default_policy(config=None, show_progress=True):
     path = _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"
     if path.exists():
         return keras.saving.load_model(path, compile=False)
-    policy = sft(config, show_progress=show_progress).policy
+    policy = sft(config, show_progress=show_progress, strategy=strategy).policy
     path.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent.parent, prefix=".partial-"))
     policy.save(staging / path.name)

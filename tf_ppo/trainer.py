@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -29,7 +30,9 @@ from tf_ppo import ppo
 from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts, prompt_dataset, read_prompt_csv
-from tf_ppo.models import build_value_model, frozen_copy, load_tokenizer
+from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
+                               weights_fingerprint, writable_dir)
+from tf_ppo.models import build_value_model, copy_model, frozen_copy, load_tokenizer
 from tf_ppo.reporting import RunLog, plot_curves, read_history
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
 from tf_ppo.rollout import generate, response_logits, response_view
@@ -92,7 +95,7 @@ class PPOTrainer:
     """
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
-                 resume=False, show_progress=True, gold_reward_fn=None):
+                 resume=False, show_progress=True, gold_reward_fn=None, strategy=None):
         self.config = config = config or PPOConfig()
         self.reward_fn = reward_fn or sentiment_reward
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
@@ -110,56 +113,80 @@ class PPOTrainer:
         self.eval_prompts = read_prompt_csv(config.eval_prompts_csv)["input_text"].tolist()[: config.eval_size]
         self.bigrams = corpus_bigrams(config.fluency_corpus) if config.fluency_corpus else None
 
-        # Models: the policy, its frozen starting point, and a value model.
-        self.policy = policy or default_policy(config, show_progress=show_progress)
-        self.reference = frozen_copy(self.policy)
-        self.value_model = build_value_model(config.model, self.policy, vocabulary_size)
-        self.variables = self.policy.trainable_variables + self.value_model.trainable_variables
-        self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
-        self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
+        # Models, optimizer and run state live under the strategy (mirrored across replicas).
+        self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
+                                         config.collective_timeout)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.mini_batch_size % replicas:
+            raise ValueError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
+                             f"minibatch must be divisible by the {replicas} replicas")
+        self.output_dir = writable_dir(self.run_dir, self.strategy)  # only the chief writes into run_dir
+        self.show_progress = show_progress and is_chief(self.strategy)
+        with self.strategy.scope():
+            # A policy built outside the scope is copied in, so its variables are mirrored.
+            self.policy = (policy if replicas == 1 else copy_model(policy)) if policy is not None else \
+                default_policy(config, show_progress=show_progress, strategy=self.strategy)
+            self.reference = frozen_copy(self.policy)
+            self.value_model = build_value_model(config.model, self.policy, vocabulary_size)
+            self.variables = self.policy.trainable_variables + self.value_model.trainable_variables
+            self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
+            self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
+            self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         if config.target_kl is None:
             self.kl_controller = ppo.FixedKLController(config.kl_coef)
         else:
             self.kl_controller = ppo.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
 
         # Run state, saved in every checkpoint.
-        self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         self.checkpoint = tf.train.Checkpoint(policy=self.policy, value_model=self.value_model,
                                               optimizer=self.optimizer, kl_coef=self.kl_controller.value,
                                               update=self.update)
-        self.checkpoints = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=3)
+        self.checkpoints = tf.train.CheckpointManager(self.checkpoint, self.output_dir / "checkpoints", max_to_keep=3)
         if resume:
             self._restore()
         elif self.checkpoints.latest_checkpoint:
             raise CheckpointError(f"{self.run_dir} already holds checkpoints of a run; resume it (resume=True, "
                                   f"tf-ppo train --resume {self.run_dir}) or choose a new run_dir")
 
-        # One compiled function per phase, each with fixed shapes: traced once.
-        self._generate = tf.function(self._generate_fn, jit_compile=config.generation_jit)
-        self._score = tf.function(self._score_fn)
+        # One compiled function per phase, each with fixed shapes: traced once. Each runs its replica part
+        # with `strategy.run` and gathers the global batch back (identity on one device).
+        # XLA inside strategy.run reads the other replicas' variables from the wrong device
+        # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
+        self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
+        self._generate = tf.function(self._generate_all)
+        self._score = tf.function(self._score_all)
         self._advantages = tf.function(self._advantages_fn)
         self._train_step = tf.function(self._train_step_fn)
 
     # ----------------------------------------------------------------- compiled phases
 
-    def _generate_fn(self, prompt_ids, prompt_lengths, seed):
+    def _generate_fn(self, batch, seed):
+        """One replica: sample responses for its share of the prompts."""
         c = self.config
-        return generate(self.policy, prompt_ids, prompt_lengths, seed, c.response_length,
-                        c.temperature, c.top_k, c.top_p)
+        row_offset, total_rows = replica_rows(tf.shape(batch["prompt_ids"])[0])
+        return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
+                        c.temperature, c.top_k, c.top_p, row_offset, total_rows)
+
+    def _generate_all(self, batch, seed):
+        return gather(self.strategy, self.strategy.run(self._generate_replica, args=(batch, seed)))
 
     def _response_logprobs(self, model, sequence_ids, responses):
         """Log-probs of the response tokens, logits divided by the sampling temperature."""
         logits = response_logits(model, sequence_ids, responses.positions) / self.config.temperature
         return ppo.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
 
-    def _score_fn(self, sequence_ids, prompt_lengths):
+    def _score_fn(self, batch):
+        """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts."""
         end_token = self.tokenizer.end_token_id if self.config.stop_at_eos else None
-        responses = response_view(sequence_ids, prompt_lengths, self.config.response_length, end_token)
-        logprobs, logits = self._response_logprobs(self.policy, sequence_ids, responses)
-        ref_logprobs, _ = self._response_logprobs(self.reference, sequence_ids, responses)
-        values = response_logits(self.value_model, sequence_ids, responses.positions)  # [batch, R]
-        entropy = ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
-        return responses, logprobs, ref_logprobs, values, entropy
+        responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], self.config.response_length,
+                                  end_token)
+        logprobs, logits = self._response_logprobs(self.policy, batch["sequence_ids"], responses)
+        ref_logprobs, _ = self._response_logprobs(self.reference, batch["sequence_ids"], responses)
+        values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)  # [batch, R]
+        return responses, logprobs, ref_logprobs, values, ppo.entropy_from_logits(logits)
+
+    def _score_all(self, batch):
+        return gather(self.strategy, self.strategy.run(self._score_fn, args=(batch,)))
 
     def _advantages_fn(self, scores, logprobs, ref_logprobs, values, mask, kl_coef):
         c = self.config
@@ -171,7 +198,8 @@ class PPOTrainer:
             advantages = ppo.whiten(advantages, mask)
         return advantages, returns, kl
 
-    def _train_step_fn(self, batch):
+    def _gradients_fn(self, batch):
+        """One replica: its share of the loss (token sums over the GLOBAL token count) and its gradients."""
         c = self.config
         responses = batch["responses"]
         with tf.GradientTape() as tape:
@@ -181,28 +209,36 @@ class PPOTrainer:
             vf = ppo.value_loss(values, batch["values"], batch["returns"], responses.mask, c.cliprange_value)
             entropy = ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
             loss = pg.loss + c.vf_coef * vf.loss - c.entropy_coef * entropy
-        gradients = tape.gradient(loss, self.variables)
+        return tape.gradient(loss, self.variables), {
+            "loss": loss, "policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
+            "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl}
+
+    def _train_step_fn(self, batch):
+        """One optimiser step on a minibatch: sum the replicas' gradients, then clip, then apply once."""
+        c = self.config
+        gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_fn, args=(batch,)))
         gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
         # A NaN or inf must never reach the weights (or Adam's moments): skip the step instead.
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
+        finite = tf.math.is_finite(stats.pop("loss")) & tf.math.is_finite(grad_norm)
 
         def apply():
             self.optimizer.apply_gradients(zip(gradients, self.variables))
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
-        return {"policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
-                "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl, "grad_norm": grad_norm,
-                "applied": applied}
+        return {**stats, "grad_norm": grad_norm, "applied": applied}
 
     # ----------------------------------------------------------------- one update, in steps
 
     def rollout(self, prompt_ids, prompt_lengths, seed):
         """Sample, score and reward one batch; returns a dict of tensors, texts and timings."""
         started = time.perf_counter()
-        sequence_ids = self._generate(prompt_ids, prompt_lengths, seed)
+        prompts = split_batch(self.strategy, {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
+        sequence_ids = self._generate(prompts, seed)
         generated = time.perf_counter()
-        responses, logprobs, ref_logprobs, values, entropy = self._score(sequence_ids, prompt_lengths)
+        responses, logprobs, ref_logprobs, values, entropies = self._score(
+            split_batch(self.strategy, {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths}))
+        entropy = ppo.masked_mean(entropies, responses.mask)
         scored = time.perf_counter()
         texts = self.decode(responses)
         prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, 1:], lengths=prompt_lengths - 1))
@@ -243,8 +279,8 @@ class PPOTrainer:
         steps, epochs_done = [], 0
         for _ in range(c.num_ppo_epochs):
             order = rng.permutation(c.batch_size)
-            epoch = [self._train_step(tf.nest.map_structure(lambda t: tf.gather(t, indices), trainable))
-                     for indices in np.split(order, c.num_mini_batches)]
+            epoch = [self._train_step(split_batch(self.strategy, tf.nest.map_structure(
+                lambda t, rows=rows: tf.gather(t, rows), trainable))) for rows in np.split(order, c.num_mini_batches)]
             steps += epoch
             epochs_done += 1
             if c.max_approx_kl is not None and np.mean([s["approx_kl"] for s in epoch]) > c.max_approx_kl:
@@ -275,10 +311,10 @@ class PPOTrainer:
         flight, with a checkpoint: `result.preempted` is then True.
         """
         c = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(c.to_json())
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(c.to_json())
         restored = int(self.update.numpy())
-        log = RunLog(self.run_dir, keep_updates=restored)  # rows after the checkpoint are redone, not duplicated
+        log = RunLog(self.output_dir, keep_updates=restored)  # rows after the checkpoint are redone, not duplicated
         history = read_history(log.csv_path)
         for callback in self.callbacks:
             callback.trainer = self
@@ -310,6 +346,10 @@ class PPOTrainer:
                                self.run_dir, c, preempted=True)
         evaluation_after = self.evaluate()
         self.save_artifacts(history)
+        if self.strategy.num_replicas_in_sync > 1:  # replicas must agree; print it so every worker can be compared
+            print(f"weights fingerprint: {weights_fingerprint(self.policy)}", flush=True)
+        if self.output_dir != self.run_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)  # a non-chief worker's throw-away copy
         return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before,
                            evaluation_after, self.run_dir, c)
 
@@ -391,10 +431,10 @@ class PPOTrainer:
 
     def save_artifacts(self, history):
         """The final policy and value model (Keras format) and the curves PNG."""
-        self.policy.save(self.run_dir / "policy.keras")
-        self.value_model.save(self.run_dir / "value_model.keras")
+        self.policy.save(self.output_dir / "policy.keras")
+        self.value_model.save(self.output_dir / "value_model.keras")
         if history:
-            plot_curves(history, self.run_dir / "curves.png")
+            plot_curves(history, self.output_dir / "curves.png")
 
     # ----------------------------------------------------------------- helpers
 
@@ -430,12 +470,14 @@ class PPOTrainer:
         self.overoptimising = diverging
 
     def _restore(self):
-        if restore_latest(self.checkpoints, self.checkpoint) is None:
+        # Every worker restores from the chief's checkpoints (the run directory), wherever it saves its own.
+        shared = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=3)
+        if restore_latest(shared, self.checkpoint) is None:
             raise CheckpointError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
 
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
-          gold_reward_fn=None):
+          gold_reward_fn=None, strategy=None):
     """Fine-tune a policy with PPO; usable from notebooks (no argparse, no sys.exit).
 
     Args:
@@ -449,6 +491,7 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         gold_reward_fn: an independent scorer logged beside the reward
             (`gold_score_mean`, `proxy_gold_correlation`); a warning when the
             reward rises while it falls (`config.overoptimisation_window`).
+        strategy: a `tf.distribute.Strategy` instance (default: from `config.strategy`).
 
     Returns:
         `TrainResult` with the policy, history, held-out evaluations and run directory.
@@ -458,7 +501,7 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
         result.history[-1]["score_mean"]
     """
-    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn)
+    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy)
     return trainer.train()
 
 

@@ -1,0 +1,139 @@
+"""tf.distribute: MirroredStrategy on 2 logical CPUs equals one device; 2 workers on localhost agree and fail cleanly.
+
+TensorFlow allows one strategy per process (and MultiWorkerMirroredStrategy
+must exist before any other op), so every run here is its own process.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from tf_ppo import PPOConfig
+from tf_ppo.distribute import free_port, local_cluster
+from tf_ppo.reporting import read_history
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One PPO update, or one SFT step, under "mirrored" (2 logical CPUs) or "default" (1 device); weights to an .npz.
+TWO_DEVICES = """
+import json, pathlib, sys
+import numpy as np, pandas as pd, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tests.conftest import tiny_config
+from tf_ppo import PPOConfig, PPOTrainer, ppo, sft
+stage, name, out, tmp = sys.argv[1:5]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
+tmp = pathlib.Path(tmp)
+tmp.mkdir(parents=True, exist_ok=True)
+report = {}
+if stage == "ppo":
+    # XLA off in both runs: XLA's random-number kernels differ from TensorFlow's (and it is off under replicas).
+    config = tiny_config(tmp / "run", total_updates=1, generation_jit=False)
+    result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
+    weights = result.policy.get_weights() + result.value_model.get_weights()
+    report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
+    if name == "mirrored":
+        try:
+            PPOTrainer(config.replace(batch_size=30, num_mini_batches=2, run_dir=str(tmp / "odd")), strategy=strategy)
+        except ValueError as error:
+            report["odd_batch_error"] = str(error)
+        # Whitening inside strategy.run with unequal token counts per replica == whitening of the whole batch.
+        rng = np.random.default_rng(0)
+        values = rng.normal(size=(4, 6)).astype(np.float32)
+        mask = np.array([[1] * 6, [1, 1, 0, 0, 0, 0], [1] * 5 + [0], [0] * 6], bool)  # replica 0: 8 tokens, 1: 5
+        shares = strategy.experimental_distribute_values_from_function(
+            lambda ctx: (values[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2],
+                         mask[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2]))
+        per_replica = strategy.run(tf.function(lambda pair: ppo.whiten(pair[0], pair[1])), args=(shares,))
+        distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+        report["whiten_max_difference"] = float(np.abs(distributed - ppo.whiten(values, mask).numpy()).max())
+else:
+    csv = tmp / "one_batch.csv"
+    pd.read_csv(PPOConfig().sft.train_csv).head(32).to_csv(csv, index=False)
+    config = PPOConfig(sft={"epochs": 1, "train_csv": str(csv), "batch_size": 32})
+    weights = sft(config, show_progress=False, strategy=strategy).policy.get_weights()
+np.savez(out, *weights)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def run_two_device_script(stage, name, tmp_path):
+    out = tmp_path / f"{stage}-{name}.npz"
+    completed = subprocess.run([sys.executable, "-c", TWO_DEVICES, stage, name, str(out), str(tmp_path / name)],
+                               capture_output=True, text=True, timeout=600, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": ROOT}, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.split("REPORT ", 1)[1])
+    weights = np.load(out)
+    return [weights[key] for key in weights.files], report
+
+
+def relative_difference(got, expected):
+    """Largest weight difference relative to the largest weight of the model."""
+    return max(np.abs(a - b).max() for a, b in zip(got, expected)) / max(np.abs(b).max() for b in expected)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "sft"])
+def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path):
+    mirrored, report = run_two_device_script(stage, "mirrored", tmp_path)
+    single, single_report = run_two_device_script(stage, "default", tmp_path)
+    assert relative_difference(mirrored, single) <= 1e-5
+    if stage == "ppo":
+        assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
+        assert "15 rollouts per minibatch must be divisible by the 2 replicas" in report["odd_batch_error"]
+        assert report["whiten_max_difference"] < 1e-6
+
+
+def test_two_workers_on_localhost_end_identical_and_only_the_chief_writes(tmp_path, sft_policy_path):
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "tf_ppo-worker*")))
+    run_dir = tmp_path / "mw"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tf_ppo.cli", "train", "--workers", "2", "--run_dir", str(run_dir),
+         "--total_updates", "2", "--batch_size", "32", "--eval_size", "32", "--checkpoint_every", "1"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    fingerprints = dict(re.findall(r"\[worker (\d)\] weights fingerprint: (\w+)", completed.stdout))
+    assert set(fingerprints) == {"0", "1"} and fingerprints["0"] == fingerprints["1"], completed.stdout[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == ["ckpt-1.index", "ckpt-2.index"]
+    assert len(read_history(run_dir / "metrics.csv")) == 2
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tf_ppo-worker*"))) == before  # worker 1 cleaned up
+
+
+def test_a_killed_worker_makes_the_other_fail_within_a_bounded_time(tmp_path, sft_policy_path):
+    run_dir = tmp_path / "mw"
+    args = [sys.executable, "-m", "tf_ppo.cli", "train", "--strategy", "multi_worker", "--run_dir", str(run_dir),
+            "--total_updates", "500", "--batch_size", "32", "--eval_size", "32", "--collective_timeout", "20"]
+    workers = [subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "TF_CONFIG": tf_config},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for tf_config in local_cluster([free_port(), free_port()])]
+    try:
+        deadline = time.time() + 300
+        while len(read_history(run_dir / "metrics.csv")) < 1:
+            assert time.time() < deadline and all(w.poll() is None for w in workers), "no update within 300 s"
+            time.sleep(0.2)
+        workers[1].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        _, stderr = workers[0].communicate(timeout=180)
+        assert workers[0].returncode != 0
+        print(f"chief exited {time.time() - killed_at:.0f} s after the kill")
+        assert re.search(r"(?i)deadline|timeout|unavailable|cancelled|aborted|socket|connect", stderr), stderr[-2000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+
+def test_strategy_names_are_validated():
+    with pytest.raises(ValueError, match="PPOConfig.strategy must be one of"):
+        PPOConfig(strategy="tpu_please")
+    assert PPOConfig().strategy == "auto"

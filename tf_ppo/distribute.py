@@ -1,0 +1,149 @@
+"""tf.distribute for tf_ppo: pick the strategy, split a global batch over replicas, reduce, gather.
+
+One code path serves one CPU, 8 GPUs (MirroredStrategy) and several hosts
+(MultiWorkerMirroredStrategy): with the default strategy every helper here is
+the identity. The rules that make a multi-replica update equal to the
+single-device one on the same global batch:
+  * every replica's loss is its sum over tokens divided by the GLOBAL token
+    count (`ppo.masked_mean` does this inside `strategy.run`), so the SUM of
+    the replicas' gradients is the global gradient;
+  * gradients are summed across replicas first, then clipped, then applied
+    once, in cross-replica context (clipping per replica is not equivalent);
+  * sampling noise is drawn per global row (`rollout.sample_next_token`), so
+    a replica samples exactly what one device would for the same rows.
+"""
+
+import hashlib
+import json
+import pathlib
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+def resolve_strategy(strategy="auto", timeout_seconds=300):
+    """A `tf.distribute.Strategy` from a name or an instance.
+
+    `"auto"`: MirroredStrategy when more than one GPU is visible, else the
+    default (one device). `"multi_worker"` reads `TF_CONFIG`; a collective
+    that waits more than `timeout_seconds` for a dead worker fails instead of
+    hanging forever.
+
+    Example:
+    >>> resolve_strategy("default").num_replicas_in_sync
+    1
+    """
+    if isinstance(strategy, tf.distribute.Strategy):
+        return strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"PPOConfig.strategy must be one of {STRATEGIES} or a tf.distribute.Strategy, got {strategy!r}")
+    if strategy == "auto":
+        strategy = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+    if strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if strategy == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.get_strategy()
+
+
+def split_batch(strategy, tensors):
+    """Give each replica its consecutive share of a global batch (a nest of tensors, batch-major).
+
+    Example:
+    >>> split_batch(tf.distribute.get_strategy(), {"x": tf.range(4)})["x"].numpy().tolist()
+    [0, 1, 2, 3]
+    """
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return tensors
+    rows = int(tf.nest.flatten(tensors)[0].shape[0])
+
+    def share(context):
+        per_replica = rows // replicas
+        start = context.replica_id_in_sync_group * per_replica
+        return tf.nest.map_structure(lambda t: t[start: start + per_replica], tensors)
+
+    return strategy.experimental_distribute_values_from_function(share)
+
+
+def gather(strategy, per_replica):
+    """Concatenate the replicas' outputs (a nest) back into the global batch, on every worker."""
+    if strategy.num_replicas_in_sync == 1:
+        return per_replica
+    def gather_one(value):
+        if strategy.experimental_local_results(value)[0].dtype == tf.bool:  # collectives carry numbers only
+            as_numbers = strategy.run(lambda mask: tf.cast(mask, tf.int32), args=(value,))
+            return tf.cast(strategy.gather(as_numbers, axis=0), tf.bool)
+        return strategy.gather(value, axis=0)
+
+    return tf.nest.map_structure(gather_one, per_replica)
+
+
+def reduce_sum(strategy, per_replica):
+    """Sum a nest of per-replica values across replicas (identity on one replica)."""
+    if strategy.num_replicas_in_sync == 1:
+        return per_replica
+    return tf.nest.map_structure(lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
+                                 per_replica)
+
+
+def replica_rows(global_rows):
+    """`(row_offset, total_rows)` of this replica's share of a batch with `global_rows` rows per replica-share."""
+    context = tf.distribute.get_replica_context()
+    return context.replica_id_in_sync_group * global_rows, global_rows * context.num_replicas_in_sync
+
+
+def is_chief(strategy):
+    """True on the worker that writes checkpoints, logs and exports (always, on one host)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def writable_dir(run_dir, strategy):
+    """The run directory on the chief; a throw-away directory on other workers (TF's multi-worker recipe)."""
+    if is_chief(strategy):
+        return pathlib.Path(run_dir)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f"tf_ppo-worker{strategy.cluster_resolver.task_id}-"))
+
+
+def local_cluster(ports):
+    """`TF_CONFIG` values for one worker process per port on 127.0.0.1 (worker 0 is the chief).
+
+    Example:
+    >>> json.loads(local_cluster([20000, 20001])[1])["task"]
+    {'type': 'worker', 'index': 1}
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(len(ports))]
+
+
+def free_port():
+    """A TCP port that was free a moment ago (for local multi-worker runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def weights_fingerprint(model):
+    """A short hash of a model's weights, to check that replicas and workers ended identical.
+
+    Example:
+    >>> layer = tf.keras.layers.Dense(2)
+    >>> _ = layer(tf.zeros([1, 3]))
+    >>> len(weights_fingerprint(layer))
+    16
+    """
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
