@@ -135,6 +135,7 @@ class PPOConfig:
     stop_at_eos: bool = True  # truncate each response after its first end token
     missing_eos_penalty: float | None = None  # subtracted from the score of responses that never stop
     generation_jit: bool = True  # XLA for the sampling loop (about 2.5x faster on CPU)
+    train_jit: bool = True  # XLA for the scoring forwards and the training step (8-11% faster on CPU here)
     # --- reward shaping
     kl_coef: float = 0.1  # beta, the initial value when adaptive
     kl_estimator: str = "k1"  # "k1" (log ratio), "k2" (squared / 2) or "k3" (Schulman's unbiased, always >= 0)

@@ -153,6 +153,8 @@ class PPOTrainer:
         # XLA inside strategy.run reads the other replicas' variables from the wrong device
         # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
         self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
+        self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
+        self._gradients_replica = tf.function(self._gradients_fn, jit_compile=config.train_jit and replicas == 1)
         self._generate = tf.function(self._generate_all)
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self._advantages_fn)
@@ -186,7 +188,7 @@ class PPOTrainer:
         return responses, logprobs, ref_logprobs, values, ppo.entropy_from_logits(logits)
 
     def _score_all(self, batch):
-        return gather(self.strategy, self.strategy.run(self._score_fn, args=(batch,)))
+        return gather(self.strategy, self.strategy.run(self._score_replica, args=(batch,)))
 
     def _advantages_fn(self, scores, logprobs, ref_logprobs, values, mask, kl_coef):
         c = self.config
@@ -207,8 +209,9 @@ class PPOTrainer:
             values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
             pg = ppo.policy_loss(logprobs, batch["logprobs"], batch["advantages"], responses.mask, c.cliprange)
             vf = ppo.value_loss(values, batch["values"], batch["returns"], responses.mask, c.cliprange_value)
-            entropy = ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
-            loss = pg.loss + c.vf_coef * vf.loss - c.entropy_coef * entropy
+            loss = pg.loss + c.vf_coef * vf.loss
+            if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
+                loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
         return tape.gradient(loss, self.variables), {
             "loss": loss, "policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
             "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl}
@@ -216,7 +219,7 @@ class PPOTrainer:
     def _train_step_fn(self, batch):
         """One optimiser step on a minibatch: sum the replicas' gradients, then clip, then apply once."""
         c = self.config
-        gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_fn, args=(batch,)))
+        gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_replica, args=(batch,)))
         gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
         # A NaN or inf must never reach the weights (or Adam's moments): skip the step instead.
         finite = tf.math.is_finite(stats.pop("loss")) & tf.math.is_finite(grad_norm)

@@ -1,0 +1,201 @@
+"""PPO throughput of the real trainer: seconds per update, per phase, and FLOP/s against the machine's peak.
+
+Shapes of the performance issue (GPT-2 architecture, byte-level BPE, separate
+value model and a Keras reward model of the same size, 64 rollouts of 16
+prompt + 32 response tokens, temperature 0.7, 4 epochs x 2 minibatches):
+
+    python benchmarks/ppo_throughput.py                                  # S1: 2 layers, hidden 128
+    python benchmarks/ppo_throughput.py --layers 4 --hidden 256          # S2
+    python benchmarks/ppo_throughput.py --scaling 32,64,128              # generation time vs response length
+
+It times `PPOTrainer.run_update` (warm-up first, so tracing is excluded),
+measures the fp32 matmul peak of this machine in the same run, and prints a
+table and, last, one JSON line.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tf_ppo import PPOConfig, PPOTrainer, RewardModel
+from tf_ppo.data import prompt_dataset, read_prompt_csv
+from tf_ppo.models import build_backbone, build_policy, load_tokenizer
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64, help="rollouts per update")
+    parser.add_argument("--prompt-length", type=int, default=16, help="tokens per prompt, start token included")
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--updates", type=int, default=5, help="timed updates")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed updates first (tracing, XLA compilation)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--mini-batches", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
+    parser.add_argument("--no-train-jit", action="store_true", help="score and train without XLA")
+    parser.add_argument("--scaling", default="", help="comma-separated response lengths: time generation only")
+    parser.add_argument("--compare-keras-hub", action="store_true",
+                        help="also time keras-hub's CausalLM.generate (XLA) at the same shape")
+    return parser.parse_args(argv)
+
+
+def matmul_peak_gflops(size=1024, seconds=2.0):
+    """Best fp32 matmul GFLOP/s of this machine (compiled, square `size` matrices)."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    multiply = tf.function(lambda x, y: tf.matmul(x, y))
+    multiply(a, b).numpy()
+    best, started = 0.0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        tick = time.perf_counter()
+        multiply(a, b).numpy()
+        best = max(best, 2 * size**3 / (time.perf_counter() - tick) / 1e9)
+    return best
+
+
+def build_trainer(args, response_length, total_updates):
+    """The trainer at the requested shape, with random-init models (throughput does not need trained ones)."""
+    lengths = [response_length] + [int(r) for r in args.scaling.split(",") if r]
+    context = args.prompt_length + max(lengths)
+    config = PPOConfig(
+        model={"num_layers": args.layers, "hidden_dim": args.hidden, "num_heads": args.heads,
+               "intermediate_dim": 4 * args.hidden, "max_sequence_length": context},
+        batch_size=args.batch, max_prompt_length=args.prompt_length, truncate_prompts=True,
+        response_length=response_length, temperature=args.temperature, stop_at_eos=False,
+        num_ppo_epochs=args.ppo_epochs, num_mini_batches=args.mini_batches, total_updates=total_updates,
+        generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
+        run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
+    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    # Whole training sentences, cut to their last prompt_length - 1 tokens: every prompt has exactly that length.
+    frame = read_prompt_csv(config.prompts_csv, require_target=True)
+    sentences = [f"{p} {t}" for p, t in zip(frame["input_text"], frame["target"])]
+    prompts = [s for s, ids in zip(sentences, tokenizer(sentences)) if len(ids) >= args.prompt_length - 1]
+    policy = build_policy(config.model, tokenizer.vocabulary_size())
+    reward_model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer,
+                               max_length=min(context, args.prompt_length + response_length))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "prompts cut to their last tokens": intended here
+        trainer = PPOTrainer(config, reward_fn=reward_model, prompts=prompts, policy=policy, show_progress=False)
+    return trainer, reward_model
+
+
+def run_updates(trainer, count, first_update=1):
+    batches = iter(prompt_dataset(trainer.prompt_ids, trainer.prompt_lengths, trainer.config.batch_size,
+                                  trainer.config.seed))
+    return [trainer.run_update(next(batches), first_update + i) for i in range(count)]
+
+
+def flops_per_update(trainer, reward_model, args):
+    """2 P T per forward pass (generation, policy, reference, value, reward), 6 P T per training pass."""
+    tokens = args.batch * (args.prompt_length + args.response_length)
+    policy = trainer.policy.count_params()
+    value = trainer.value_model.count_params()
+    forward = 2 * tokens * (policy + policy + trainer.reference.count_params() + value)
+    forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
+    training = 6 * tokens * (policy + value) * args.ppo_epochs
+    return forward + training
+
+
+def keras_hub_generate_tokens_per_second(trainer, args):
+    """keras-hub's own cached sampler, XLA-compiled, at the same shape (no stop token)."""
+    import keras_hub
+
+    policy = trainer.policy
+    policy.compile(sampler=keras_hub.samplers.RandomSampler(temperature=args.temperature))
+    ids = np.asarray(trainer.prompt_ids[: args.batch])
+    width = args.prompt_length + args.response_length
+    inputs = {"token_ids": np.pad(ids, [(0, 0), (0, width - ids.shape[1])]),
+              "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, width - ids.shape[1])])}
+    policy.generate(inputs, stop_token_ids=None)  # compile
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        policy.generate(inputs, stop_token_ids=None)
+        times.append(time.perf_counter() - started)
+    return args.batch * args.response_length / statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)  # one op at a time, each on all threads: faster here
+    except RuntimeError:  # TensorFlow already ran in this process (e.g. under pytest): keep its threads
+        print("note: TensorFlow was already initialised; thread settings unchanged")
+    peak = matmul_peak_gflops()
+
+    if args.scaling:
+        rows = []
+        for length in (int(r) for r in args.scaling.split(",")):
+            trainer, _ = build_trainer(args, length, 1)
+            generate = lambda: trainer._generate(  # noqa: E731
+                {"prompt_ids": trainer.prompt_ids[: args.batch], "prompt_lengths": trainer.prompt_lengths[: args.batch]},
+                tf.constant([0, 1])).numpy()
+            generate()
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                generate()
+                times.append(time.perf_counter() - started)
+            rows.append({"response_length": length, "seconds_generate": round(statistics.median(times), 4),
+                         "tokens_per_second": round(args.batch * length / statistics.median(times))})
+        for row in rows:
+            print(f"response {row['response_length']:4d}: generation {row['seconds_generate']:.3f} s, "
+                  f"{row['tokens_per_second']} tokens/s")
+        print(json.dumps({"scaling": rows, "matmul_peak_gflops": round(peak, 1)}))
+        return
+
+    trainer, reward_model = build_trainer(args, args.response_length, args.warmup + args.updates)
+    run_updates(trainer, args.warmup)
+    logs = run_updates(trainer, args.updates, first_update=args.warmup + 1)
+    seconds = [row["seconds_update"] for row in logs]
+    median = statistics.median(seconds)
+    flops = flops_per_update(trainer, reward_model, args)
+    phase = {name: statistics.median(row[f"seconds_{name}"] for row in logs)
+             for name in ("generate", "score", "reward", "optimise")}
+    result = {
+        "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "batch": args.batch,
+                  "prompt_length": args.prompt_length, "response_length": args.response_length,
+                  "policy_parameters": trainer.policy.count_params(),
+                  "vocabulary": trainer.tokenizer.vocabulary_size(), "generation_jit": not args.no_generation_jit,
+                  "train_jit": not args.no_train_jit},
+        "seconds_per_update_median": round(median, 4), "seconds_per_update_min": round(min(seconds), 4),
+        "seconds_per_update_max": round(max(seconds), 4),
+        "rollouts_per_second": round(args.batch / median, 1),
+        "generated_tokens_per_second": round(args.batch * args.response_length / phase["generate"]),
+        "seconds_generation": round(phase["generate"], 4),
+        "seconds_scoring_forwards": round(phase["score"] + phase["reward"], 4),
+        "seconds_optimisation": round(phase["optimise"], 4),
+        "gflop_per_update": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
+        "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "traces": {name: getattr(trainer, name).experimental_get_tracing_count()
+                   for name in ("_generate", "_score", "_advantages", "_train_step")},
+    }
+    if args.compare_keras_hub:
+        result["keras_hub_generate_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args))
+        result["rollout_with_logprobs_tokens_per_second"] = round(
+            args.batch * args.response_length / (phase["generate"] + phase["score"]))
+    print(f"{'phase':28s}{'seconds (median)':>18s}")
+    for name, key in [("generation", "seconds_generation"), ("scoring forwards + reward", "seconds_scoring_forwards"),
+                      ("optimisation", "seconds_optimisation"), ("whole update", "seconds_per_update_median")]:
+        print(f"{name:28s}{result[key]:>18.4f}")
+    print(f"{result['gflop_per_update']} GFLOP per update, {result['achieved_gflops']} GFLOP/s achieved, "
+          f"{result['fraction_of_peak']:.1%} of the {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
