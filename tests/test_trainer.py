@@ -54,6 +54,15 @@ def test_run_directory_artifacts(great_run):
     np.testing.assert_allclose(policy(probe), result.policy(probe), atol=1e-6)
 
 
+def test_parameter_report_counts_trainable_frozen_and_bytes(great_run):
+    trainer, _ = great_run
+    lines = dict(line.split(": ", 1) for line in trainer.parameter_report.splitlines())
+    policy_count = trainer.policy.count_params()
+    assert lines["policy"] == f"{policy_count:,} trainable, 0 frozen parameters, {policy_count * 4 / 2**20:.1f} MB of weights"
+    assert lines["reference"].startswith(f"0 trainable, {policy_count:,} frozen")
+    assert lines["value model"].startswith(f"{trainer.value_model.count_params():,} trainable")
+
+
 def test_compiled_steps_trace_once(great_run):
     trainer, result = great_run
     assert len({row["kl_coef"] for row in result.history}) > 1

@@ -14,6 +14,7 @@ because the next token depends on the previous token only.
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from tf_ppo.config import ModelConfig  # noqa: F401  used by the docstring examples (doctests)
@@ -184,3 +185,26 @@ def frozen_copy(policy):
     reference = copy_model(policy)
     reference.trainable = False
     return reference
+
+
+def parameter_report(models):
+    """Trainable and frozen parameter counts and weight memory of named models, one line each.
+
+    Example:
+    >>> print(parameter_report({"policy": build_weights(BigramLM(vocabulary_size=10, hidden_dim=4))}))
+    policy: 90 trainable, 0 frozen parameters, 360 B of weights
+    """
+    lines = []
+    for name, model in models.items():
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+        size = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+        lines.append(f"{name}: {trainable:,} trainable, {frozen:,} frozen parameters, {_bytes(size)} of weights")
+    return "\n".join(lines)
+
+
+def _bytes(count):
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024

@@ -32,7 +32,7 @@ from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts, prompt_dataset, read_prompt_csv
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
-from tf_ppo.models import build_value_model, copy_model, frozen_copy, load_tokenizer
+from tf_ppo.models import build_value_model, copy_model, frozen_copy, load_tokenizer, parameter_report
 from tf_ppo.reporting import RunLog, plot_curves, read_history
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
 from tf_ppo.rollout import generate, response_logits, response_view
@@ -132,6 +132,12 @@ class PPOTrainer:
             self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
             self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
+        models = {"policy": self.policy, "reference": self.reference, "value model": self.value_model}
+        if isinstance(self.reward_fn, keras.Model):
+            models["reward model"] = self.reward_fn
+        self.parameter_report = parameter_report(models)
+        if self.show_progress:
+            print(self.parameter_report)
         if config.target_kl is None:
             self.kl_controller = ppo.FixedKLController(config.kl_coef)
         else:
