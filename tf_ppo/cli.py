@@ -27,7 +27,6 @@ import threading
 import time
 
 from tf_ppo.config import NESTED, PPOConfig
-from tf_ppo.data import read_prompt_csv
 from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
 from tf_ppo.export import export
 from tf_ppo.pipeline import pipeline
@@ -139,8 +138,7 @@ def run_reward(config):
     """Train a reward model from the default SFT policy's backbone, normalised on its samples."""
     run_dir = pathlib.Path(config.run_dir or f"runs/reward-{time.strftime('%Y%m%d-%H%M%S')}")
     policy = default_policy(config)
-    prompts = read_prompt_csv(config.prompts_csv)["input_text"].tolist()
-    result = train_reward_model(config, policy.backbone, run_dir, policy=policy, prompts=prompts)
+    result = train_reward_model(config, policy.backbone, run_dir, policy=policy)
     print(f"reward model written to {result.path}")
     print(json.dumps(result.history[-1]))
 

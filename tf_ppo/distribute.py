@@ -74,6 +74,7 @@ def gather(strategy, per_replica):
     """Concatenate the replicas' outputs (a nest) back into the global batch, on every worker."""
     if strategy.num_replicas_in_sync == 1:
         return per_replica
+
     def gather_one(value):
         if strategy.experimental_local_results(value)[0].dtype == tf.bool:  # collectives carry numbers only
             as_numbers = strategy.run(lambda mask: tf.cast(mask, tf.int32), args=(value,))
@@ -91,10 +92,10 @@ def reduce_sum(strategy, per_replica):
                                  per_replica)
 
 
-def replica_rows(global_rows):
-    """`(row_offset, total_rows)` of this replica's share of a batch with `global_rows` rows per replica-share."""
+def replica_rows(local_rows):
+    """`(row_offset, total_rows)`: where this replica's `local_rows` rows sit in the global batch."""
     context = tf.distribute.get_replica_context()
-    return context.replica_id_in_sync_group * global_rows, global_rows * context.num_replicas_in_sync
+    return context.replica_id_in_sync_group * local_rows, local_rows * context.num_replicas_in_sync
 
 
 def is_chief(strategy):

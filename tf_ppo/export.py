@@ -28,7 +28,7 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.config import PPOConfig
 from tf_ppo.models import build_policy, load_tokenizer
-from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 
 
 class ExportError(ValueError):
@@ -73,8 +73,7 @@ class PolicyModule(tf.Module):
         sequence_ids = generate(self.policy, prompt_ids, prompt_lengths, tf.stack([seed, 0]), max_new_tokens,
                                 temperature, top_k)
         responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.end_token_id)
-        keep = responses.mask & (responses.token_ids != self.end_token_id)
-        completions = self.tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+        completions = self.tokenizer.detokenize(response_tokens(responses, self.end_token_id))
         return {"completions": completions, "token_ids": responses.token_ids,
                 "lengths": tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)}
 

@@ -21,7 +21,6 @@ import pathlib
 import keras
 
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import read_prompt_csv
 from tf_ppo.reward_model import RewardModel, save_atomically, train_reward_model
 from tf_ppo.rewards import sentiment_reward
 from tf_ppo.sft import sft
@@ -85,9 +84,8 @@ def _reward_stage(config, directory, policy, show_progress):
     path = directory / "reward_model.keras"
     if path.exists():
         return RewardModel.load(path), json.loads((directory / "checkpoints" / "history.json").read_text())
-    prompts = read_prompt_csv(config.prompts_csv)["input_text"].tolist()
     result = train_reward_model(config, policy.backbone if hasattr(policy, "backbone") else None, directory,
-                                show_progress, policy=policy, prompts=prompts)
+                                show_progress, policy=policy)
     return result.model, result.history
 
 

@@ -27,10 +27,10 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import DataError, check_texts, encode_prompts
+from tf_ppo.data import DataError, check_texts, encode_prompts, read_prompt_csv
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.models import build_backbone, load_tokenizer
-from tf_ppo.rollout import generate, response_view
+from tf_ppo.rollout import generate, response_tokens, response_view
 
 
 def join_texts(prompts, responses):
@@ -286,9 +286,9 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
             fresh one of `config.model`'s size.
         directory: checkpoints per epoch (a rerun continues from them) and
             the final `reward_model.keras`.
-        policy, prompts: when given (and `config.reward.normalise_samples`
-            > 0), gain and offset are fitted on the policy's samples for these
-            prompts before saving (`normalise_on_policy_samples`).
+        policy, prompts: when a policy is given (and `config.reward.normalise_samples`
+            > 0), gain and offset are fitted on its samples for these prompts
+            (default `config.prompts_csv`) before saving (`normalise_on_policy_samples`).
         strategy: a `tf.distribute.Strategy` (default: from `config.strategy`).
 
     Returns:
@@ -356,6 +356,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                          show_progress)
     normalisation = None
     if policy is not None and settings.normalise_samples:
+        prompts = prompts if prompts is not None else read_prompt_csv(config.prompts_csv)["input_text"].tolist()
         normalisation = normalise_on_policy_samples(model, policy, prompts, config, settings.seed)
     path = None
     if directory is not None:
@@ -382,8 +383,7 @@ def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):
                             config.response_length, config.temperature, config.top_k, config.top_p)
     end_token = tokenizer.end_token_id if config.stop_at_eos else None
     responses = response_view(sequence_ids, tf.constant(lengths), config.response_length, end_token)
-    keep = responses.mask & (responses.token_ids != tokenizer.end_token_id)
-    texts = tokenizer.detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+    texts = tokenizer.detokenize(response_tokens(responses, tokenizer.end_token_id))
     return reward_model.fit_normalisation(prompts, texts)
 
 

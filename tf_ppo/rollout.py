@@ -138,6 +138,17 @@ def response_view(sequence_ids, prompt_lengths, response_length, end_token_id=No
     return Responses(positions, token_ids, ends_before == 0)
 
 
+def response_tokens(responses, end_token_id):
+    """Each response's own tokens as a ragged `[batch, None]`: no end token, no padding after it.
+
+    Example:
+    >>> view = response_view(tf.constant([[5, 6, 7, 0, 8]]), tf.constant([2]), 3, end_token_id=0)
+    >>> response_tokens(view, 0).to_list()
+    [[7]]
+    """
+    return tf.ragged.boolean_mask(responses.token_ids, responses.mask & (responses.token_ids != end_token_id))
+
+
 def response_logits(model, sequence_ids, positions):
     """Logits predicting each response token: the model's output at `positions - 1`.
 

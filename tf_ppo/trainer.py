@@ -35,7 +35,7 @@ from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resol
 from tf_ppo.models import build_value_model, copy_model, frozen_copy, load_tokenizer, parameter_report
 from tf_ppo.reporting import RunLog, plot_curves, read_history
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
-from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
 
 
@@ -265,8 +265,7 @@ class PPOTrainer:
 
     def decode(self, responses):
         """Response texts, without the end token and the padding after it."""
-        keep = responses.mask & (responses.token_ids != self.tokenizer.end_token_id)
-        return self._detokenize(tf.ragged.boolean_mask(responses.token_ids, keep))
+        return self._detokenize(response_tokens(responses, self.tokenizer.end_token_id))
 
     def _detokenize(self, token_ids):
         texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings
