@@ -79,7 +79,7 @@ def build_trainer(args, response_length, total_updates):
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     # Whole training sentences, cut to their last prompt_length - 1 tokens: every prompt has exactly that length.
-    frame = read_prompt_csv(config.prompts_csv, require_target=True)
+    frame = read_prompt_csv(config.prompts, require_target=True)
     sentences = [f"{p} {t}" for p, t in zip(frame["input_text"], frame["target"])]
     prompts = [s for s, ids in zip(sentences, tokenizer(sentences)) if len(ids) >= args.prompt_length - 1]
     policy = build_policy(config.model, tokenizer.vocabulary_size())

@@ -7,8 +7,8 @@ Example:
 
 from tf_ppo import ppo
 from tf_ppo.config import ModelConfig, PPOConfig, RewardConfig, SFTConfig
-from tf_ppo.data import DataError
-from tf_ppo.export import ExportError, export
+from tf_ppo.data import DataError, load_prompts
+from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
 from tf_ppo.pipeline import PipelineResult, pipeline
 from tf_ppo.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
@@ -25,6 +25,8 @@ __all__ = [
     "DataError",
     "ExportError",
     "export",
+    "save_preset",
+    "load_prompts",
     "RewardError",
     "sentiment_reward",
     "word_count_reward",

@@ -27,6 +27,9 @@ class ModelConfig:
     'bigram'
     """
 
+    # A keras-hub preset to start from: a name ("gpt2_base_en", downloads), a local preset directory, or a
+    # `keras_hub.models.CausalLM` object. None = build the tiny model below from scratch.
+    preset: object = None
     architecture: str = "gpt2"  # "gpt2" (keras-hub GPT2CausalLM) or "bigram" (the article's Embedding -> Dense)
     num_layers: int = 2
     num_heads: int = 4
@@ -36,6 +39,12 @@ class ModelConfig:
     dropout: float = 0.0  # dropout is off in PPO in any case (models run with training=False)
 
     def __post_init__(self):
+        if isinstance(self.preset, str) and self.preset.startswith(OBJECT_MARK):
+            _fail(self, "preset", f"was a Python object ({self.preset}), which config.json cannot hold; "
+                                  f"pass the model again: config.replace(model=causal_lm)")
+        if self.preset is not None and not isinstance(self.preset, str) and not hasattr(self.preset, "backbone"):
+            _fail(self, "preset", f"must be a preset name, a preset directory or a keras_hub CausalLM, "
+                                  f"got {type(self.preset).__name__}")
         _check_choice(self, "architecture", ("gpt2", "bigram"))
         for name in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "max_sequence_length"):
             _check_positive(self, name)
@@ -114,11 +123,15 @@ class PPOConfig:
     """
 
     # --- data and models
-    prompts_csv: str = str(DATA_DIR / "train_data.csv")
+    # Prompts: a CSV (column input_text) or "tfds:NAME[:SPLIT]" (e.g. "tfds:imdb_reviews", its `text` feature).
+    prompts: str = str(DATA_DIR / "train_data.csv")
     eval_prompts_csv: str = str(DATA_DIR / "heldout_data.csv")
     vocabulary: str = str(DATA_DIR / "vocab.json")
     merges: str = str(DATA_DIR / "merges.txt")
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # or a preset name / directory / CausalLM
+    dtype: str = "float32"  # or "mixed_bfloat16" / "mixed_float16" (loss scaling); the PPO maths stays float32
+    lora_rank: int = 0  # > 0: train LoRA adapters only; the reference is the policy with its adapters off
+    value_from_reward_model: bool = False  # start the value model from the RewardModel used as reward (as TRL)
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     fluency_corpus: str | None = str(DATA_DIR / "corpus.txt")  # word bigrams that count as fluent; None = skip the metric
@@ -128,6 +141,8 @@ class PPOConfig:
     batch_size: int = 64  # rollouts (prompts) per update
     max_prompt_length: int = 16  # prompts are right-padded to this many tokens (BOS included)
     truncate_prompts: bool = False  # longer prompts: False = error naming the row, True = keep their last tokens (warns)
+    prompt_tokens_min: int = 0  # > 0: keep only each prompt's first k tokens, k drawn per row from [min, max]
+    prompt_tokens_max: int = 0  # (TRL's IMDB example: a review's first 2-8 tokens); 0 = whole prompts
     response_length: int = 16  # maximum new tokens per response
     temperature: float = 1.0
     top_k: int = 0  # 0 = off, as in PPO practice: sampling must match the policy being optimised
@@ -172,6 +187,8 @@ class PPOConfig:
         for name, section in NESTED.items():
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, section(**getattr(self, name)))
+        if not isinstance(self.model, ModelConfig):  # PPOConfig(model="gpt2_base_en" | "/path" | causal_lm)
+            object.__setattr__(self, "model", ModelConfig(preset=self.model))
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
                      "temperature", "kl_horizon", "num_ppo_epochs", "num_mini_batches",
                      "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size",
@@ -189,12 +206,21 @@ class PPOConfig:
         _check_choice(self, "kl_estimator", ("k1", "k2", "k3"))
         _check_choice(self, "strategy", ("auto", "default", "mirrored", "multi_worker"))
         _check_choice(self, "clip_mode", ("global_norm", "value"))
+        _check_choice(self, "dtype", ("float32", "mixed_bfloat16", "mixed_float16"))
+        for name in ("lora_rank", "prompt_tokens_min", "prompt_tokens_max"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                _fail(self, name, f"must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.lora_rank and self.model.architecture == "bigram" and self.model.preset is None:
+            _fail(self, "lora_rank", "needs a transformer policy; the bigram model has no attention to adapt")
+        if self.prompt_tokens_max < self.prompt_tokens_min or (self.prompt_tokens_min == 0) != (self.prompt_tokens_max == 0):
+            _fail(self, "prompt_tokens_max", f"must be >= prompt_tokens_min={self.prompt_tokens_min}, both 0 or "
+                                             f"both > 0, got {self.prompt_tokens_max!r}")
         if self.clip_mode == "value" and self.max_grad_norm is None:
             _fail(self, "max_grad_norm", "clip_mode='value' needs a clip threshold, got None")
         if self.batch_size % self.num_mini_batches:
             _fail(self, "batch_size", f"must be divisible by num_mini_batches={self.num_mini_batches}, "
                                       f"got {self.batch_size}")
-        if self.sequence_length > self.model.max_sequence_length:
+        if self.model.preset is None and self.sequence_length > self.model.max_sequence_length:
             _fail(self, "response_length",
                   f"max_prompt_length + response_length = {self.sequence_length} exceeds the model's "
                   f"context model.max_sequence_length={self.model.max_sequence_length}")
@@ -221,7 +247,8 @@ class PPOConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """JSON of every field; a CausalLM object as `model` is recorded by its class name only."""
+        return json.dumps(_as_dict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text):
@@ -238,6 +265,22 @@ class PPOConfig:
 
 
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig}  # PPOConfig fields that are sections
+
+
+OBJECT_MARK = "<object "
+
+
+def _as_dict(config):
+    # Not dataclasses.asdict: it deep-copies every value, a whole Keras model included.
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            value = _as_dict(value)
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            value = f"{OBJECT_MARK}{type(value).__name__}>"
+        values[field.name] = value
+    return values
 
 
 def _fail(config, name, message):

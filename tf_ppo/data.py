@@ -1,10 +1,13 @@
 """Prompts and supervised examples: CSV -> token ids -> `tf.data` pipelines.
 
 The CSV format is the article's: columns `input_text` (the prompt) and
-`target` (a reference continuation), read with pandas.
+`target` (a reference continuation), read with pandas. Prompts can also come
+from tensorflow-datasets (`"tfds:imdb_reviews"`), a `tf.data.Dataset` of
+strings or a Python list (`load_prompts`).
 
 Token layout. Every sequence starts with the tokenizer's start token
-(`<|endoftext|>` for GPT-2), so the first real word has a context. Prompts are
+(`<|endoftext|>` for GPT-2, `<|begin_of_text|>` for Llama 3, `</s>` for OPT;
+none if the tokenizer has none), so the first real word has a context. Prompts are
 right-padded to a fixed `max_prompt_length`: right padding keeps GPT-2's
 absolute positions correct for every row, and fixed shapes mean the compiled
 steps are traced once.
@@ -30,7 +33,7 @@ def read_prompt_csv(path, require_target=False):
 
     Example:
     >>> from tf_ppo.config import PPOConfig
-    >>> read_prompt_csv(PPOConfig().prompts_csv).columns.tolist()
+    >>> read_prompt_csv(PPOConfig().prompts).columns.tolist()
     ['input_text', 'target']
     """
     path = pathlib.Path(path)
@@ -66,7 +69,53 @@ def check_texts(texts, where):
             raise DataError(f"{where}: row {row} is empty; expected non-empty text")
 
 
-def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False):
+def load_prompts(source):
+    """Prompt texts from a list, a `tf.data.Dataset`, a CSV path or `"tfds:NAME[:SPLIT]"`.
+
+    A tensorflow-datasets source reads the split (default `train`, slicing
+    such as `train[:2000]` allowed) and takes its `text` feature, as TRL's IMDB
+    example does; without internet it needs the dataset prepared locally.
+
+    Example:
+    >>> load_prompts(tf.data.Dataset.from_tensor_slices(["the film", "a plot"]))
+    ['the film', 'a plot']
+    """
+    if isinstance(source, tf.data.Dataset):
+        return _dataset_texts(source, "the prompt dataset")
+    if isinstance(source, (str, pathlib.Path)) and str(source).startswith("tfds:"):
+        import tensorflow_datasets as tfds  # imported here: it is slow to import and only this source needs it
+
+        name, _, split = str(source)[len("tfds:"):].partition(":")
+        return _dataset_texts(tfds.load(name, split=split or "train"), source)
+    if isinstance(source, (str, pathlib.Path)):
+        return read_prompt_csv(source)[PROMPT_COLUMN].tolist()
+    return list(source)
+
+
+def _dataset_texts(dataset, where):
+    spec = dataset.element_spec
+    if isinstance(spec, dict):
+        if "text" not in spec:
+            raise DataError(f"{where}: no 'text' feature to take prompts from; features: {sorted(spec)}")
+        dataset, spec = dataset.map(lambda example: example["text"]), spec["text"]
+    if spec.dtype != tf.string or spec.shape.rank != 0:
+        raise DataError(f"{where}: expected one string per element, got {spec}")
+    return [text.decode("utf-8", errors="replace") for text in dataset.as_numpy_iterator()]
+
+
+def prompt_token_counts(count, low, high, seed):
+    """How many leading tokens of each of `count` prompts to keep: uniform in [low, high], or None if 0.
+
+    Example:
+    >>> prompt_token_counts(3, 2, 2, seed=0).tolist(), prompt_token_counts(3, 0, 0, seed=0)
+    ([2, 2, 2], None)
+    """
+    if not high:
+        return None
+    return np.random.default_rng(seed).integers(low, high + 1, size=count)
+
+
+def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_tokens=None):
     """Tokenise prompts: start token + prompt, right-padded.
 
     Args:
@@ -75,6 +124,8 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False):
         max_prompt_length: the padded width P (start token included).
         truncate: cut longer prompts to their last P - 1 tokens (with a warning)
             instead of raising; the end of a prompt is what the response continues.
+        keep_tokens: int `[N]` or None; keep only the first `keep_tokens[i]`
+            tokens of prompt i (a review's opening as the prompt).
 
     Returns:
         `(token_ids, lengths)`: int32 `[N, P]` and int32 `[N]` (real tokens per row).
@@ -91,7 +142,14 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False):
     ((1, 8), [4])
     """
     check_texts(prompts, "prompts")
-    token_lists = [[tokenizer.start_token_id] + ids for ids in _tokenize(tokenizer, prompts)]
+    if keep_tokens is not None:
+        # A word is at least one token, and byte-level BPE splits words before merging, so the first
+        # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
+        prompts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(prompts, keep_tokens)]
+    token_lists = _tokenize(tokenizer, prompts)
+    if keep_tokens is not None:
+        token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
+    token_lists = [_start(tokenizer) + ids for ids in token_lists]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
     too_long = np.flatnonzero(lengths > max_prompt_length)
     if too_long.size and not truncate:
@@ -101,8 +159,9 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False):
     if too_long.size:
         warnings.warn(f"{too_long.size} of {len(prompts)} prompts cut to their last {max_prompt_length - 1} "
                       f"tokens (max_prompt_length={max_prompt_length}); first: row {int(too_long[0])}")
-        token_lists = [ids[:1] + ids[1:][len(ids) - max_prompt_length:] if len(ids) > max_prompt_length else ids
-                       for ids in token_lists]
+        start = len(_start(tokenizer))
+        token_lists = [ids[:start] + ids[start:][len(ids) - max_prompt_length:]
+                       if len(ids) > max_prompt_length else ids for ids in token_lists]
         lengths = np.minimum(lengths, max_prompt_length)
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
 
@@ -122,8 +181,7 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length):
     7
     """
     texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
-    token_lists = [[tokenizer.start_token_id] + ids + [tokenizer.end_token_id]
-                   for ids in _tokenize(tokenizer, texts)]
+    token_lists = [_start(tokenizer) + ids + [tokenizer.end_token_id] for ids in _tokenize(tokenizer, texts)]
     token_lists = [ids[:max_length] for ids in token_lists]
     mask = np.array([[i < len(ids) for i in range(max_length)] for ids in token_lists])
     return _pad(token_lists, max_length, tokenizer.pad_token_id), mask
@@ -142,6 +200,12 @@ def prompt_dataset(token_ids, lengths, batch_size, seed):
     dataset = tf.data.Dataset.from_tensor_slices({"prompt_ids": token_ids, "prompt_lengths": lengths})
     return (dataset.shuffle(len(token_ids), seed=seed, reshuffle_each_iteration=True)
             .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
+
+
+def _start(tokenizer):
+    # Some tokenizers (Qwen's, ...) have no start token; their prompts start with the first word.
+    start = getattr(tokenizer, "start_token_id", None)
+    return [] if start is None else [start]
 
 
 def _tokenize(tokenizer, texts):

@@ -23,11 +23,12 @@ import shutil
 import tempfile
 
 import keras
+import keras_hub
 import tensorflow as tf
 
 from tf_ppo import ppo
 from tf_ppo.config import PPOConfig
-from tf_ppo.models import build_policy, load_tokenizer
+from tf_ppo.models import load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 
 
@@ -143,14 +144,46 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     signatures = {"serving_default": module.serving_default, "generate": module.generate, "score": module.score}
     if value_model is not None:
         signatures["value"] = module.value
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=export_dir.parent, prefix=f".{export_dir.name}.partial-"))
+    return _write_atomically(export_dir, lambda staging: tf.saved_model.save(module, str(staging),
+                                                                             signatures=signatures))
+
+
+def save_preset(policy, tokenizer, preset_dir):
+    """Save a keras-hub policy as a preset that `keras_hub.models.CausalLM.from_preset` loads and generates with.
+
+    The preset holds the backbone, the tokenizer and the preprocessor; a
+    policy built without a preprocessor gets its class's default one around
+    `tokenizer`. LoRA adapters are not part of a preset: save them with
+    `policy.backbone.save_lora_weights` (a LoRA run writes `adapters.lora.h5`).
+    Written to a temporary directory and renamed into place.
+
+    Example:
+        save_preset(result.policy, result.tokenizer, "presets/sentiment")
+        keras_hub.models.CausalLM.from_preset("presets/sentiment").generate("the film was")
+    """
+    preset_dir = pathlib.Path(preset_dir)
+    if not isinstance(policy, keras_hub.models.CausalLM):
+        raise ExportError(f"save_preset needs a keras_hub CausalLM, got {type(policy).__name__}")
+    if preset_dir.exists():
+        raise ExportError(f"{preset_dir} already exists; choose a new preset directory")
+    if any(getattr(layer, "lora_enabled", False) for layer in policy.backbone._flatten_layers()):
+        raise ExportError("a LoRA policy's adapters are not part of a preset: save the base preset once and "
+                          "the adapters with policy.backbone.save_lora_weights(path)")
+    preprocessor = policy.preprocessor or type(policy).preprocessor_cls(tokenizer=tokenizer)
+    task = type(policy)(backbone=policy.backbone, preprocessor=preprocessor)
+    return _write_atomically(preset_dir, task.save_to_preset)
+
+
+def _write_atomically(target, write):
+    """`write(staging_dir)`, then rename the staging directory to `target`: complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     try:
-        tf.saved_model.save(module, str(staging), signatures=signatures)
-        os.rename(staging, export_dir)
+        write(staging)
+        os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return export_dir
+    return target
 
 
 def load_run(run_dir):
@@ -167,16 +200,16 @@ def load_run(run_dir):
     if not (run_dir / "config.json").is_file():
         raise ExportError(f"{run_dir} is not a tf_ppo run directory (no config.json)")
     config = PPOConfig.from_file(run_dir / "config.json")
-    tokenizer = load_tokenizer(config.vocabulary, config.merges)
     if (run_dir / "policy.keras").is_file():
         policy = keras.saving.load_model(run_dir / "policy.keras", compile=False)
         value_path = run_dir / "value_model.keras"
         value_model = keras.saving.load_model(value_path, compile=False) if value_path.is_file() else None
-        return policy, tokenizer, value_model, config
+        return policy, tokenizer_for(config, policy), value_model, config
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     if latest is None:
         raise ExportError(f"{run_dir} has no finished checkpoint (no policy.keras, nothing in "
                           f"{run_dir / 'checkpoints'}); train it first or resume it")
-    policy = build_policy(config.model, tokenizer.vocabulary_size())
+    tokenizer = tokenizer_for(config)
+    policy = policy_from_config(config, tokenizer)
     tf.train.Checkpoint(policy=policy).restore(latest).expect_partial()
     return policy, tokenizer, None, config

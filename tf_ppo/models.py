@@ -7,10 +7,18 @@ have, so the rollout and the trainer never ask which architecture they hold:
     policy._build_cache(ids) -> (hidden_states, cache)           # seeds a decoding cache
     policy.call_with_cache(ids, cache, index) -> (logits, hidden_states, cache)
 
-`gpt2` is `keras_hub.models.GPT2CausalLM` (KV-cached decoding); `bigram` is
-the article's own `Embedding -> Dense` model, a bigram LM whose "cache" is empty
-because the next token depends on the previous token only.
+Any keras-hub `CausalLM` (GPT-2, OPT, Llama, Gemma, Mistral, ...) has it, so
+a policy can come from a preset (`policy_from_config`); built from scratch it
+is a tiny `GPT2CausalLM`, or the article's own `Embedding -> Dense` model, a
+bigram LM whose "cache" is empty because the next token depends on the
+previous token only.
+
+With LoRA (`enable_lora`) the reference model is not a copy: it is the policy
+itself called with its adapters switched off (`AdaptersOff`), so the process
+holds one copy of the base weights.
 """
+
+import contextlib
 
 import keras
 import keras_hub
@@ -68,6 +76,51 @@ class BigramLM(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "hidden_dim": self.hidden_dim}
+
+
+def policy_from_config(config, tokenizer):
+    """The policy a run starts from: the configured preset (or CausalLM object), else a new tiny model.
+
+    A preset loads with `keras_hub.models.CausalLM.from_preset`, so any
+    architecture keras-hub knows works; a local preset directory works offline.
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> config = PPOConfig(model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
+    >>> type(policy_from_config(config, tokenizer_for(config))).__name__
+    'GPT2CausalLM'
+    """
+    preset = config.model.preset
+    if isinstance(preset, str):
+        _check_preset_name(preset)
+        return keras_hub.models.CausalLM.from_preset(preset)
+    if preset is not None:
+        return preset
+    return build_policy(config.model, tokenizer.vocabulary_size())
+
+
+def tokenizer_for(config, policy=None):
+    """The tokenizer that goes with a policy: its preprocessor's, else the preset's, else the config's files.
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> type(tokenizer_for(PPOConfig())).__name__
+    'GPT2Tokenizer'
+    """
+    preset = config.model.preset
+    for source in (policy, None if isinstance(preset, str) else preset):
+        if getattr(source, "preprocessor", None) is not None:
+            return source.preprocessor.tokenizer
+    if isinstance(preset, str):
+        _check_preset_name(preset)
+        return keras_hub.models.Tokenizer.from_preset(preset)
+    return load_tokenizer(config.vocabulary, config.merges)
+
+
+def _check_preset_name(preset):
+    if preset.startswith("<object "):
+        raise ValueError(f"ModelConfig.preset was a Python object ({preset}), which config.json cannot hold; "
+                         f"pass the model again: config.replace(model=causal_lm)")
 
 
 def build_backbone(model_config, vocabulary_size):
@@ -132,23 +185,33 @@ class ValueModel(keras.Model):
         return cls(**config)
 
 
-def build_value_model(model_config, policy, vocabulary_size):
-    """Value model; its backbone starts as a copy of a GPT-2 policy's backbone.
+def build_value_model(model_config, policy, vocabulary_size, source=None, share_backbone=False):
+    """Value model: a copy of the policy's backbone (any keras-hub architecture) and a scalar head.
 
     Starting from the policy's features (rather than random ones) is what
     lm-human-preferences does; a bigram policy has no transformer to copy, so
-    its value model gets a fresh backbone of the configured size.
+    its value model gets a fresh GPT-2 backbone of the configured size.
+
+    Args:
+        source: a `RewardModel` to start from instead (backbone and head), as
+            TRL's examples initialise the value model from the reward model.
+        share_backbone: use the policy's own backbone, not a copy (LoRA: one
+            copy of the base weights; the value loss also trains the adapters).
 
     Example:
     >>> config = ModelConfig(num_layers=1, hidden_dim=16, num_heads=2)
     >>> build_value_model(config, build_policy(config, 50), 50).count_params() > 0
     True
     """
-    backbone = build_backbone(model_config, vocabulary_size)
-    value_model = build_weights(ValueModel(backbone))
-    if isinstance(policy, keras_hub.models.GPT2CausalLM):
-        backbone.set_weights(policy.backbone.get_weights())
-    return value_model
+    if share_backbone:
+        return build_weights(ValueModel(policy.backbone))
+    if source is not None:
+        value_model = build_weights(ValueModel(copy_model(source.backbone, policy.dtype_policy.name)))
+        value_model.head.set_weights(source.head.get_weights())
+        return value_model
+    if hasattr(policy, "backbone"):
+        return build_weights(ValueModel(copy_model(policy.backbone)))
+    return build_weights(ValueModel(build_backbone(model_config, vocabulary_size)))
 
 
 def build_weights(model):
@@ -163,16 +226,82 @@ def build_weights(model):
     return model
 
 
-def copy_model(model):
+def copy_model(model, dtype=None):
     """A new model of the same class and config with the same weights (e.g. under a strategy's scope).
+
+    Args:
+        dtype: a Keras dtype policy name for the copy ("mixed_bfloat16", ...);
+            None keeps the model's. Under mixed precision the logits are still
+            computed in float32 (the reverse embedding), as the PPO maths needs.
+
+    A keras-hub `CausalLM` is rebuilt around a copy of its backbone and keeps
+    its preprocessor (the tokenizer's vocabulary lives there, not in the config).
 
     Example:
     >>> len(copy_model(BigramLM(vocabulary_size=10, hidden_dim=4)).weights)
     3
     """
-    copy = build_weights(model.__class__.from_config(model.get_config()))
+    if isinstance(model, keras_hub.models.CausalLM):
+        return type(model)(backbone=copy_model(model.backbone, dtype), preprocessor=model.preprocessor)
+    config = model.get_config()
+    if dtype is not None:
+        config["dtype"] = dtype
+    copy = build_weights(model.__class__.from_config(config))
     copy.set_weights(build_weights(model).get_weights())
+    if dtype is not None and dtype != "float32" and hasattr(copy, "token_embedding"):
+        copy.token_embedding.reverse_dtype = "float32"  # logits feed log-softmax, ratios and KL: keep them exact
     return copy
+
+
+def enable_lora(policy, rank):
+    """Freeze the policy's backbone and add rank-`rank` LoRA adapters to its attention query/value kernels.
+
+    keras-hub's `Backbone.enable_lora` leaves the adapted layers' biases
+    trainable; they are frozen here too, so only the adapters train.
+
+    Example:
+    >>> policy = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
+    >>> sorted({w.path.split("/")[-1] for w in enable_lora(policy, 2).trainable_weights})
+    ['lora_kernel_a', 'lora_kernel_b']
+    """
+    policy.backbone.enable_lora(rank)
+    for layer in _lora_layers(policy):
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.trainable = False
+    return policy
+
+
+class AdaptersOff:
+    """The reference model under LoRA: the policy called with its adapters switched off.
+
+    Keras layers read `lora_enabled` when a `tf.function` traces them, so the
+    compiled reference forward uses the frozen base kernels only, while the
+    policy's own forward (traced separately) adds the adapters. No weight is copied.
+
+    Example:
+    >>> policy = enable_lora(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50), 2)
+    >>> AdaptersOff(policy)({"token_ids": tf.zeros([1, 2], tf.int32), "padding_mask": tf.ones([1, 2], tf.bool)}).shape
+    TensorShape([1, 2, 50])
+    """
+
+    trainable_weights = non_trainable_weights = weights = ()  # it owns none: they are the policy's
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, inputs, training=False):
+        layers = _lora_layers(self.policy)
+        for layer in layers:
+            layer.lora_enabled = False
+        try:
+            return self.policy(inputs, training=training)
+        finally:
+            for layer in layers:
+                layer.lora_enabled = True
+
+
+def _lora_layers(policy):
+    return [layer for layer in policy.backbone._flatten_layers() if getattr(layer, "lora_enabled", False)]
 
 
 def frozen_copy(policy):
@@ -190,17 +319,36 @@ def frozen_copy(policy):
 def parameter_report(models):
     """Trainable and frozen parameter counts and weight memory of named models, one line each.
 
+    Weights shared with a model listed earlier are not counted again, so the
+    bytes add up to what the process holds (LoRA: one copy of the base weights).
+
     Example:
     >>> print(parameter_report({"policy": build_weights(BigramLM(vocabulary_size=10, hidden_dim=4))}))
     policy: 90 trainable, 0 frozen parameters, 360 B of weights
     """
-    lines = []
+    lines, seen = [], set()
     for name, model in models.items():
-        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-        size = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-        lines.append(f"{name}: {trainable:,} trainable, {frozen:,} frozen parameters, {_bytes(size)} of weights")
+        if isinstance(model, AdaptersOff):
+            lines.append(f"{name}: the policy with its LoRA adapters off, no weights of its own")
+            continue
+        own = [w for w in model.weights if id(w) not in seen]
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights if id(w) not in seen)
+        frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights if id(w) not in seen)
+        shared = f" (+{len(model.weights) - len(own)} weights shared with the above)" if len(own) < len(model.weights) else ""
+        lines.append(f"{name}: {trainable:,} trainable, {frozen:,} frozen parameters, "
+                     f"{_bytes(weight_bytes(own))} of weights{shared}")
+        seen.update(id(w) for w in model.weights)
     return "\n".join(lines)
+
+
+def weight_bytes(weights):
+    """Bytes held by a list of weights.
+
+    Example:
+    >>> weight_bytes(BigramLM(vocabulary_size=10, hidden_dim=4).weights)
+    0
+    """
+    return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in weights)
 
 
 def _bytes(count):

@@ -29,7 +29,7 @@ from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, check_texts, encode_prompts, read_prompt_csv
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
-from tf_ppo.models import build_backbone, load_tokenizer
+from tf_ppo.models import copy_model, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_tokens, response_view
 
 
@@ -100,6 +100,7 @@ class RewardModel(keras.Model):
     Example:
     >>> config = PPOConfig(model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
     >>> tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    >>> from tf_ppo.models import build_backbone
     >>> model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer)
     >>> model.score_texts(["the film was", "it was"], ["great.", "awful."]).shape
     TensorShape([2])
@@ -282,13 +283,13 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     Args:
         config: `PPOConfig`; uses `reward`, `model`, `vocabulary`, `merges`.
         backbone: a keras-hub backbone to start from, e.g. the SFT policy's
-            (`policy.backbone`, copied, as lm-human-preferences does); default a
-            fresh one of `config.model`'s size.
+            (`policy.backbone`, copied, as lm-human-preferences does); default
+            `config.model`'s preset, or a fresh one of its size.
         directory: checkpoints per epoch (a rerun continues from them) and
             the final `reward_model.keras`.
         policy, prompts: when a policy is given (and `config.reward.normalise_samples`
             > 0), gain and offset are fitted on its samples for these prompts
-            (default `config.prompts_csv`) before saving (`normalise_on_policy_samples`).
+            (default `config.prompts`) before saving (`normalise_on_policy_samples`).
         strategy: a `tf.distribute.Strategy` (default: from `config.strategy`).
 
     Returns:
@@ -303,7 +304,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     config = config or PPOConfig()
     settings = config.reward
     keras.utils.set_random_seed(settings.seed)
-    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    tokenizer = tokenizer_for(config, policy)
     train_set, heldout_set = _split(read_preferences(settings.preferences_csv), settings)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if settings.batch_size % strategy.num_replicas_in_sync:
@@ -356,7 +357,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                          show_progress)
     normalisation = None
     if policy is not None and settings.normalise_samples:
-        prompts = prompts if prompts is not None else read_prompt_csv(config.prompts_csv)["input_text"].tolist()
+        prompts = prompts if prompts is not None else read_prompt_csv(config.prompts)["input_text"].tolist()
         normalisation = normalise_on_policy_samples(model, policy, prompts, config, settings.seed)
     path = None
     if directory is not None:
@@ -429,8 +430,6 @@ def _encoder(tokenizer, max_length):
 
 
 def _copy_backbone(backbone, config, tokenizer):
-    if backbone is None:
-        return build_backbone(config.model, tokenizer.vocabulary_size())
-    copy = backbone.__class__.from_config(backbone.get_config())
-    copy.set_weights(backbone.get_weights())
-    return copy
+    if backbone is None:  # a new model of config.model's size, or the configured preset's backbone
+        return policy_from_config(config, tokenizer).backbone
+    return copy_model(backbone)

@@ -100,7 +100,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         # Feed the token at index - 1 (its keys/values go into the cache), sample the one at index.
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
         logits, _, cache = policy.call_with_cache(previous, cache, index - 1)
-        sampled = sample_next_token(logits[:, 0, :], tf.random.experimental.stateless_fold_in(seed, index),
+        sampled = sample_next_token(tf.cast(logits[:, 0, :], tf.float32), tf.random.experimental.stateless_fold_in(seed, index),
                                     temperature, top_k, top_p, row_offset, total_rows)
         # Rows whose prompt is longer than `index` keep their own prompt token.
         in_prompt = index < prompt_lengths
@@ -170,4 +170,5 @@ def response_logits(model, sequence_ids, positions):
     # sees its prompt and earlier response tokens, never the padding after it.
     outputs = model({"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)},
                     training=False)
-    return tf.gather(outputs, positions - 1, batch_dims=1)
+    # float32 whatever the model's precision: log-softmax, ratios and KL need it.
+    return tf.cast(tf.gather(outputs, positions - 1, batch_dims=1), tf.float32)

@@ -22,7 +22,7 @@ from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
-from tf_ppo.models import build_policy, copy_model, load_tokenizer
+from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
 
 
 @dataclasses.dataclass
@@ -52,7 +52,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
 
     Args:
         config: `PPOConfig`; uses its `model`, `sft`, `vocabulary` and `merges`.
-        policy: a policy to continue training; built from `config.model` if None.
+        policy: a policy to continue training; default `config.model` (its preset,
+            or a new tiny model). The policy is copied, never changed in place.
         show_progress: draw a progress bar per epoch.
         checkpoint_dir: checkpoint every epoch there, and continue from the
             latest checkpoint found there.
@@ -69,7 +70,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
     """
     config = config or PPOConfig()
     keras.utils.set_random_seed(config.sft.seed)
-    tokenizer = load_tokenizer(config.vocabulary, config.merges)
+    tokenizer = tokenizer_for(config, policy)
     train_ids, train_mask = _encode_csv(tokenizer, config.sft.train_csv, config.sft.max_length)
     heldout_ids, heldout_mask = _encode_csv(tokenizer, config.eval_prompts_csv, config.sft.max_length)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
@@ -77,7 +78,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         raise ValueError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
-        policy = copy_model(policy) if policy is not None else build_policy(config.model, tokenizer.vocabulary_size())
+        policy = copy_model(policy if policy is not None else policy_from_config(config, tokenizer), config.dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
         optimizer.build(policy.trainable_variables)
 

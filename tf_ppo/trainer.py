@@ -22,6 +22,7 @@ import time
 import warnings
 
 import keras
+import keras_hub
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -29,10 +30,12 @@ from tqdm.auto import tqdm
 from tf_ppo import ppo
 from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import encode_prompts, prompt_dataset, read_prompt_csv
+from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts
+from tf_ppo.export import save_preset
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
-from tf_ppo.models import build_value_model, copy_model, frozen_copy, load_tokenizer, parameter_report
+from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
+                           policy_from_config, tokenizer_for)
 from tf_ppo.reporting import RunLog, plot_curves, read_history
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
@@ -107,12 +110,16 @@ class PPOTrainer:
         self.run_dir = pathlib.Path(config.run_dir or f"runs/ppo-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         keras.utils.set_random_seed(config.seed)
 
-        self.tokenizer = load_tokenizer(config.vocabulary, config.merges)
+        self.tokenizer = tokenizer_for(config, policy)
         vocabulary_size = self.tokenizer.vocabulary_size()
-        self.prompt_ids, self.prompt_lengths = self._encode(prompts if prompts is not None else config.prompts_csv)
-        self.eval_prompts = read_prompt_csv(config.eval_prompts_csv)["input_text"].tolist()[: config.eval_size]
+        self.prompt_ids, self.prompt_lengths = self._encode(load_prompts(prompts if prompts is not None
+                                                                         else config.prompts))
+        self.eval_prompts = load_prompts(config.eval_prompts_csv)[: config.eval_size]
         self.bigrams = corpus_bigrams(config.fluency_corpus) if config.fluency_corpus else None
 
+        if config.value_from_reward_model and not hasattr(self.reward_fn, "backbone"):
+            raise ValueError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
+                             f"got {type(self.reward_fn).__name__}")
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
         self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
                                          config.collective_timeout)
@@ -120,16 +127,26 @@ class PPOTrainer:
         if config.mini_batch_size % replicas:
             raise ValueError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
                              f"minibatch must be divisible by the {replicas} replicas")
+        if config.dtype == "mixed_float16" and replicas > 1:  # Keras' LossScaleOptimizer applies per replica only
+            raise ValueError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
+                             f"use 'mixed_bfloat16' (no loss scaling needed)")
         self.output_dir = writable_dir(self.run_dir, self.strategy)  # only the chief writes into run_dir
         self.show_progress = show_progress and is_chief(self.strategy)
         with self.strategy.scope():
-            # A policy built outside the scope is copied in, so its variables are mirrored.
-            self.policy = (policy if replicas == 1 else copy_model(policy)) if policy is not None else \
-                default_policy(config, show_progress=show_progress, strategy=self.strategy)
-            self.reference = frozen_copy(self.policy)
-            self.value_model = build_value_model(config.model, self.policy, vocabulary_size)
-            self.variables = self.policy.trainable_variables + self.value_model.trainable_variables
+            self.policy = self._starting_policy(policy)
+            if config.lora_rank:  # one copy of the base weights: the reference is the policy, adapters off
+                self.reference = AdaptersOff(enable_lora(self.policy, config.lora_rank))
+            else:
+                self.reference = frozen_copy(self.policy)
+            self.value_model = build_value_model(
+                config.model, self.policy, vocabulary_size, share_backbone=bool(config.lora_rank),
+                source=self.reward_fn if config.value_from_reward_model else None)
+            # De-duplicated: with LoRA the value model shares the policy's adapters.
+            self.variables = list({id(v): v for v in self.policy.trainable_variables
+                                   + self.value_model.trainable_variables}.values())
             self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
+            if config.dtype == "mixed_float16":  # float16 gradients underflow without loss scaling
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         models = {"policy": self.policy, "reference": self.reference, "value model": self.value_model}
@@ -218,7 +235,8 @@ class PPOTrainer:
             loss = pg.loss + c.vf_coef * vf.loss
             if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
                 loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
-        return tape.gradient(loss, self.variables), {
+            scaled_loss = self.optimizer.scale_loss(loss)  # x loss scale under mixed_float16, else the loss
+        return tape.gradient(scaled_loss, self.variables), {
             "loss": loss, "policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
             "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl}
 
@@ -226,9 +244,16 @@ class PPOTrainer:
         """One optimiser step on a minibatch: sum the replicas' gradients, then clip, then apply once."""
         c = self.config
         gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_replica, args=(batch,)))
+        if self._loss_scaled:
+            gradients = [g / self.optimizer.dynamic_scale for g in gradients]
         gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
         # A NaN or inf must never reach the weights (or Adam's moments): skip the step instead.
         finite = tf.math.is_finite(stats.pop("loss")) & tf.math.is_finite(grad_norm)
+        if self._loss_scaled:
+            # The LossScaleOptimizer unscales again, skips non-finite steps itself and halves its scale on them
+            # (float16 overflow is routine, not an error), so it sees every step.
+            self.optimizer.apply_gradients(zip([g * self.optimizer.dynamic_scale for g in gradients], self.variables))
+            return {**stats, "grad_norm": grad_norm, "applied": finite}
 
         def apply():
             self.optimizer.apply_gradients(zip(gradients, self.variables))
@@ -236,6 +261,10 @@ class PPOTrainer:
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
         return {**stats, "grad_norm": grad_norm, "applied": applied}
+
+    @property
+    def _loss_scaled(self):
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
     # ----------------------------------------------------------------- one update, in steps
 
@@ -416,7 +445,7 @@ class PPOTrainer:
         """
         prompts = prompts or self.eval_prompts
         c = self.config
-        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts)
+        token_ids, lengths = self._encode(prompts, seed)
         padded = -len(prompts) % c.batch_size
         token_ids, lengths = np.concatenate([token_ids, token_ids[:padded]]), np.concatenate([lengths, lengths[:padded]])
         scores, kls, texts, gold = [], [], [], []
@@ -438,19 +467,39 @@ class PPOTrainer:
         return evaluation
 
     def save_artifacts(self, history):
-        """The final policy and value model (Keras format) and the curves PNG."""
+        """The final policy and value model (Keras format), a keras-hub preset or LoRA adapters, the curves PNG."""
         self.policy.save(self.output_dir / "policy.keras")
         self.value_model.save(self.output_dir / "value_model.keras")
+        if self.config.lora_rank:
+            self.policy.backbone.save_lora_weights(str(self.output_dir / "adapters.lora.h5"))
+        elif isinstance(self.policy, keras_hub.models.CausalLM):
+            shutil.rmtree(self.output_dir / "preset", ignore_errors=True)  # a resumed run's earlier one
+            save_preset(self.policy, self.tokenizer, self.output_dir / "preset")
         if history:
             plot_curves(history, self.output_dir / "curves.png")
 
     # ----------------------------------------------------------------- helpers
 
-    def _encode(self, prompts):
-        if isinstance(prompts, (str, pathlib.Path)):
-            prompts = read_prompt_csv(prompts)["input_text"].tolist()
-        return encode_prompts(self.tokenizer, list(prompts), self.config.max_prompt_length,
-                              self.config.truncate_prompts)
+    def _starting_policy(self, policy):
+        """The given policy, else the configured preset, else the cached SFT policy; in the run's dtype.
+
+        A policy built outside the strategy's scope is copied in, so its variables are mirrored.
+        """
+        c = self.config
+        if policy is None and c.model.preset is None:
+            policy = default_policy(c, show_progress=self.show_progress, strategy=self.strategy)
+        elif policy is None:
+            policy = policy_from_config(c, self.tokenizer)
+        if self.strategy.num_replicas_in_sync > 1 or policy.dtype_policy.name != c.dtype:
+            policy = copy_model(policy, c.dtype)
+        return policy
+
+    def _encode(self, prompts, seed=None):
+        """Token ids and lengths of prompt texts, cut to their first k tokens if the config asks."""
+        c = self.config
+        counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
+                                     c.seed if seed is None else seed)
+        return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
 
     def _fluency(self, batch):
         if self.bigrams is None:
@@ -492,8 +541,10 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         config: `PPOConfig` (default: the demo task's settings).
         reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, or a
             `RewardModel`; default VADER sentiment of each response.
-        prompts: list of prompt strings or a CSV path; default `config.prompts_csv`.
-        policy: a policy to start from; default the tiny SFT policy (cached).
+        prompts: a list of strings, a `tf.data.Dataset` of strings, a CSV path or
+            "tfds:NAME[:SPLIT]"; default `config.prompts`.
+        policy: a policy to start from (trained in place); default `config.model`'s
+            preset, else the tiny SFT policy (cached).
         callbacks: `Callback` objects; `on_update_end(update, logs)` after each update.
         resume: continue from the latest checkpoint in `config.run_dir`.
         gold_reward_fn: an independent scorer logged beside the reward

@@ -1,0 +1,93 @@
+"""keras-hub presets of three architectures (GPT-2, Llama 3, OPT): padding, SFT + PPO, save as preset, LoRA."""
+
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from presets import ARCHITECTURES, save_tiny_preset
+from tf_ppo.config import PPOConfig
+from tf_ppo.data import encode_prompts
+from tf_ppo.export import save_preset
+from tf_ppo.models import AdaptersOff, weight_bytes
+from tf_ppo.ppo import logprobs_from_logits
+from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.sft import sft
+from tf_ppo.trainer import PPOTrainer, train
+
+SMALL_CSV = PPOConfig().eval_prompts_csv  # 956 rows: one quick SFT epoch
+
+
+@pytest.fixture(scope="module")
+def preset_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("presets")
+    return {architecture: save_tiny_preset(architecture, root / architecture) for architecture in ARCHITECTURES}
+
+
+def response_logprobs(policy, sequence_ids, prompt_lengths, response_length):
+    view = response_view(sequence_ids, prompt_lengths, response_length)
+    logits = response_logits(policy, sequence_ids, view.positions)
+    return view.token_ids, logprobs_from_logits(logits, view.token_ids)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_padded_batch_matches_each_prompt_alone(preset_dirs, architecture):
+    """Prompts of 2, 5 and 9 tokens share a right-padded batch; each row must sample and score as if alone."""
+    policy = keras_hub.models.CausalLM.from_preset(preset_dirs[architecture])
+    prompts = ["i", "the film was", "a long and slow story about the actor"]
+    prompt_ids, lengths = encode_prompts(policy.preprocessor.tokenizer, prompts, max_prompt_length=12)
+    assert len(set(lengths.tolist())) == 3
+    seed, response_length = tf.constant([3, 4]), 6
+    batch = generate(policy, tf.constant(prompt_ids), tf.constant(lengths), seed, response_length)
+    batch_tokens, batch_logprobs = response_logprobs(policy, batch, tf.constant(lengths), response_length)
+    for row, length in enumerate(lengths):
+        # The same global row of the sampling noise, but no padding at all: the prompt's own length.
+        alone = generate(policy, tf.constant(prompt_ids[row:row + 1, :length]), tf.constant([length]), seed,
+                         response_length, row_offset=row, total_rows=len(prompts))
+        tokens, logprobs = response_logprobs(policy, alone, tf.constant([length]), response_length)
+        np.testing.assert_array_equal(tokens[0], batch_tokens[row])
+        np.testing.assert_allclose(logprobs[0], batch_logprobs[row], atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_sft_then_ppo_from_a_local_preset_and_back_to_a_preset(preset_dirs, architecture, tmp_path):
+    config = tiny_config(tmp_path, model=preset_dirs[architecture], total_updates=2, response_length=8,
+                         sft={"epochs": 1, "train_csv": SMALL_CSV})
+    sft_result = sft(config, show_progress=False)
+    assert np.isfinite(sft_result.history[-1]["heldout_loss"])
+    sft_dir = save_preset(sft_result.policy, None, tmp_path / "sft-preset")
+
+    result = train(config.replace(model=str(sft_dir)), show_progress=False)
+    assert all(np.isfinite(row[key]) for row in result.history for key in ("policy_loss", "value_loss", "kl"))
+    assert type(result.policy) is type(sft_result.policy)
+    moved = [not np.allclose(a, b) for a, b in zip(result.policy.get_weights(), sft_result.policy.get_weights())]
+    assert any(moved)
+
+    reloaded = keras_hub.models.CausalLM.from_preset(str(result.run_dir / "preset"))
+    for saved, trained in zip(reloaded.backbone.get_weights(), result.policy.backbone.get_weights()):
+        np.testing.assert_array_equal(saved, trained)
+    assert reloaded.generate("the film was", max_length=16).startswith("the film was")
+
+
+def test_lora_keeps_one_copy_of_the_base_weights_and_trains_only_adapters_and_value_head(preset_dirs, tmp_path):
+    preset = preset_dirs["llama3"]
+    trainer = PPOTrainer(tiny_config(tmp_path, model=preset, lora_rank=2, total_updates=2), show_progress=False)
+    assert isinstance(trainer.reference, AdaptersOff)
+    held = {id(w): w for model in (trainer.policy, trainer.value_model) for w in model.weights}
+    head_bytes = weight_bytes(trainer.value_model.head.weights)
+    assert weight_bytes(held.values()) == weight_bytes(trainer.policy.weights) + head_bytes
+
+    base = keras_hub.models.CausalLM.from_preset(preset)
+    inputs = {"token_ids": tf.constant([[1, 5, 9, 30, 2]]), "padding_mask": tf.ones([1, 5], tf.bool)}
+    before = {id(w): w.numpy() for w in held.values()}
+    trainer.train()
+    changed = {w.path for w in held.values() if not np.array_equal(before[id(w)], w.numpy())}
+    assert any("lora_kernel" in path for path in changed) and any("value_head" in path for path in changed)
+    assert all("lora_kernel" in path or "value_head" in path for path in changed), changed
+
+    # The reference is the base preset exactly; the policy is base + adapters, which load on their own.
+    np.testing.assert_allclose(trainer.reference(inputs), base(inputs), atol=1e-6)
+    assert not np.allclose(trainer.policy(inputs), base(inputs), atol=1e-6)
+    base.backbone.load_lora_weights(str(trainer.run_dir / "adapters.lora.h5"))
+    np.testing.assert_allclose(base(inputs), trainer.policy(inputs), atol=1e-6)
