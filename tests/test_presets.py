@@ -1,5 +1,7 @@
 """keras-hub presets of three architectures (GPT-2, Llama 3, OPT): padding, SFT + PPO, save as preset, LoRA."""
 
+import json
+
 import keras_hub
 import numpy as np
 import pytest
@@ -91,3 +93,29 @@ def test_lora_keeps_one_copy_of_the_base_weights_and_trains_only_adapters_and_va
     assert not np.allclose(trainer.policy(inputs), base(inputs), atol=1e-6)
     base.backbone.load_lora_weights(str(trainer.run_dir / "adapters.lora.h5"))
     np.testing.assert_allclose(base(inputs), trainer.policy(inputs), atol=1e-6)
+    merged = keras_hub.models.CausalLM.from_preset(str(trainer.run_dir / "preset"))  # adapters merged on save
+    np.testing.assert_allclose(merged(inputs), trainer.policy(inputs), atol=1e-5)
+
+
+def test_cli_sft_writes_a_preset_that_cli_train_starts_from(preset_dirs, tmp_path, capsys):
+    from tf_ppo.cli import main
+
+    sizes = ["--batch_size", "32", "--eval_size", "32", "--response_length", "8"]
+    assert main(["sft", "--model", preset_dirs["opt"], "--sft.epochs", "1", "--sft.train_csv", SMALL_CSV,
+                 "--run_dir", str(tmp_path / "sft"), *sizes]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(tmp_path / "sft")
+    assert main(["train", "--model", str(tmp_path / "sft" / "preset"), "--total_updates", "1",
+                 "--run_dir", str(tmp_path / "ppo"), *sizes]) == 0
+    config = PPOConfig.from_file(tmp_path / "ppo" / "config.json")
+    assert config.model.preset == str(tmp_path / "sft" / "preset")
+    assert type(keras_hub.models.CausalLM.from_preset(str(tmp_path / "ppo" / "preset"))).__name__ == "OPTCausalLM"
+
+
+def test_a_causal_lm_object_as_model_is_recorded_by_class_name(preset_dirs, tmp_path):
+    policy = keras_hub.models.CausalLM.from_preset(preset_dirs["gpt2"])
+    config = PPOConfig(model=policy)
+    assert config.model.preset is policy
+    recorded = PPOConfig.from_json(config.to_json())
+    assert recorded.model.preset == "<object GPT2CausalLM>"
+    with pytest.raises(ValueError, match=r"ModelConfig.preset was a Python object \(<object GPT2CausalLM>\)"):
+        sft(recorded)

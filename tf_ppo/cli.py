@@ -10,6 +10,7 @@ Example:
     tf-ppo train --resume runs/ppo-20261128-120000 --total_updates 200
     tf-ppo train --workers 2 --run_dir runs/mw       # 2 local processes, MultiWorkerMirroredStrategy
     tf-ppo sft --sft.epochs 8
+    tf-ppo train --model presets/my_llama --lora_rank 8 --dtype mixed_bfloat16 --prompts tfds:imdb_reviews
     tf-ppo reward --reward.epochs 2 --run_dir runs/rm
     tf-ppo pipeline --run_dir runs/rlhf           # SFT -> reward model -> PPO, proxy and gold scores
     tf-ppo export runs/ppo-20261128-120000 exported/sentiment
@@ -26,11 +27,14 @@ import sys
 import threading
 import time
 
+import keras_hub
+
 from tf_ppo.config import NESTED, PPOConfig
 from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
-from tf_ppo.export import export
+from tf_ppo.export import export, save_preset
+from tf_ppo.models import tokenizer_for
 from tf_ppo.pipeline import pipeline
-from tf_ppo.reward_model import train_reward_model
+from tf_ppo.reward_model import save_atomically, train_reward_model
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.checkpoints import CheckpointError
 from tf_ppo.trainer import train
@@ -67,6 +71,8 @@ def build_parser():
 
 
 def _add_config_flags(parser):
+    parser.add_argument("--model", type=str, default=argparse.SUPPRESS,
+                        help="a keras-hub preset to start from: a name (downloads) or a local preset directory")
     for field in dataclasses.fields(PPOConfig):
         if field.name in NESTED:
             for sub in dataclasses.fields(NESTED[field.name]):
@@ -141,6 +147,17 @@ def run_reward(config):
     result = train_reward_model(config, policy.backbone, run_dir, policy=policy)
     print(f"reward model written to {result.path}")
     print(json.dumps(result.history[-1]))
+
+
+def run_sft(config):
+    """Supervised fine-tuning; writes `policy.keras` and, for a keras-hub policy, a preset PPO can start from."""
+    run_dir = pathlib.Path(config.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = sft(config, checkpoint_dir=run_dir / "checkpoints")
+    save_atomically(result.policy, run_dir / "policy.keras")
+    if isinstance(result.policy, keras_hub.models.CausalLM) and not (run_dir / "preset").exists():
+        save_preset(result.policy, tokenizer_for(config, result.policy), run_dir / "preset")
+        print(f"preset written to {run_dir / 'preset'} (tf-ppo train --model {run_dir / 'preset'})")
+    print(json.dumps({**result.history[-1], "run_dir": str(run_dir)}))
 
 
 def run_generate(args):
@@ -230,8 +247,7 @@ def main(argv=None):
         elif args.command == "pipeline":
             print(json.dumps(pipeline(config_from_args(args)).summary))
         else:
-            result = sft(config_from_args(args))
-            print(json.dumps(result.history[-1]))
+            run_sft(config_from_args(args))
     except (ValueError, FileNotFoundError, CheckpointError) as error:  # user mistakes: one line, no stack trace
         print(f"tf-ppo {args.command}: error: {error}", file=sys.stderr)
         return 2

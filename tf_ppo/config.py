@@ -39,9 +39,6 @@ class ModelConfig:
     dropout: float = 0.0  # dropout is off in PPO in any case (models run with training=False)
 
     def __post_init__(self):
-        if isinstance(self.preset, str) and self.preset.startswith(OBJECT_MARK):
-            _fail(self, "preset", f"was a Python object ({self.preset}), which config.json cannot hold; "
-                                  f"pass the model again: config.replace(model=causal_lm)")
         if self.preset is not None and not isinstance(self.preset, str) and not hasattr(self.preset, "backbone"):
             _fail(self, "preset", f"must be a preset name, a preset directory or a keras_hub CausalLM, "
                                   f"got {type(self.preset).__name__}")

@@ -208,6 +208,21 @@ def _start(tokenizer):
     return [] if start is None else [start]
 
 
+def prepend_start_token(tokenizer, token_ids):
+    """The tokenizer's start token before each row of a ragged `[batch, None]` (unchanged if it has none).
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> from tf_ppo.models import load_tokenizer
+    >>> prepend_start_token(load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges), tf.ragged.constant([[5, 6]])).to_list()
+    [[0, 5, 6]]
+    """
+    if not _start(tokenizer):
+        return token_ids
+    starts = tf.fill([token_ids.nrows(), 1], tf.cast(tokenizer.start_token_id, token_ids.dtype))
+    return tf.concat([tf.RaggedTensor.from_tensor(starts), token_ids], axis=1)
+
+
 def _tokenize(tokenizer, texts):
     # Called eagerly, keras-hub tokenizers return Python lists of ids.
     return tokenizer(list(texts))

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tf_ppo import ppo
 from tf_ppo.config import PPOConfig
+from tf_ppo.data import prepend_start_token
 from tf_ppo.models import load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 
@@ -61,8 +62,7 @@ class PolicyModule(tf.Module):
     def _encode(self, texts, with_start):
         ids = self.tokenizer(texts)  # ragged [batch, None]
         if with_start:
-            start = tf.fill([tf.shape(texts)[0], 1], tf.cast(self.tokenizer.start_token_id, ids.dtype))
-            ids = tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
+            ids = prepend_start_token(self.tokenizer, ids)
         return tf.cast(ids.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32), \
             tf.cast(ids.row_lengths(), tf.int32)
 
@@ -153,8 +153,9 @@ def save_preset(policy, tokenizer, preset_dir):
 
     The preset holds the backbone, the tokenizer and the preprocessor; a
     policy built without a preprocessor gets its class's default one around
-    `tokenizer`. LoRA adapters are not part of a preset: save them with
-    `policy.backbone.save_lora_weights` (a LoRA run writes `adapters.lora.h5`).
+    `tokenizer`. A LoRA policy is saved with its adapters merged into the
+    kernels (Keras merges them when saving), a plain model that loads without
+    LoRA; the adapters alone go through `policy.backbone.save_lora_weights`.
     Written to a temporary directory and renamed into place.
 
     Example:
@@ -166,9 +167,6 @@ def save_preset(policy, tokenizer, preset_dir):
         raise ExportError(f"save_preset needs a keras_hub CausalLM, got {type(policy).__name__}")
     if preset_dir.exists():
         raise ExportError(f"{preset_dir} already exists; choose a new preset directory")
-    if any(getattr(layer, "lora_enabled", False) for layer in policy.backbone._flatten_layers()):
-        raise ExportError("a LoRA policy's adapters are not part of a preset: save the base preset once and "
-                          "the adapters with policy.backbone.save_lora_weights(path)")
     preprocessor = policy.preprocessor or type(policy).preprocessor_cls(tokenizer=tokenizer)
     task = type(policy)(backbone=policy.backbone, preprocessor=preprocessor)
     return _write_atomically(preset_dir, task.save_to_preset)

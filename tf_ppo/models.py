@@ -25,7 +25,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.config import ModelConfig  # noqa: F401  used by the docstring examples (doctests)
+from tf_ppo.config import OBJECT_MARK, ModelConfig  # noqa: F401  ModelConfig: used by the doctests
 
 
 def load_tokenizer(vocabulary, merges):
@@ -118,7 +118,7 @@ def tokenizer_for(config, policy=None):
 
 
 def _check_preset_name(preset):
-    if preset.startswith("<object "):
+    if preset.startswith(OBJECT_MARK):
         raise ValueError(f"ModelConfig.preset was a Python object ({preset}), which config.json cannot hold; "
                          f"pass the model again: config.replace(model=causal_lm)")
 

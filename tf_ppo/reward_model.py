@@ -27,7 +27,7 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import DataError, check_texts, encode_prompts, read_prompt_csv
+from tf_ppo.data import DataError, check_texts, encode_prompts, prepend_start_token, read_prompt_csv
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.models import copy_model, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_tokens, response_view
@@ -62,8 +62,7 @@ def encode_texts(tokenizer, prompts, responses, max_length):
     if not isinstance(token_ids, tf.RaggedTensor):  # eager keras-hub tokenizers return Python lists
         token_ids = tf.ragged.constant(token_ids, dtype=tf.int32, ragged_rank=1)
     token_ids = token_ids[:, -(max_length - 1):]  # ragged [N, <= L-1]: keep the end, the response
-    starts = tf.fill([tf.shape(prompts)[0], 1], tf.cast(tokenizer.start_token_id, token_ids.dtype))
-    token_ids = tf.concat([starts, token_ids], axis=1)
+    token_ids = prepend_start_token(tokenizer, token_ids)
     padded = token_ids.to_tensor(default_value=tokenizer.pad_token_id, shape=[None, max_length])
     return tf.cast(padded, tf.int32), tf.sequence_mask(token_ids.row_lengths(), max_length)
 

@@ -116,12 +116,15 @@ def default_policy(config=None, show_progress=True, strategy=None):
     The cache key covers the model and SFT settings and the data files, so a
     change to any of them trains a new policy. The cache lives in
     `$TF_PPO_CACHE` (default `~/.cache/tf_ppo`) and is written atomically: a
-    crash mid-save never leaves a half-written model to be picked up.
+    crash mid-save never leaves a half-written model to be picked up. A
+    configured preset is fine-tuned afresh, not cached (its weights are not in the key).
 
     Example:
         policy = default_policy()
     """
     config = config or PPOConfig()
+    if config.model.preset is not None:
+        return sft(config, show_progress=show_progress, strategy=strategy).policy
     path = _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"
     if path.exists():
         return keras.saving.load_model(path, compile=False)

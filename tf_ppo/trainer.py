@@ -467,12 +467,15 @@ class PPOTrainer:
         return evaluation
 
     def save_artifacts(self, history):
-        """The final policy and value model (Keras format), a keras-hub preset or LoRA adapters, the curves PNG."""
+        """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
+
+        With LoRA, `policy.keras` and the preset hold the adapters merged into the kernels.
+        """
         self.policy.save(self.output_dir / "policy.keras")
         self.value_model.save(self.output_dir / "value_model.keras")
         if self.config.lora_rank:
             self.policy.backbone.save_lora_weights(str(self.output_dir / "adapters.lora.h5"))
-        elif isinstance(self.policy, keras_hub.models.CausalLM):
+        if isinstance(self.policy, keras_hub.models.CausalLM):
             shutil.rmtree(self.output_dir / "preset", ignore_errors=True)  # a resumed run's earlier one
             save_preset(self.policy, self.tokenizer, self.output_dir / "preset")
         if history:
