@@ -7,6 +7,7 @@ prompt + 32 response tokens, temperature 0.7, 4 epochs x 2 minibatches):
     python benchmarks/ppo_throughput.py                                  # S1: 2 layers, hidden 128
     python benchmarks/ppo_throughput.py --layers 4 --hidden 256          # S2
     python benchmarks/ppo_throughput.py --scaling 32,64,128              # generation time vs response length
+    python benchmarks/ppo_throughput.py --compare-trl .venv-trl/bin/python   # TRL 1.12 side by side (see trl_ppo_baseline.py)
 
 It times `PPOTrainer.run_update` (warm-up first, so tracing is excluded),
 measures the fp32 matmul peak of this machine in the same run, and prints a
@@ -15,8 +16,10 @@ table and, last, one JSON line.
 
 import argparse
 import json
+import pathlib
 import resource
 import statistics
+import subprocess
 import tempfile
 import time
 import warnings
@@ -46,6 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
     parser.add_argument("--no-train-jit", action="store_true", help="score and train without XLA")
     parser.add_argument("--scaling", default="", help="comma-separated response lengths: time generation only")
+    parser.add_argument("--compare-trl", metavar="PYTHON",
+                        help="a Python with torch and trl==1.12.0: run trl_ppo_baseline.py at the same shape first")
     parser.add_argument("--compare-keras-hub", action="store_true",
                         help="also time keras-hub's CausalLM.generate (XLA) at the same shape")
     return parser.parse_args(argv)
@@ -127,8 +132,22 @@ def keras_hub_generate_tokens_per_second(trainer, args):
     return args.batch * args.response_length / statistics.median(times)
 
 
+def trl_baseline(args):
+    """TRL's PPOTrainer at the same shape, in its own process and environment; its JSON figures."""
+    flags = ["--layers", args.layers, "--hidden", args.hidden, "--heads", args.heads, "--batch", args.batch,
+             "--prompt-length", args.prompt_length, "--response-length", args.response_length,
+             "--updates", args.updates, "--warmup", args.warmup, "--temperature", args.temperature,
+             "--ppo-epochs", args.ppo_epochs, "--mini-batches", args.mini_batches, "--threads", args.threads]
+    script = pathlib.Path(__file__).with_name("trl_ppo_baseline.py")
+    completed = subprocess.run([args.compare_trl, str(script), *map(str, flags)], capture_output=True, text=True)
+    if completed.returncode:
+        raise SystemExit(f"trl_ppo_baseline.py failed:\n{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     args = parse_args(argv)
+    trl = trl_baseline(args) if args.compare_trl else None  # first: the two never share the CPU
     try:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)  # one op at a time, each on all threads: faster here
@@ -188,12 +207,17 @@ def main(argv=None):
         result["keras_hub_generate_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args))
         result["rollout_with_logprobs_tokens_per_second"] = round(
             args.batch * args.response_length / (phase["generate"] + phase["score"]))
+    if trl:
+        result.update(trl, tf_ppo_over_trl=round(median / trl["trl_seconds_per_update_median"], 3))
     print(f"{'phase':28s}{'seconds (median)':>18s}")
     for name, key in [("generation", "seconds_generation"), ("scoring forwards + reward", "seconds_scoring_forwards"),
                       ("optimisation", "seconds_optimisation"), ("whole update", "seconds_per_update_median")]:
         print(f"{name:28s}{result[key]:>18.4f}")
     print(f"{result['gflop_per_update']} GFLOP per update, {result['achieved_gflops']} GFLOP/s achieved, "
           f"{result['fraction_of_peak']:.1%} of the {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak")
+    if trl:
+        print(f"TRL 1.12 PPOTrainer: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "
+              f"{trl['trl_seconds_generation']:.3f} s); tf_ppo takes {result['tf_ppo_over_trl']:.2f} of that")
     print(json.dumps(result))
 
 

@@ -15,6 +15,7 @@ from tf_ppo.export import save_preset
 from tf_ppo.models import AdaptersOff, weight_bytes
 from tf_ppo.ppo import logprobs_from_logits
 from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.reward_model import train_reward_model
 from tf_ppo.sft import sft
 from tf_ppo.trainer import PPOTrainer, train
 
@@ -119,3 +120,16 @@ def test_a_causal_lm_object_as_model_is_recorded_by_class_name(preset_dirs, tmp_
     assert recorded.model.preset == "<object GPT2CausalLM>"
     with pytest.raises(ValueError, match=r"ModelConfig.preset was a Python object \(<object GPT2CausalLM>\)"):
         sft(recorded)
+
+
+def test_reward_model_from_a_preset_backbone_and_tokenizer(preset_dirs, tmp_path):
+    rows = [("the film was", "wonderful.", "boring."), ("i thought the plot was", "great fun!", "awful.")] * 16
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("prompt,chosen,rejected\n" + "\n".join(",".join(row) for row in rows) + "\n")
+    config = tiny_config(tmp_path, model=preset_dirs["llama3"],
+                         reward={"preferences_csv": str(csv), "epochs": 1, "batch_size": 8})
+    result = train_reward_model(config, directory=tmp_path / "reward", show_progress=False)
+    assert type(result.model.backbone).__name__ == "Llama3Backbone"
+    assert result.model.tokenizer.start_token_id == keras_hub.models.CausalLM.from_preset(
+        preset_dirs["llama3"]).preprocessor.tokenizer.start_token_id
+    assert np.all(np.isfinite(result.model.score_texts(["the film was"], ["wonderful."])))

@@ -194,3 +194,16 @@ def test_overoptimisation_warning_when_proxy_rises_and_gold_falls(tmp_path, sft_
     with pytest.warns(OveroptimisationWarning, match="proxy reward rose while the gold score fell"):
         result = trainer.train()
     assert result.history[-1]["proxy_gold_correlation"] == pytest.approx(-1.0)
+
+
+def test_value_model_can_start_from_the_reward_model(few_pairs_model, tmp_path, sft_policy):
+    reward_model = few_pairs_model.model
+    trainer = PPOTrainer(tiny_config(tmp_path, value_from_reward_model=True), reward_fn=reward_model,
+                         policy=sft_policy, show_progress=False)
+    for copied, original in zip(trainer.value_model.backbone.weights, reward_model.backbone.weights):
+        assert copied is not original
+        np.testing.assert_array_equal(copied.numpy(), original.numpy())
+    np.testing.assert_array_equal(trainer.value_model.head.kernel.numpy(), reward_model.head.kernel.numpy())
+    with pytest.raises(ValueError, match="value_from_reward_model needs a RewardModel as reward_fn, got function"):
+        PPOTrainer(tiny_config(tmp_path / "b", value_from_reward_model=True), reward_fn=word_count_reward("great"),
+                   policy=sft_policy, show_progress=False)
