@@ -113,14 +113,14 @@ def flops_per_update(trainer, reward_model, args):
     return forward + training
 
 
-def keras_hub_generate_tokens_per_second(trainer, args):
+def keras_hub_generate_tokens_per_second(trainer, args, response_length):
     """keras-hub's own cached sampler, XLA-compiled, at the same shape (no stop token)."""
     import keras_hub
 
     policy = trainer.policy
     policy.compile(sampler=keras_hub.samplers.RandomSampler(temperature=args.temperature))
     ids = np.asarray(trainer.prompt_ids[: args.batch])
-    width = args.prompt_length + args.response_length
+    width = args.prompt_length + response_length
     inputs = {"token_ids": np.pad(ids, [(0, 0), (0, width - ids.shape[1])]),
               "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, width - ids.shape[1])])}
     policy.generate(inputs, stop_token_ids=None)  # compile
@@ -129,7 +129,7 @@ def keras_hub_generate_tokens_per_second(trainer, args):
         started = time.perf_counter()
         policy.generate(inputs, stop_token_ids=None)
         times.append(time.perf_counter() - started)
-    return args.batch * args.response_length / statistics.median(times)
+    return args.batch * response_length / statistics.median(times)
 
 
 def trl_baseline(args):
@@ -170,9 +170,12 @@ def main(argv=None):
                 times.append(time.perf_counter() - started)
             rows.append({"response_length": length, "seconds_generate": round(statistics.median(times), 4),
                          "tokens_per_second": round(args.batch * length / statistics.median(times))})
+            if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
+                rows[-1]["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
         for row in rows:
             print(f"response {row['response_length']:4d}: generation {row['seconds_generate']:.3f} s, "
-                  f"{row['tokens_per_second']} tokens/s")
+                  f"{row['tokens_per_second']} tokens/s" + (f" (keras-hub generate: {row['keras_hub_tokens_per_second']} "
+                                                            f"tokens/s)" if args.compare_keras_hub else ""))
         print(json.dumps({"scaling": rows, "matmul_peak_gflops": round(peak, 1)}))
         return
 
@@ -204,7 +207,8 @@ def main(argv=None):
                    for name in ("_generate", "_score", "_advantages", "_train_step")},
     }
     if args.compare_keras_hub:
-        result["keras_hub_generate_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args))
+        result["keras_hub_generate_tokens_per_second"] = round(
+            keras_hub_generate_tokens_per_second(trainer, args, args.response_length))
         result["rollout_with_logprobs_tokens_per_second"] = round(
             args.batch * args.response_length / (phase["generate"] + phase["score"]))
     if trl:
