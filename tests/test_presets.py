@@ -110,6 +110,11 @@ def test_cli_sft_writes_a_preset_that_cli_train_starts_from(preset_dirs, tmp_pat
     config = PPOConfig.from_file(tmp_path / "ppo" / "config.json")
     assert config.model.preset == str(tmp_path / "sft" / "preset")
     assert type(keras_hub.models.CausalLM.from_preset(str(tmp_path / "ppo" / "preset"))).__name__ == "OPTCausalLM"
+    # The run exports as a SavedModel with OPT's tokenizer in the graph, and serves text.
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ppo"), str(tmp_path / "saved")]) == 0
+    assert main(["generate", str(tmp_path / "saved"), "the film was", "--top_k", "1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("the film was")
 
 
 def test_a_causal_lm_object_as_model_is_recorded_by_class_name(preset_dirs, tmp_path):

@@ -206,12 +206,29 @@ def build_value_model(model_config, policy, vocabulary_size, source=None, share_
     if share_backbone:
         return build_weights(ValueModel(policy.backbone))
     if source is not None:
-        value_model = build_weights(ValueModel(copy_model(source.backbone, policy.dtype_policy.name)))
+        value_model = build_weights(ValueModel(freeze_output_projection(copy_model(source.backbone,
+                                                                                   policy.dtype_policy.name))))
         value_model.head.set_weights(source.head.get_weights())
         return value_model
     if hasattr(policy, "backbone"):
-        return build_weights(ValueModel(copy_model(policy.backbone)))
+        return build_weights(ValueModel(freeze_output_projection(copy_model(policy.backbone))))
     return build_weights(ValueModel(build_backbone(model_config, vocabulary_size)))
+
+
+def freeze_output_projection(backbone):
+    """Freeze an untied output projection (Llama, Mistral, ...) that a head on the hidden states never uses.
+
+    Otherwise it is a trainable variable without a gradient, and Keras warns on every optimiser build.
+
+    Example:
+    >>> backbone = build_backbone(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
+    >>> freeze_output_projection(backbone) is backbone  # GPT-2 ties its projection: nothing to freeze
+    True
+    """
+    projection = getattr(getattr(backbone, "token_embedding", None), "reverse_embeddings", None)
+    if projection is not None:
+        projection.trainable = False
+    return backbone
 
 
 def build_weights(model):
@@ -222,7 +239,8 @@ def build_weights(model):
     3
     """
     if not model.built:  # a subclassed model creates its weights on its first call
-        model({"token_ids": tf.zeros([1, 1], tf.int32), "padding_mask": tf.ones([1, 1], tf.bool)})
+        # Two tokens, not one: attention over a single position makes Keras warn about a size-1 softmax.
+        model({"token_ids": tf.zeros([1, 2], tf.int32), "padding_mask": tf.ones([1, 2], tf.bool)})
     return model
 
 

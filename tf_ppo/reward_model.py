@@ -29,7 +29,7 @@ from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, check_texts, encode_prompts, prepend_start_token, read_prompt_csv
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
-from tf_ppo.models import copy_model, load_tokenizer, policy_from_config, tokenizer_for
+from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_tokens, response_view
 
 
@@ -430,5 +430,5 @@ def _encoder(tokenizer, max_length):
 
 def _copy_backbone(backbone, config, tokenizer):
     if backbone is None:  # a new model of config.model's size, or the configured preset's backbone
-        return policy_from_config(config, tokenizer).backbone
-    return copy_model(backbone)
+        return freeze_output_projection(policy_from_config(config, tokenizer).backbone)
+    return freeze_output_projection(copy_model(backbone))

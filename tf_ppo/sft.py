@@ -78,7 +78,9 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         raise ValueError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
-        policy = copy_model(policy if policy is not None else policy_from_config(config, tokenizer), config.dtype)
+        # float16 would need loss scaling here too; SFT is short, so it runs in float32 then.
+        dtype = "float32" if config.dtype == "mixed_float16" else config.dtype
+        policy = copy_model(policy if policy is not None else policy_from_config(config, tokenizer), dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
         optimizer.build(policy.trainable_variables)
 
