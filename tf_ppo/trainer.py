@@ -182,6 +182,9 @@ class PPOTrainer:
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self._advantages_fn)
         self._train_step = tf.function(self._train_step_fn)
+        # Clipping and Adam compiled apart: about 3x faster with XLA than as separate ops per variable. (XLA
+        # over the whole step, gradients included, was 20x slower here.)
+        self._apply = tf.function(self._apply_fn, jit_compile=config.train_jit and replicas == 1)
 
     # ----------------------------------------------------------------- compiled phases
 
@@ -242,8 +245,13 @@ class PPOTrainer:
 
     def _train_step_fn(self, batch):
         """One optimiser step on a minibatch: sum the replicas' gradients, then clip, then apply once."""
-        c = self.config
         gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_replica, args=(batch,)))
+        return self._apply(gradients, stats)
+
+    def _apply_fn(self, gradients, stats):
+        """Clip the summed gradients and apply them, unless anything is NaN or inf; returns the step's metrics."""
+        c = self.config
+        stats = dict(stats)
         if self._loss_scaled:
             gradients = [g / self.optimizer.dynamic_scale for g in gradients]
         gradients, grad_norm = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm)
