@@ -12,11 +12,12 @@ import ppo_throughput  # noqa: E402
 
 def test_benchmark_runs_on_a_tiny_shape_and_reports_every_figure(capsys):
     ppo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--prompt-length", "8",
-                         "--response-length", "4", "--updates", "2", "--ppo-epochs", "1"])
+                         "--response-length", "4", "--updates", "2", "--ppo-epochs", "1", "--compare-keras-hub"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("seconds_per_update_median", "seconds_per_update_min", "seconds_per_update_max", "rollouts_per_second",
                 "generated_tokens_per_second", "seconds_generation", "seconds_scoring_forwards",
-                "seconds_optimisation", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak", "peak_rss_mb"):
+                "seconds_optimisation", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak", "peak_rss_mb",
+                "keras_hub_generate_tokens_per_second", "rollout_with_logprobs_tokens_per_second"):
         assert result[key] > 0, key
     assert result["shape"]["response_length"] == 4
     assert result["traces"] == {"_generate": 1, "_score": 1, "_advantages": 1, "_train_step": 1}
