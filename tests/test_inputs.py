@@ -13,6 +13,9 @@ def test_config_round_trips_through_json():
     config = PPOConfig(kl_coef=0.05, target_kl=3.0, model=ModelConfig(num_layers=3), sft={"epochs": 2})
     assert PPOConfig.from_json(config.to_json()) == config
     assert config.sft.epochs == 2
+    with_preset = PPOConfig(model="presets/mine", lora_rank=8, dtype="mixed_bfloat16", prompts="tfds:imdb_reviews")
+    assert with_preset.model.preset == "presets/mine"
+    assert PPOConfig.from_json(with_preset.to_json()) == with_preset
 
 
 @pytest.mark.parametrize("changes,field", [
@@ -24,6 +27,12 @@ def test_config_round_trips_through_json():
     ({"kl_estimator": "k9"}, "kl_estimator"),
     ({"model": {"hidden_dim": 30, "num_heads": 4}}, "hidden_dim"),
     ({"sft": {"clip_mode": "norm"}}, "clip_mode"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"lora_rank": -1}, "lora_rank"),
+    ({"lora_rank": 4, "model": {"architecture": "bigram"}}, "lora_rank"),
+    ({"prompt_tokens_min": 4, "prompt_tokens_max": 2}, "prompt_tokens_max"),
+    ({"prompt_tokens_min": 2}, "prompt_tokens_max"),
+    ({"model": 3}, "preset"),
 ])
 def test_invalid_config_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
