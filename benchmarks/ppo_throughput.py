@@ -72,6 +72,17 @@ def matmul_peak_gflops(size=1024, seconds=2.0):
     return best
 
 
+def median_seconds(run, repeats=3):
+    """Median wall-clock seconds of `run()` after one untimed call (tracing, XLA compilation)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def build_trainer(args, response_length, total_updates):
     """The trainer at the requested shape, with random-init models (throughput does not need trained ones)."""
     lengths = [response_length] + [int(r) for r in args.scaling.split(",") if r]
@@ -125,13 +136,7 @@ def keras_hub_generate_tokens_per_second(trainer, args, response_length):
     width = args.prompt_length + response_length
     inputs = {"token_ids": np.pad(ids, [(0, 0), (0, width - ids.shape[1])]),
               "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, width - ids.shape[1])])}
-    policy.generate(inputs, stop_token_ids=None)  # compile
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        policy.generate(inputs, stop_token_ids=None)
-        times.append(time.perf_counter() - started)
-    return args.batch * response_length / statistics.median(times)
+    return args.batch * response_length / median_seconds(lambda: policy.generate(inputs, stop_token_ids=None))
 
 
 def trl_baseline(args):
@@ -154,13 +159,7 @@ def policy_logprobs_seconds(trainer, args):
     responses = response_view(sequence_ids, prompts["prompt_lengths"], args.response_length)
     logprobs = tf.function(lambda ids: trainer._response_logprobs(trainer.policy, ids, responses)[0],
                            jit_compile=not args.no_train_jit)
-    logprobs(sequence_ids).numpy()
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        logprobs(sequence_ids).numpy()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_seconds(lambda: logprobs(sequence_ids).numpy())
 
 
 def main(argv=None):
@@ -180,14 +179,9 @@ def main(argv=None):
             generate = lambda: trainer._generate(  # noqa: E731
                 {"prompt_ids": trainer.prompt_ids[: args.batch], "prompt_lengths": trainer.prompt_lengths[: args.batch]},
                 tf.constant([0, 1])).numpy()
-            generate()
-            times = []
-            for _ in range(3):
-                started = time.perf_counter()
-                generate()
-                times.append(time.perf_counter() - started)
-            rows.append({"response_length": length, "seconds_generate": round(statistics.median(times), 4),
-                         "tokens_per_second": round(args.batch * length / statistics.median(times))})
+            seconds = median_seconds(generate)
+            rows.append({"response_length": length, "seconds_generate": round(seconds, 4),
+                         "tokens_per_second": round(args.batch * length / seconds)})
             if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
                 rows[-1]["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
         for row in rows:

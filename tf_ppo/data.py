@@ -149,7 +149,8 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     token_lists = _tokenize(tokenizer, prompts)
     if keep_tokens is not None:
         token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
-    token_lists = [_start(tokenizer) + ids for ids in token_lists]
+    start = _start(tokenizer)
+    token_lists = [start + ids for ids in token_lists]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
     too_long = np.flatnonzero(lengths > max_prompt_length)
     if too_long.size and not truncate:
@@ -159,8 +160,7 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     if too_long.size:
         warnings.warn(f"{too_long.size} of {len(prompts)} prompts cut to their last {max_prompt_length - 1} "
                       f"tokens (max_prompt_length={max_prompt_length}); first: row {int(too_long[0])}")
-        start = len(_start(tokenizer))
-        token_lists = [ids[:start] + ids[start:][len(ids) - max_prompt_length:]
+        token_lists = [ids[:len(start)] + ids[len(start):][len(ids) - max_prompt_length:]
                        if len(ids) > max_prompt_length else ids for ids in token_lists]
         lengths = np.minimum(lengths, max_prompt_length)
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
@@ -181,7 +181,8 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length):
     7
     """
     texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
-    token_lists = [_start(tokenizer) + ids + [tokenizer.end_token_id] for ids in _tokenize(tokenizer, texts)]
+    start, end = _start(tokenizer), [tokenizer.end_token_id]
+    token_lists = [start + ids + end for ids in _tokenize(tokenizer, texts)]
     token_lists = [ids[:max_length] for ids in token_lists]
     mask = np.array([[i < len(ids) for i in range(max_length)] for ids in token_lists])
     return _pad(token_lists, max_length, tokenizer.pad_token_id), mask

@@ -80,7 +80,11 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
     with strategy.scope():
         # float16 would need loss scaling here too; SFT is short, so it runs in float32 then.
         dtype = "float32" if config.dtype == "mixed_float16" else config.dtype
-        policy = copy_model(policy if policy is not None else policy_from_config(config, tokenizer), dtype)
+        # A given policy or CausalLM object is copied: never changed in place, and mirrored if built outside
+        # the scope. One loaded here is copied only to change its dtype, so a large preset is loaded once.
+        built_here = policy is None and isinstance(config.model.preset, (str, type(None)))
+        source = policy if policy is not None else policy_from_config(config, tokenizer)
+        policy = source if built_here and source.dtype_policy.name == dtype else copy_model(source, dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
         optimizer.build(policy.trainable_variables)
 
