@@ -24,10 +24,10 @@ def greedy_without_cache(policy, prompt_ids, length, steps):
 def test_cached_greedy_decoding_matches_full_recompute_for_mixed_prompt_lengths(sft_policy):
     tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
     prompt_ids, lengths = encode_prompts(tokenizer, PROMPTS, 12)
-    sequence = generate(sft_policy, prompt_ids, lengths, tf.constant([0, 0]), 8, top_k=1)  # top_k=1: greedy
-    view = response_view(sequence, lengths, 8)
+    sequence = generate(sft_policy, prompt_ids, lengths, tf.constant([0, 0]), 20, top_k=1)  # greedy; 2 segments
+    view = response_view(sequence, lengths, 20)
     for row, length in enumerate(lengths):
-        assert view.token_ids[row].numpy().tolist() == greedy_without_cache(sft_policy, prompt_ids[row], length, 8)
+        assert view.token_ids[row].numpy().tolist() == greedy_without_cache(sft_policy, prompt_ids[row], length, 20)
         np.testing.assert_array_equal(sequence[row, :length], prompt_ids[row, :length])  # prompt kept
 
 

@@ -72,7 +72,8 @@ class BigramLM(keras.Model):
 
     def _build_cache(self, token_ids):
         hidden_states = self.embedding(token_ids)
-        return hidden_states, tf.zeros([tf.shape(token_ids)[0], 1])
+        # keras-hub's cache layout [batch, layers, 2, S, heads, head_dim] with no layers: nothing to keep.
+        return hidden_states, tf.zeros([tf.shape(token_ids)[0], 0, 2, tf.shape(token_ids)[1], 0, 0])
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "hidden_dim": self.hidden_dim}

@@ -19,6 +19,11 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from tf_ppo.decoding import decoder_for
+
+# Response tokens per decoding segment. Shorter segments attend over fewer unwritten positions but add a
+# compiled loop each; 16 measured best (benchmarks/ppo_throughput.py --scaling 32,64,128).
+SEGMENT_LENGTH = 16
 Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
 
 
@@ -73,7 +78,8 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
     is a `tf.while_loop`, one cached forward step per token, no Python per token.
 
     Args:
-        policy: a model with `_build_cache` / `call_with_cache` (see `tf_ppo.models`).
+        policy: a model with `_build_cache` / `call_with_cache` (see `tf_ppo.models`),
+            decoded through `tf_ppo.decoding.decoder_for(policy)`.
         prompt_ids: int32 `[batch, P]`, right-padded prompts.
         prompt_lengths: int32 `[batch]`, real tokens per prompt.
         seed: int32 `[2]` stateless seed; step t samples with `fold_in(seed, t)`.
@@ -94,12 +100,13 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
     batch_size = tf.shape(prompt_ids)[0]
     buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
     total_length = tf.shape(buffer)[1]  # dynamic: the SavedModel takes any prompt and response length
-    _, cache = policy._build_cache(buffer)
+    decoder = decoder_for(policy)
+    cache = decoder.start(prompt_ids)
 
     def step(index, buffer, cache):
         # Feed the token at index - 1 (its keys/values go into the cache), sample the one at index.
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
-        logits, _, cache = policy.call_with_cache(previous, cache, index - 1)
+        logits, cache = decoder.step(previous, index - 1, cache)
         sampled = sample_next_token(tf.cast(logits[:, 0, :], tf.float32), tf.random.experimental.stateless_fold_in(seed, index),
                                     temperature, top_k, top_p, row_offset, total_rows)
         # Rows whose prompt is longer than `index` keep their own prompt token.
@@ -108,9 +115,27 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         buffer = tf.where(tf.range(total_length)[None, :] == index, current[:, None], buffer)
         return index + 1, buffer, cache
 
-    start = tf.reduce_min(prompt_lengths)
-    _, buffer, _ = tf.while_loop(lambda index, *_: index < total_length, step, (start, buffer, cache))
+    index = tf.reduce_min(prompt_lengths)
+    for end in segment_ends(prompt_ids.shape[1], response_length, total_length):
+        # A fixed cache length per segment (XLA needs static shapes); steps attend over `end` positions, not all.
+        cache = decoder.grow(cache, end)
+        index, buffer, cache = tf.while_loop(lambda index, *_, end=end: index < end, step, (index, buffer, cache))
     return buffer
+
+
+def segment_ends(prompt_width, response_length, total_length, segment_length=SEGMENT_LENGTH):
+    """Where each decoding segment ends: every `segment_length` response tokens, when the shapes are static.
+
+    With a dynamic prompt width or response length (the SavedModel) there is one segment, the whole buffer.
+
+    Example:
+    >>> segment_ends(16, 40, 56)
+    [32, 48, 56]
+    """
+    if prompt_width is None or not isinstance(response_length, int):
+        return [total_length]
+    return [prompt_width + min(end, response_length)
+            for end in range(segment_length, response_length + segment_length, segment_length)]
 
 
 def response_view(sequence_ids, prompt_lengths, response_length, end_token_id=None):
