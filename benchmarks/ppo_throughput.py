@@ -185,9 +185,13 @@ def main(argv=None):
             if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
                 rows[-1]["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
         for row in rows:
+            # Linear growth: time ratio = length ratio. Attention over the cache adds a little per step.
+            row["time_ratio_to_shortest"] = round(row["seconds_generate"] / rows[0]["seconds_generate"], 2)
             print(f"response {row['response_length']:4d}: generation {row['seconds_generate']:.3f} s, "
-                  f"{row['tokens_per_second']} tokens/s" + (f" (keras-hub generate: {row['keras_hub_tokens_per_second']} "
-                                                            f"tokens/s)" if args.compare_keras_hub else ""))
+                  f"{row['tokens_per_second']} tokens/s, time x{row['time_ratio_to_shortest']:.2f} for "
+                  f"x{row['response_length'] / rows[0]['response_length']:g} the tokens"
+                  + (f" (keras-hub generate: {row['keras_hub_tokens_per_second']} tokens/s)"
+                     if args.compare_keras_hub else ""))
         print(json.dumps({"scaling": rows, "matmul_peak_gflops": round(peak, 1)}))
         return
 

@@ -21,3 +21,12 @@ def test_benchmark_runs_on_a_tiny_shape_and_reports_every_figure(capsys):
         assert result[key] > 0, key
     assert result["shape"]["response_length"] == 4
     assert result["traces"] == {"_generate": 1, "_score": 1, "_advantages": 1, "_train_step": 1}
+
+
+def test_benchmark_scaling_times_generation_per_response_length(capsys):
+    ppo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--prompt-length", "8",
+                         "--scaling", "4,20"])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scaling"]
+    assert [row["response_length"] for row in rows] == [4, 20]
+    assert rows[0]["time_ratio_to_shortest"] == 1.0
+    assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 for row in rows)
