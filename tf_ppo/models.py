@@ -1,7 +1,8 @@
 """Policy, value and reference models, and the tokenizer.
 
 Policies share one small interface, the one keras-hub's causal LMs already
-have, so the rollout and the trainer never ask which architecture they hold:
+have, so the trainer never asks which architecture it holds (the sampler
+asks only to pick the fastest decoding cache, `tf_ppo.decoding`):
 
     policy({"token_ids": ids, "padding_mask": mask}) -> logits   # [batch, seq, vocab]
     policy._build_cache(ids) -> (hidden_states, cache)           # seeds a decoding cache
