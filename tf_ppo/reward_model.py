@@ -114,7 +114,10 @@ class RewardModel(keras.Model):
         self.head = keras.layers.Dense(1, name="reward_head")
         self.gain = self.add_weight(shape=(), initializer="ones", trainable=False, name="gain")
         self.offset = self.add_weight(shape=(), initializer="zeros", trainable=False, name="offset")
-        self._score_texts = tf.function(self._score_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+        # Tokenising is string ops, which XLA cannot compile; the forward pass is compiled apart (XLA: about
+        # 1.3x faster on CPU at the performance issue's S2 shape).
+        self._encode_texts = tf.function(self._encode_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+        self._normalised_scores = tf.function(self._normalised_scores_fn, jit_compile=True)
         self.build(None)
 
     def build(self, input_shape):
@@ -137,10 +140,13 @@ class RewardModel(keras.Model):
 
         Also the PPO reward interface: `tf_ppo.train(config, reward_fn=reward_model)`.
         """
-        return self._score_texts(tf.constant(prompts, tf.string), tf.constant(responses, tf.string))
+        token_ids, padding_mask = self._encode_texts(tf.constant(prompts, tf.string), tf.constant(responses, tf.string))
+        return self._normalised_scores(token_ids, padding_mask)
 
-    def _score_texts_fn(self, prompts, responses):
-        token_ids, padding_mask = encode_texts(self.tokenizer, prompts, responses, self.max_length)
+    def _encode_texts_fn(self, prompts, responses):
+        return encode_texts(self.tokenizer, prompts, responses, self.max_length)
+
+    def _normalised_scores_fn(self, token_ids, padding_mask):
         return self.normalise(self({"token_ids": token_ids, "padding_mask": padding_mask}))
 
     def fit_normalisation(self, prompts, responses):
