@@ -9,6 +9,10 @@ prompt + 32 response tokens, temperature 0.7, 4 epochs x 2 minibatches):
     python benchmarks/ppo_throughput.py --scaling 32,64,128              # generation time vs response length
     python benchmarks/ppo_throughput.py --compare-trl .venv-trl/bin/python   # TRL 1.12 side by side (see trl_ppo_baseline.py)
 
+With `--target-trl-ratio`, `--target-fraction-of-peak` and
+`--target-keras-hub-ratio` it asserts the issue's targets: each is printed as
+met or NOT MET, and the exit status is 1 when any is not met.
+
 It times `PPOTrainer.run_update` (warm-up first, so tracing is excluded),
 measures the fp32 matmul peak of this machine in the same run (before and
 after the timed updates, keeping the higher), and prints a
@@ -55,6 +59,13 @@ def parse_args(argv=None):
                         help="a Python with torch and trl==1.12.0: run trl_ppo_baseline.py at the same shape first")
     parser.add_argument("--compare-keras-hub", action="store_true",
                         help="also time keras-hub's CausalLM.generate (XLA) at the same shape")
+    parser.add_argument("--target-trl-ratio", type=float, metavar="R",
+                        help="assert tf_ppo's seconds per update <= R x TRL's (needs --compare-trl)")
+    parser.add_argument("--target-fraction-of-peak", type=float, metavar="F",
+                        help="assert achieved GFLOP/s >= F x the fp32 matmul peak")
+    parser.add_argument("--target-keras-hub-ratio", type=float, metavar="K",
+                        help="assert tf_ppo's sampling + log-probs tokens/s >= K x keras-hub generate's "
+                             "(needs --compare-keras-hub)")
     return parser.parse_args(argv)
 
 
@@ -162,6 +173,25 @@ def policy_logprobs_seconds(trainer, args):
     return median_seconds(lambda: logprobs(sequence_ids).numpy())
 
 
+def target_checks(result, args):
+    """The issue's speed targets that this run measured: `{name: (value, target, met)}`."""
+    checks = {}
+    if args.target_trl_ratio is not None:
+        if "tf_ppo_over_trl" not in result:
+            raise SystemExit("--target-trl-ratio needs --compare-trl")
+        checks["tf_ppo_over_trl <="] = (result["tf_ppo_over_trl"], args.target_trl_ratio)
+    if args.target_fraction_of_peak is not None:
+        checks["fraction_of_peak >="] = (result["fraction_of_peak"], args.target_fraction_of_peak)
+    if args.target_keras_hub_ratio is not None:
+        if "keras_hub_generate_tokens_per_second" not in result:
+            raise SystemExit("--target-keras-hub-ratio needs --compare-keras-hub")
+        checks["rollout_with_logprobs_over_keras_hub_generate >="] = (round(
+            result["rollout_with_logprobs_tokens_per_second"] / result["keras_hub_generate_tokens_per_second"], 2),
+            args.target_keras_hub_ratio)
+    return {name: (value, target, value <= target if name.endswith("<=") else value >= target)
+            for name, (value, target) in checks.items()}
+
+
 def main(argv=None):
     args = parse_args(argv)
     trl = trl_baseline(args) if args.compare_trl else None  # first: the two never share the CPU
@@ -241,7 +271,13 @@ def main(argv=None):
     if trl:
         print(f"TRL 1.12 PPOTrainer: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "
               f"{trl['trl_seconds_generation']:.3f} s); tf_ppo takes {result['tf_ppo_over_trl']:.2f} of that")
+    checks = target_checks(result, args)
+    for name, (value, target, met) in checks.items():
+        print(f"target {name} {target}: {value} -> {'met' if met else 'NOT MET'}")
+    result["targets_met"] = {name: met for name, (_, _, met) in checks.items()}
     print(json.dumps(result))
+    if not all(result["targets_met"].values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -30,3 +32,16 @@ def test_benchmark_scaling_times_generation_per_response_length(capsys):
     assert [row["response_length"] for row in rows] == [4, 20]
     assert rows[0]["time_ratio_to_shortest"] == 1.0
     assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 for row in rows)
+
+
+def test_benchmark_asserts_its_targets_and_exits_1_when_one_is_missed(capsys):
+    tiny = ["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--prompt-length", "8",
+            "--response-length", "4", "--updates", "1", "--ppo-epochs", "1"]
+    ppo_throughput.main(tiny + ["--target-fraction-of-peak", "0"])  # any run reaches 0% of peak
+    assert "fraction_of_peak >= 0.0: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        ppo_throughput.main(tiny + ["--target-fraction-of-peak", "1.5"])  # no run reaches 150% of peak
+    assert stopped.value.code == 1
+    out = capsys.readouterr().out
+    assert "NOT MET" in out
+    assert json.loads(out.strip().splitlines()[-1])["targets_met"] == {"fraction_of_peak >=": False}
