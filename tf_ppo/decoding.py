@@ -65,6 +65,9 @@ class GPT2Cache:
     It calls the model's own layers (embeddings, layer norms, projections,
     feed-forward, tied output embedding); only the cache layout and the
     attention over it are its own. Dropout is skipped: decoding is inference.
+    It reaches into keras-hub's `TransformerDecoder` (private attributes), so
+    tests/test_decoding.py checks it against keras-hub's own cache: a
+    keras-hub release that changes those layers fails there, not silently.
 
     Example:
     >>> from tf_ppo.models import build_policy, ModelConfig
