@@ -218,6 +218,10 @@ def test_clip_gradients():
         np.testing.assert_array_equal(c, np.clip(g.numpy(), -1, 1))
     unchanged, _ = ppo.clip_gradients(gradients, "global_norm", None)
     np.testing.assert_array_equal(unchanged[0], gradients[0])
+    # A norm measured beforehand is used as given, not measured again.
+    clipped, got_norm = ppo.clip_gradients(gradients, "global_norm", 1.0, global_norm=tf.constant(2 * norm))
+    np.testing.assert_allclose(got_norm, 2 * norm, rtol=1e-6)
+    np.testing.assert_allclose(clipped[0], gradients[0].numpy() / (2 * norm), rtol=1e-6)
 
 
 def test_adaptive_kl_controller():

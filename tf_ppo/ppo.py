@@ -301,12 +301,13 @@ class AdaptiveKLController:
         return float(self.value.numpy())
 
 
-def clip_gradients(gradients, mode="global_norm", threshold=1.0):
+def clip_gradients(gradients, mode="global_norm", threshold=1.0, global_norm=None):
     """Clip gradients by their global norm (default) or each entry to [-threshold, threshold].
 
     `mode="value"` is the article's `tf.clip_by_value(grad, -1.0, 1.0)`; it
     changes the gradient's direction, which is why global-norm clipping is the
-    default. `threshold=None` leaves gradients unchanged.
+    default. `threshold=None` leaves gradients unchanged. `global_norm`, if
+    given, is the gradients' norm measured already (it is not measured again).
 
     Returns:
         `(clipped_gradients, global_norm)`, the norm measured before clipping.
@@ -316,7 +317,8 @@ def clip_gradients(gradients, mode="global_norm", threshold=1.0):
     >>> clipped[0].numpy().tolist(), float(norm)
     ([0.6000000238418579, 0.800000011920929], 5.0)
     """
-    global_norm = tf.linalg.global_norm(gradients)
+    if global_norm is None:
+        global_norm = tf.linalg.global_norm(gradients)
     if threshold is None:
         return list(gradients), global_norm
     if mode == "value":
