@@ -52,7 +52,7 @@ class KerasHubCache:
         return self.model._build_cache(prompt_ids)[1]
 
     def grow(self, cache, length):
-        return tf.pad(cache, [[0, 0], [0, 0], [0, 0], [0, length - tf.shape(cache)[3]], [0, 0], [0, 0]])
+        return _pad_positions(cache, axis=3, length=length)
 
     def step(self, token_ids, index, cache):
         logits, _, cache = self.model.call_with_cache(token_ids, cache, index)
@@ -97,8 +97,7 @@ class GPT2Cache:
                 for i in range(self.backbone.num_layers)]
 
     def grow(self, cache, length):
-        pad = lambda t: tf.pad(t, [[0, 0], [0, 0], [0, length - tf.shape(t)[2]], [0, 0]])  # noqa: E731
-        return [(pad(keys), pad(values)) for keys, values in cache]
+        return [(_pad_positions(keys, 2, length), _pad_positions(values, 2, length)) for keys, values in cache]
 
     def step(self, token_ids, index, cache):
         backbone = self.backbone
@@ -129,6 +128,13 @@ def decoder_for(model):
     'KerasHubCache'
     """
     return GPT2Cache(model) if GPT2Cache.supports(model) else KerasHubCache(model)
+
+
+def _pad_positions(cache, axis, length):
+    """`cache` with zeros appended along its position `axis` up to `length` positions."""
+    padding = [[0, 0]] * cache.shape.rank
+    padding[axis] = [0, length - tf.shape(cache)[axis]]
+    return tf.pad(cache, padding)
 
 
 def _write_position(cache, new, index):
