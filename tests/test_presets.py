@@ -12,7 +12,7 @@ from presets import ARCHITECTURES, save_tiny_preset
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import save_preset
-from tf_ppo.models import AdaptersOff, weight_bytes
+from tf_ppo.models import AdaptersOff, ValueModel, trunk_and_head, weight_bytes
 from tf_ppo.ppo import logprobs_from_logits
 from tf_ppo.rollout import generate, response_logits, response_view
 from tf_ppo.reward_model import train_reward_model
@@ -54,6 +54,32 @@ def test_padded_batch_matches_each_prompt_alone(preset_dirs, architecture):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_response_logits_apply_the_head_at_response_positions_only_and_match_the_whole_model(preset_dirs,
+                                                                                             architecture):
+    policy = keras_hub.models.CausalLM.from_preset(preset_dirs[architecture])
+    sequence_ids = tf.random.stateless_uniform([3, 10], [1, 2], 3, policy.backbone.vocabulary_size, tf.int32)
+    positions = tf.constant([[2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]])  # each row's own response start
+    inputs = {"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)}
+    value_model = ValueModel(policy.backbone)
+    value_model(inputs)  # builds the head, whose zero initialisation would make any gather look right
+    value_model.head.kernel.assign(tf.random.normal(value_model.head.kernel.shape))
+    for model, expected_rank in [(policy, 3), (value_model, 2)]:
+        assert trunk_and_head(model) is not None
+        whole = tf.gather(model(inputs), positions - 1, batch_dims=1)  # every position, then gathered
+        split = response_logits(model, sequence_ids, positions)
+        assert split.shape.rank == expected_rank
+        np.testing.assert_allclose(split, whole, atol=1e-5)
+
+    # Anything after the reversed embedding (here a scale) makes the graph unsplittable: the whole model runs.
+    backbone = policy.backbone
+    scaled = keras_hub.models.CausalLM(
+        inputs=backbone.input, outputs=backbone.token_embedding(backbone(backbone.input), reverse=True) * 2.0)
+    assert trunk_and_head(scaled) is None
+    np.testing.assert_allclose(response_logits(scaled, sequence_ids, positions),
+                               2.0 * response_logits(policy, sequence_ids, positions), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_sft_then_ppo_from_a_local_preset_and_back_to_a_preset(preset_dirs, architecture, tmp_path):
     config = tiny_config(tmp_path, model=preset_dirs[architecture], total_updates=2, response_length=8,
                          sft={"epochs": 1, "train_csv": SMALL_CSV})
@@ -92,6 +118,9 @@ def test_lora_keeps_one_copy_of_the_base_weights_and_trains_only_adapters_and_va
     # The reference is the base preset exactly; the policy is base + adapters, which load on their own.
     np.testing.assert_allclose(trainer.reference(inputs), base(inputs), atol=1e-6)
     assert not np.allclose(trainer.policy(inputs), base(inputs), atol=1e-6)
+    positions = tf.constant([[2, 3, 4]])  # the split reference path (trunk, then head) has its adapters off too
+    np.testing.assert_allclose(response_logits(trainer.reference, inputs["token_ids"], positions),
+                               base(inputs)[:, 1:4], atol=1e-5)
     base.backbone.load_lora_weights(str(trainer.run_dir / "adapters.lora.h5"))
     np.testing.assert_allclose(base(inputs), trainer.policy(inputs), atol=1e-6)
     merged = keras_hub.models.CausalLM.from_preset(str(trainer.run_dir / "preset"))  # adapters merged on save

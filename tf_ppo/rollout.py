@@ -11,7 +11,9 @@ the PPO maths works.
 The logits for response token j of row i come from the position before it,
 `positions[i, j] - 1`; `response_logits` is the one function that computes
 them, for the rollout scoring and the training step alike, so old and new
-log-probs take exactly the same numerical path.
+log-probs take exactly the same numerical path. It applies the output head
+(the vocabulary projection) at those positions only, not over the prompt
+(`tf_ppo.models.trunk_and_head`).
 """
 
 import collections
@@ -20,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ppo.decoding import decoder_for
+from tf_ppo.models import trunk_and_head
 
 # Response tokens per decoding segment. Shorter segments attend over fewer unwritten positions but add a
 # compiled loop each; 16 measured best (benchmarks/ppo_throughput.py --scaling 32,64,128).
@@ -193,7 +196,12 @@ def response_logits(model, sequence_ids, positions):
     """
     # All-True padding mask: attention is causal, so a response position only
     # sees its prompt and earlier response tokens, never the padding after it.
-    outputs = model({"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)},
-                    training=False)
+    inputs = {"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)}
+    split = trunk_and_head(model)
+    if split is None:
+        outputs = tf.gather(model(inputs, training=False), positions - 1, batch_dims=1)
+    else:  # the head (output projection) only where a response token is predicted, not over the prompt
+        trunk, head = split
+        outputs = head(tf.gather(trunk(inputs, training=False), positions - 1, batch_dims=1))
     # float32 whatever the model's precision: log-softmax, ratios and KL need it.
-    return tf.cast(tf.gather(outputs, positions - 1, batch_dims=1), tf.float32)
+    return tf.cast(outputs, tf.float32)
