@@ -177,14 +177,21 @@ class PPOTrainer:
         # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
         self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
         self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
-        self._gradients_replica = tf.function(self._gradients_fn, jit_compile=config.train_jit and replicas == 1)
         self._generate = tf.function(self._generate_all)
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self._advantages_fn)
-        self._train_step = tf.function(self._train_step_fn)
-        # Clipping and Adam compiled apart: about 2.5x faster with XLA than as separate ops per variable. (XLA
-        # over the whole step, gradients included, was 20x slower here.) The norm and the skip are not in it.
-        self._apply = tf.function(self._apply_fn, jit_compile=config.train_jit and replicas == 1)
+        # With no strategy the whole optimiser step is one XLA computation: the gradients never leave it and
+        # clipping fuses into Adam's update (1% faster per update at S2 of the performance issue than gradients
+        # and Adam compiled apart). Its parts are then plain Python: a tf.function nested in the XLA one took
+        # minutes and gigabytes to compile. Under a strategy, even on one replica, Keras' optimizer step calls
+        # `merge_call`, which fails inside XLA, so there the parts are compiled apart.
+        whole_step_jit = config.train_jit and self.strategy is tf.distribute.get_strategy()
+        if whole_step_jit:
+            self._gradients_replica, self._apply = self._gradients_fn, self._apply_fn
+        else:
+            self._gradients_replica = tf.function(self._gradients_fn, jit_compile=config.train_jit and replicas == 1)
+            self._apply = tf.function(self._apply_fn, jit_compile=config.train_jit and replicas == 1)
+        self._train_step = tf.function(self._train_step_fn, jit_compile=whole_step_jit)
 
     # ----------------------------------------------------------------- compiled phases
 
@@ -253,8 +260,6 @@ class PPOTrainer:
         stats = dict(stats)
         if self._loss_scaled:
             gradients = [g / self.optimizer.dynamic_scale for g in gradients]
-        # The norm and the skip stay outside XLA: TensorFlow's own reductions run on both cores (2.6 ms for the
-        # norm at S2, 5.3 ms in XLA), and an XLA conditional copies every variable (3 ms per step).
         grad_norm = tf.linalg.global_norm(gradients)
         finite = tf.math.is_finite(stats.pop("loss")) & tf.math.is_finite(grad_norm)
         if self._loss_scaled:
