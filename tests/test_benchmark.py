@@ -10,6 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ppo_throughput  # noqa: E402
+import response_logits_memory  # noqa: E402
 
 
 def test_benchmark_runs_on_a_tiny_shape_and_reports_every_figure(capsys):
@@ -45,3 +46,10 @@ def test_benchmark_asserts_its_targets_and_exits_1_when_one_is_missed(capsys):
     out = capsys.readouterr().out
     assert "NOT MET" in out
     assert json.loads(out.strip().splitlines()[-1])["targets_met"] == {"fraction_of_peak >=": False}
+
+
+def test_logits_memory_benchmark_measures_both_ways_in_their_own_processes(capsys):
+    response_logits_memory.main(["--batch=2", "--prompt-length=8", "--response-length=4", "--vocabulary=100"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["peak_rss_mb_response_positions"] > 0 and result["peak_rss_mb_every_position"] > 0
+    assert result["vocabulary"] == 100
