@@ -180,18 +180,11 @@ class PPOTrainer:
         self._generate = tf.function(self._generate_all)
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self._advantages_fn)
-        # With no strategy the whole optimiser step is one XLA computation: the gradients never leave it and
-        # clipping fuses into Adam's update (1% faster per update at S2 of the performance issue than gradients
-        # and Adam compiled apart). Its parts are then plain Python: a tf.function nested in the XLA one took
-        # minutes and gigabytes to compile. Under a strategy, even on one replica, Keras' optimizer step calls
-        # `merge_call`, which fails inside XLA, so there the parts are compiled apart.
-        whole_step_jit = config.train_jit and self.strategy is tf.distribute.get_strategy()
-        if whole_step_jit:
-            self._gradients_replica, self._apply = self._gradients_fn, self._apply_fn
-        else:
-            self._gradients_replica = tf.function(self._gradients_fn, jit_compile=config.train_jit and replicas == 1)
-            self._apply = tf.function(self._apply_fn, jit_compile=config.train_jit and replicas == 1)
-        self._train_step = tf.function(self._train_step_fn, jit_compile=whole_step_jit)
+        # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
+        # into Adam's update (1% faster per update at S2 of the performance issue than gradients and Adam
+        # compiled apart). Its parts are plain Python: a tf.function nested in the XLA one took minutes and
+        # gigabytes to compile.
+        self._train_step = tf.function(self._train_step_fn, jit_compile=config.train_jit and replicas == 1)
 
     # ----------------------------------------------------------------- compiled phases
 
@@ -256,7 +249,7 @@ class PPOTrainer:
         A NaN or inf must never reach the weights (or Adam's moments), so a
         non-finite loss or gradient skips the step; returns the step's metrics.
         """
-        gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_replica, args=(batch,)))
+        gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_fn, args=(batch,)))
         stats = dict(stats)
         if self._loss_scaled:
             gradients = [g / self.optimizer.dynamic_scale for g in gradients]
@@ -271,7 +264,7 @@ class PPOTrainer:
             applied = tf.cond(finite, lambda: self._apply(gradients, grad_norm), lambda: tf.constant(False))
         return {**stats, "grad_norm": grad_norm, "applied": applied}
 
-    def _apply_fn(self, gradients, grad_norm):
+    def _apply(self, gradients, grad_norm):
         """Clip the summed gradients (`grad_norm` measured before clipping) and take the optimiser step."""
         c = self.config
         gradients, _ = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm, global_norm=grad_norm)
