@@ -23,7 +23,8 @@ from tf_ppo.reporting import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One PPO update, or one SFT step, under "mirrored" (2 logical CPUs) or "default" (1 device); weights to an .npz.
+# One PPO update, or one SFT step, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
+# strategy), with XLA or not; weights to an .npz.
 TWO_DEVICES = """
 import json, pathlib, sys
 import numpy as np, pandas as pd, tensorflow as tf
@@ -31,14 +32,16 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.conftest import tiny_config
 from tf_ppo import PPOConfig, PPOTrainer, ppo, sft
-stage, name, out, tmp = sys.argv[1:5]
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored" else tf.distribute.get_strategy()
+stage, name, out, tmp, xla = sys.argv[1:6]
+strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+            "mirrored_one_device": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
+            "default": tf.distribute.get_strategy}[name]()
 tmp = pathlib.Path(tmp)
 tmp.mkdir(parents=True, exist_ok=True)
 report = {}
 if stage == "ppo":
-    # XLA off in both runs: it is off under replicas, and XLA's kernels (random numbers included) differ.
-    config = tiny_config(tmp / "run", total_updates=1, generation_jit=False, train_jit=False)
+    # XLA off to compare with 2 replicas: it is off under replicas, and XLA's kernels (random numbers included) differ.
+    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla")
     result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
     weights = result.policy.get_weights() + result.value_model.get_weights()
     report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
@@ -67,9 +70,10 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def run_two_device_script(stage, name, tmp_path):
-    out = tmp_path / f"{stage}-{name}.npz"
-    completed = subprocess.run([sys.executable, "-c", TWO_DEVICES, stage, name, str(out), str(tmp_path / name)],
+def run_two_device_script(stage, name, tmp_path, xla=False):
+    out = tmp_path / f"{stage}-{name}-{xla}.npz"
+    completed = subprocess.run([sys.executable, "-c", TWO_DEVICES, stage, name, str(out), str(tmp_path / f"{name}-{xla}"),
+                                "xla" if xla else "no_xla"],
                                capture_output=True, text=True, timeout=600, cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": ROOT}, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -81,6 +85,14 @@ def run_two_device_script(stage, name, tmp_path):
 def relative_difference(got, expected):
     """Largest weight difference relative to the largest weight of the model."""
     return max(np.abs(a - b).max() for a, b in zip(got, expected)) / max(np.abs(b).max() for b in expected)
+
+
+def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_no_strategy(tmp_path,
+                                                                                          sft_policy_path):
+    # XLA on: the optimiser step is one XLA computation inside strategy.run's replica context.
+    mirrored, _ = run_two_device_script("ppo", "mirrored_one_device", tmp_path, xla=True)
+    single, _ = run_two_device_script("ppo", "default", tmp_path, xla=True)
+    assert relative_difference(mirrored, single) <= 1e-5
 
 
 @pytest.mark.parametrize("stage", ["ppo", "sft"])
