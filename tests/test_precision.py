@@ -26,7 +26,9 @@ def test_mixed_bfloat16_logprobs_match_float32_and_the_run_stays_finite(tmp_path
     assert logprobs.dtype == ref_logprobs.dtype == values.dtype == tf.float32
     mask = rollout["responses"].mask.numpy()
     difference = np.abs(logprobs.numpy() - rollout["logprobs"].numpy())[mask]
-    assert 0 < difference.max() < 2e-2, difference.max()  # > 0: bfloat16 really computed something
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-9 per op): a few hundredths of a nat is its
+    # noise, a cast bug is off by whole nats. > 0: bfloat16 really computed something.
+    assert 0 < difference.max() < 5e-2, difference.max()
 
     result = bfloat16.train()
     assert all(np.isfinite(row[key]) for row in result.history for key in LOSSES)

@@ -34,6 +34,7 @@ from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_tok
 from tf_ppo.export import save_preset
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
+from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            policy_from_config, tokenizer_for)
 from tf_ppo.reporting import RunLog, plot_curves, read_history
@@ -230,7 +231,7 @@ class PPOTrainer:
         """One replica: its share of the loss (token sums over the GLOBAL token count) and its gradients."""
         c = self.config
         responses = batch["responses"]
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, einsum_as_tensordot():
             logprobs, logits = self._response_logprobs(self.policy, batch["sequence_ids"], responses)
             values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
             pg = ppo.policy_loss(logprobs, batch["logprobs"], batch["advantages"], responses.mask, c.cliprange)
