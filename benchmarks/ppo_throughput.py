@@ -192,14 +192,19 @@ def target_checks(result, args):
             for name, (value, target) in checks.items()}
 
 
+def set_threads(threads):
+    """`threads` intra-op threads and one op at a time (each on all threads: faster here), if still possible."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (e.g. under pytest): keep its threads
+        print("note: TensorFlow was already initialised; thread settings unchanged")
+
+
 def main(argv=None):
     args = parse_args(argv)
     trl = trl_baseline(args) if args.compare_trl else None  # first: the two never share the CPU
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)  # one op at a time, each on all threads: faster here
-    except RuntimeError:  # TensorFlow already ran in this process (e.g. under pytest): keep its threads
-        print("note: TensorFlow was already initialised; thread settings unchanged")
+    set_threads(args.threads)
     peak = matmul_peak_gflops()
 
     if args.scaling:

@@ -9,6 +9,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import einsum_gradients  # noqa: E402
 import ppo_throughput  # noqa: E402
 import response_logits_memory  # noqa: E402
 
@@ -53,3 +54,10 @@ def test_logits_memory_benchmark_measures_both_ways_in_their_own_processes(capsy
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["peak_rss_mb_response_positions"] > 0 and result["peak_rss_mb_every_position"] > 0
     assert result["vocabulary"] == 100
+
+
+def test_einsum_benchmark_times_both_versions_of_the_gradient_step(capsys):
+    einsum_gradients.main(["--layers=1", "--hidden=16", "--heads=2", "--batch=2", "--length=8", "--calls=2"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ms_keras_einsum"] > 0 and result["ms_tensordot"] > 0
+    assert result["ratio_tensordot_over_keras_einsum"] > 0

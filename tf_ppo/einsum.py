@@ -41,10 +41,12 @@ def einsum_as_tensordot():
     """Inside the block, Keras' TensorFlow einsum runs tensordot-shaped products as `tf.tensordot`.
 
     Example:
+    >>> import keras
     >>> layer = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 8))
     >>> with tf.GradientTape() as tape, einsum_as_tensordot():
     ...     loss = tf.reduce_sum(layer(tf.ones([2, 3, 4])))
-    >>> kernel_gradient = tape.gradient(loss, layer.kernel)  # one [4, 8] matmul, not [2, 4, 8] then a sum
+    >>> tape.gradient(loss, layer.kernel).shape  # one [4, 8] matmul, not [2, 4, 8] then a sum
+    TensorShape([4, 8])
     """
     keras_einsum = keras_tf_numpy.einsum
 
