@@ -168,7 +168,7 @@ def policy_logprobs_seconds(trainer, args):
     prompts = {"prompt_ids": trainer.prompt_ids[: args.batch], "prompt_lengths": trainer.prompt_lengths[: args.batch]}
     sequence_ids = trainer._generate(prompts, tf.constant([0, 1]))
     responses = response_view(sequence_ids, prompts["prompt_lengths"], args.response_length)
-    logprobs = tf.function(lambda ids: trainer._response_logprobs(trainer.policy, ids, responses)[0],
+    logprobs = tf.function(lambda ids: trainer.response_logprobs(trainer.policy, ids, responses)[0],
                            jit_compile=not args.no_train_jit)
     return median_seconds(lambda: logprobs(sequence_ids).numpy())
 

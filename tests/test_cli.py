@@ -20,6 +20,6 @@ def test_demo_prints_figures_and_ends_with_json(tmp_path, sft_policy_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "TF_PPO_CACHE": sft_policy_path})
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert {"sentiment_gain", "kl", "fluency", "seconds"} <= set(summary)
+    assert {"sentiment_gain", "heldout_kl", "train_kl", "kl_estimator", "fluency", "seconds"} <= set(summary)
     assert "SFT:" in completed.stdout and "PPO:" in completed.stdout
     assert (tmp_path / "demo" / "curves.png").exists()

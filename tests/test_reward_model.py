@@ -160,7 +160,7 @@ def test_pipeline_reward_model_accuracy_and_both_scores_rise(rlhf):
     assert summary["reward_model_heldout_accuracy"] >= 0.9
     assert summary["proxy_after"] > summary["proxy_before"] + 0.3, summary
     assert summary["gold_after"] > summary["gold_before"] + 0.1, summary
-    assert summary["kl"] <= 6.0
+    assert summary["heldout_kl"] <= 6.0
     assert json.loads((result.run_dir / "summary.json").read_text()) == summary
 
 

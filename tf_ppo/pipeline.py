@@ -95,7 +95,7 @@ def _summary(result, reward_history, run_dir):
         "reward_model_heldout_accuracy": reward_history[-1]["heldout_accuracy"] if reward_history else None,
         "proxy_before": before["score_mean"], "proxy_after": after.get("score_mean"),
         "gold_before": before.get("gold_score_mean"), "gold_after": after.get("gold_score_mean"),
-        "kl": after.get("kl"), "fluency": after.get("fluency"),
+        "heldout_kl": after.get("heldout_kl"), "fluency": after.get("fluency"),
         "updates": len(result.history), "run_dir": str(run_dir),
     }
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in summary.items()}

@@ -199,8 +199,14 @@ class PPOTrainer:
     def _generate_all(self, batch, seed):
         return gather(self.strategy, self.strategy.run(self._generate_replica, args=(batch, seed)))
 
-    def _response_logprobs(self, model, sequence_ids, responses):
-        """Log-probs of the response tokens, logits divided by the sampling temperature."""
+    def response_logprobs(self, model, sequence_ids, responses):
+        """Log-probs `[batch, R]` and logits `[batch, R, V]` of the response tokens, logits / temperature.
+
+        The one path that old (rollout) and new (training) log-probs both take.
+
+        Example:
+            logprobs, logits = trainer.response_logprobs(trainer.policy, batch["sequence_ids"], batch["responses"])
+        """
         logits = response_logits(model, sequence_ids, responses.positions) / self.config.temperature
         return ppo.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
 
@@ -209,8 +215,8 @@ class PPOTrainer:
         end_token = self.tokenizer.end_token_id if self.config.stop_at_eos else None
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], self.config.response_length,
                                   end_token)
-        logprobs, logits = self._response_logprobs(self.policy, batch["sequence_ids"], responses)
-        ref_logprobs, _ = self._response_logprobs(self.reference, batch["sequence_ids"], responses)
+        logprobs, logits = self.response_logprobs(self.policy, batch["sequence_ids"], responses)
+        ref_logprobs, _ = self.response_logprobs(self.reference, batch["sequence_ids"], responses)
         values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)  # [batch, R]
         return responses, logprobs, ref_logprobs, values, ppo.entropy_from_logits(logits)
 
@@ -232,7 +238,7 @@ class PPOTrainer:
         c = self.config
         responses = batch["responses"]
         with tf.GradientTape() as tape, einsum_as_tensordot():
-            logprobs, logits = self._response_logprobs(self.policy, batch["sequence_ids"], responses)
+            logprobs, logits = self.response_logprobs(self.policy, batch["sequence_ids"], responses)
             values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
             pg = ppo.policy_loss(logprobs, batch["logprobs"], batch["advantages"], responses.mask, c.cliprange)
             vf = ppo.value_loss(values, batch["values"], batch["returns"], responses.mask, c.cliprange_value)
@@ -264,6 +270,16 @@ class PPOTrainer:
         else:
             applied = tf.cond(finite, lambda: self._apply(gradients, grad_norm), lambda: tf.constant(False))
         return {**stats, "grad_norm": grad_norm, "applied": applied}
+
+    def train_step(self, minibatch):
+        """One compiled optimiser step on a minibatch dict (as `optimise` builds it); returns its metrics.
+
+        Example:
+            step = trainer.train_step({key: batch[key] for key in ("sequence_ids", "responses", "logprobs",
+                                                                   "values", "advantages", "returns")})
+            bool(step["applied"])
+        """
+        return self._train_step(split_batch(self.strategy, minibatch))
 
     def _apply(self, gradients, grad_norm):
         """Clip the summed gradients (`grad_norm` measured before clipping) and take the optimiser step."""
@@ -470,7 +486,7 @@ class PPOTrainer:
             texts += batch["texts"]
             gold += list(batch["gold_scores"]) if batch["gold_scores"] is not None else []
         n = len(prompts)
-        evaluation = {"score_mean": float(np.mean(scores[:n])), "kl": float(np.mean(kls[:n])),
+        evaluation = {"score_mean": float(np.mean(scores[:n])), "heldout_kl": float(np.mean(kls[:n])),
                       "samples": list(zip(prompts, texts[:n]))}
         if self.bigrams is not None:
             evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in zip(prompts, texts)]))
