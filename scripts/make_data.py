@@ -127,6 +127,23 @@ def train_tokenizer(corpus_path):
     tokenizer.train([str(corpus_path)], vocab_size=VOCAB_SIZE, min_frequency=2,
                     special_tokens=[END_OF_TEXT])
     tokenizer.save_model(str(DATA_DIR))
+    move_end_of_text_last(DATA_DIR / "vocab.json")
+
+
+def move_end_of_text_last(vocab_path):
+    """Give `<|endoftext|>` the last id, as GPT-2's own vocabulary does (50256).
+
+    keras-hub's GPT2Tokenizer pads with id 0; were 0 the end token, padding
+    would read as "stop", and `CausalLM.generate()` would stop before its first
+    token. Merges name strings, not ids, so merges.txt is unchanged.
+    """
+    vocab = json.loads(vocab_path.read_text())
+    if vocab[END_OF_TEXT] == len(vocab) - 1:
+        return
+    removed = vocab.pop(END_OF_TEXT)
+    vocab = {token: index - (index > removed) for token, index in vocab.items()}
+    vocab[END_OF_TEXT] = len(vocab)
+    vocab_path.write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")))
 
 
 def main():

@@ -216,7 +216,7 @@ def prepend_start_token(tokenizer, token_ids):
     >>> from tf_ppo.config import PPOConfig
     >>> from tf_ppo.models import load_tokenizer
     >>> prepend_start_token(load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges), tf.ragged.constant([[5, 6]])).to_list()
-    [[0, 5, 6]]
+    [[762, 5, 6]]
     """
     if not _start(tokenizer):
         return token_ids

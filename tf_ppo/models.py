@@ -98,7 +98,7 @@ def policy_from_config(config, tokenizer):
         return keras_hub.models.CausalLM.from_preset(preset)
     if preset is not None:
         return preset
-    return build_policy(config.model, tokenizer.vocabulary_size())
+    return build_policy(config.model, tokenizer.vocabulary_size(), tokenizer)
 
 
 def tokenizer_for(config, policy=None):
@@ -143,17 +143,24 @@ def build_backbone(model_config, vocabulary_size):
     )
 
 
-def build_policy(model_config, vocabulary_size):
+def build_policy(model_config, vocabulary_size, tokenizer=None):
     """A randomly initialised policy LM (`gpt2` or `bigram`), built and ready to call.
+
+    Given a `tokenizer`, the GPT-2 policy is a complete keras-hub `CausalLM`:
+    its preprocessor (padding to the model's context) makes
+    `policy.generate("text")` and `policy.save_to_preset(dir)` work as on any
+    keras-hub model.
 
     Example:
     >>> policy = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
-    >>> type(policy).__name__
-    'GPT2CausalLM'
+    >>> type(policy).__name__, policy.preprocessor
+    ('GPT2CausalLM', None)
     """
     if model_config.architecture == "bigram":
         return build_weights(BigramLM(vocabulary_size, model_config.hidden_dim))
-    return keras_hub.models.GPT2CausalLM(build_backbone(model_config, vocabulary_size))
+    preprocessor = None if tokenizer is None else keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer, sequence_length=model_config.max_sequence_length)
+    return keras_hub.models.GPT2CausalLM(build_backbone(model_config, vocabulary_size), preprocessor=preprocessor)
 
 
 @keras.saving.register_keras_serializable(package="tf_ppo")

@@ -155,8 +155,13 @@ def _cache_dir():
     return pathlib.Path(os.environ.get("TF_PPO_CACHE", pathlib.Path.home() / ".cache" / "tf_ppo"))
 
 
+# Bumped when the cached policy's format changes, so an old cache entry is never picked up
+# (2: the policy carries its preprocessor and tokenizer).
+CACHE_FORMAT = 2
+
+
 def _cache_key(config):
-    digest = hashlib.sha256(json.dumps([dataclasses.asdict(config.model), dataclasses.asdict(config.sft)],
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, dataclasses.asdict(config.model), dataclasses.asdict(config.sft)],
                                        sort_keys=True).encode())
     for path in (config.sft.train_csv, config.eval_prompts_csv, config.vocabulary, config.merges):
         digest.update(pathlib.Path(path).read_bytes())
