@@ -13,8 +13,12 @@ import pathlib
 
 import tensorflow as tf
 
-PLOTTED = (("score_mean", "reward (score)"), ("kl", "KL to reference (nats / response)"),
-           ("fluency", "fluent completions"), ("kl_coef", "kl_coef (beta)"))
+UPDATE_LABEL = "PPO update"
+# (history key, panel title, y-axis label with its unit). The score's unit is the reward function's own.
+PLOTTED = (("score_mean", "reward (score)", "mean score per response"),
+           ("kl", "KL to reference", "KL (nats per response)"),
+           ("fluency", "fluent completions", "fraction of responses"),
+           ("kl_coef", "kl_coef (beta)", "beta (reward per nat)"))
 
 
 class RunLog:
@@ -22,6 +26,10 @@ class RunLog:
 
     `keep_updates=n` first drops CSV rows after update n: a resumed run redoes
     the updates after its checkpoint, and their rows must not appear twice.
+
+    The CSV's columns are the existing file's header, widened when a row brings
+    a new metric: the file is then rewritten (atomically) with the new column,
+    left empty in the earlier rows. A metric a row lacks gets an empty cell.
     """
 
     def __init__(self, run_dir, keep_updates=None):
@@ -36,12 +44,7 @@ class RunLog:
 
     def write(self, update, logs):
         row = {"update": update, **logs}
-        if self._csv is None:
-            new_file = not self.csv_path.exists()
-            self._csv_file = self.csv_path.open("a", newline="")
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row))
-            if new_file:
-                self._csv.writeheader()
+        self._open_for(row)
         self._csv.writerow(row)
         self._csv_file.flush()  # a crash loses at most the update in flight
         with self._writer.as_default(step=update):
@@ -50,67 +53,141 @@ class RunLog:
         self._writer.flush()
 
     def close(self):
+        self._close_csv()
+        self._writer.close()
+
+    def _open_for(self, row):
+        """Open the CSV for appending with columns that hold every key of `row`."""
+        columns = self._csv.fieldnames if self._csv is not None else _header(self.csv_path)
+        new_keys = [key for key in row if key not in columns]
+        if self._csv is not None and not new_keys:
+            return
+        self._close_csv()
+        columns = list(columns) + new_keys
+        if self.csv_path.exists() and new_keys:
+            _rewrite(self.csv_path, columns, _rows(self.csv_path))  # old rows get empty cells for the new keys
+        new_file = not _header(self.csv_path)
+        self._csv_file = self.csv_path.open("a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=columns, restval="")
+        if new_file:
+            self._csv.writeheader()
+
+    def _close_csv(self):
         if self._csv_file is not None:
             self._csv_file.close()
-        self._writer.close()
+        self._csv_file = self._csv = None
 
 
 def read_history(csv_path):
     """The rows of a `metrics.csv`, as dicts of floats (empty if there is no file).
 
+    An empty cell (a metric not logged in that update) is left out of its row's
+    dict, so a row reads back as the dict that was written; use `row.get(key)`
+    for a metric that not every row has.
+
     Example:
     >>> read_history("/nonexistent/metrics.csv")
     []
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.csv"
+    >>> _ = path.write_text("update,kl,gold\\n1,0.5,\\n")
+    >>> read_history(path)
+    [{'update': 1.0, 'kl': 0.5}]
     """
+    return [{key: float(value) for key, value in row.items() if key is not None and value not in (None, "")}
+            for row in _rows(csv_path)]
+
+
+def _header(csv_path):
+    """The column names of an existing CSV (none if the file is missing or empty)."""
+    if not csv_path.exists():
+        return []
+    with csv_path.open(newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _rows(csv_path):
+    """The rows of a CSV as dicts of strings (a list: the file is closed after)."""
     path = pathlib.Path(csv_path)
     if not path.exists():
         return []
     with path.open(newline="") as handle:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return list(csv.DictReader(handle))
+
+
+def _rewrite(csv_path, fieldnames, rows):
+    """Replace `csv_path` by `rows` under `fieldnames`, atomically (a crash leaves the old file or the new)."""
+    partial = csv_path.with_suffix(".csv.tmp")
+    with partial.open("w", newline="") as handle:
+        if fieldnames:  # else an empty file, which the next write starts with a header
+            writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    os.replace(partial, csv_path)
 
 
 def _keep_rows(csv_path, last_update):
     """Rewrite `csv_path` (atomically) with only its complete rows up to `last_update`."""
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        fieldnames = reader.fieldnames or []
-        # A row cut by a crash has missing cells (None): drop it with the rows after the checkpoint.
-        rows = [row for row in reader
-                if None not in row and None not in row.values() and float(row["update"]) <= last_update]
-    partial = csv_path.with_suffix(".csv.tmp")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, csv_path)
+    # A row cut by a crash has missing cells (None): drop it with the rows after the checkpoint.
+    rows = [row for row in _rows(csv_path)
+            if None not in row and None not in row.values() and float(row["update"]) <= last_update]
+    _rewrite(csv_path, _header(csv_path), rows)
+
+
+def curves_figure(history):
+    """A matplotlib `Figure`: reward, KL, fluency (and kl_coef when it changes) against the update number.
+
+    Each panel plots the rows that have its metric. The Figure is built without
+    pyplot, so making it never changes the backend a notebook draws with.
+
+    Example:
+    >>> figure = curves_figure([{"update": 1, "score_mean": 0.1, "kl": 0.5, "kl_coef": 0.1}])
+    >>> [axis.get_title() for axis in figure.axes]
+    ['reward (score)', 'KL to reference']
+    """
+    from matplotlib.figure import Figure
+
+    shown = [(key, title, ylabel) for key, title, ylabel in PLOTTED if _worth_a_panel(history, key)]
+    figure = Figure(figsize=(4 * max(len(shown), 1), 3))
+    axes = figure.subplots(1, max(len(shown), 1), squeeze=False)[0]
+    for axis, (key, title, ylabel) in zip(axes, shown):
+        axis.plot(*_series(history, key), label="proxy (the reward)")
+        axis.set(title=title, xlabel=UPDATE_LABEL, ylabel=ylabel)
+    if shown and shown[0][0] == "score_mean" and _series(history, "gold_score_mean")[0]:
+        _add_gold(axes[0], history)
+    figure.tight_layout()
+    return figure
 
 
 def plot_curves(history, path):
-    """Save a PNG with reward, KL, fluency and kl_coef against the update number.
+    """Save `curves_figure(history)` as a PNG.
 
     Example:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "curves.png")
     >>> plot_curves([{"update": 1, "score_mean": 0.1, "kl": 0.5}], path)
+    >>> os.path.getsize(path) > 0
+    True
     """
-    import matplotlib
+    curves_figure(history).savefig(path, dpi=80)
 
-    matplotlib.use("Agg")  # files only: works without a display, in CI and notebooks alike
-    import matplotlib.pyplot as plt
 
-    shown = [(key, title) for key, title in PLOTTED if history and key in history[0]]
-    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3), squeeze=False)
-    updates = [row["update"] for row in history]
-    for axis, (key, title) in zip(axes[0], shown):
-        axis.plot(updates, [row[key] for row in history], label="proxy (the reward)")
-        axis.set_title(title)
-        axis.set_xlabel("update")
-    if "gold_score_mean" in history[0]:  # over-optimisation shows as these two curves parting
-        gold_axis = axes[0][0].twinx()
-        gold_axis.plot(updates, [row["gold_score_mean"] for row in history], color="tab:orange", label="gold")
-        gold_axis.set_ylabel("gold score")
-        axes[0][0].set_title("proxy reward and gold score")
-        axes[0][0].legend(handles=axes[0][0].lines + gold_axis.lines, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+def _worth_a_panel(history, key):
+    """A metric gets a panel if some row has it; kl_coef only if it changes (a fixed beta is a flat line)."""
+    values = _series(history, key)[1]
+    return bool(values) and (key != "kl_coef" or len(set(values)) > 1)
+
+
+def _series(history, key):
+    """`(updates, values)` of the rows that have `key`."""
+    rows = [row for row in history if key in row]
+    return [row["update"] for row in rows], [row[key] for row in rows]
+
+
+def _add_gold(axis, history):
+    """The gold score on a twin axis of the reward panel: over-optimisation shows as the two curves parting."""
+    gold_axis = axis.twinx()
+    gold_axis.plot(*_series(history, "gold_score_mean"), color="tab:orange", label="gold")
+    gold_axis.set(xlabel=UPDATE_LABEL, ylabel="mean gold score per response")  # its x-axis is the panel's, hidden
+    axis.set(title="proxy reward and gold score", ylabel="mean proxy score per response")
+    axis.legend(handles=axis.lines + gold_axis.lines, loc="lower right")
