@@ -231,3 +231,51 @@ def test_adaptive_kl_controller():
         beta *= 1 + np.clip(kl / 6.0 - 1, -0.2, 0.2) * 64 / 10_000
         assert controller.update(kl, 64) == pytest.approx(beta, rel=1e-12)
     assert ppo.FixedKLController(0.05).update(100.0, 64) == 0.05
+
+
+# Every public function that takes a mask, called as f(mask) on fixed float64 data.
+_X, _Y, _Z = RNG.normal(size=(3, 5, 6))
+_SCORES = RNG.normal(size=5)
+MASKED_FUNCTIONS = {
+    "masked_sum": lambda mask: ppo.masked_sum(_X, mask),
+    "masked_sum_axis": lambda mask: ppo.masked_sum(_X, mask, axis=1),
+    "masked_mean": lambda mask: ppo.masked_mean(_X, mask),
+    "global_masked_mean": lambda mask: ppo.global_masked_mean(_X, mask),
+    "masked_var": lambda mask: ppo.masked_var(_X, mask),
+    "whiten": lambda mask: ppo.whiten(_X, mask),
+    "gae": lambda mask: ppo.gae(_X, _Y, mask, 0.9, 0.95),
+    "shaped_rewards": lambda mask: ppo.shaped_rewards(_SCORES, -np.abs(_X), -np.abs(_Y), mask, 0.1),
+    "policy_loss": lambda mask: ppo.policy_loss(_X * 0.1, _Y * 0.1, _Z, mask, 0.2),
+    "value_loss": lambda mask: ppo.value_loss(_X, _Y, _Z, mask, 0.2),
+    "explained_variance": lambda mask: ppo.explained_variance(_X, _Y, mask),
+}
+BOOL_MASK = random_prefix_mask(5, 6)
+NUMERIC_MASKS = {
+    "numpy_float32": BOOL_MASK.astype(np.float32),
+    "numpy_int64": BOOL_MASK.astype(np.int64),
+    "tf_float64": tf.constant(BOOL_MASK, tf.float64),
+    "tf_int32": tf.constant(BOOL_MASK, tf.int32),
+}
+
+
+@pytest.mark.parametrize("mask_kind", NUMERIC_MASKS)
+@pytest.mark.parametrize("name", MASKED_FUNCTIONS)
+def test_numeric_zero_one_mask_gives_the_bool_mask_result(name, mask_kind):
+    function = MASKED_FUNCTIONS[name]
+    want = tf.nest.map_structure(np.asarray, function(tf.constant(BOOL_MASK)))
+    got = tf.nest.map_structure(np.asarray, function(NUMERIC_MASKS[mask_kind]))
+    tf.nest.map_structure(np.testing.assert_array_equal, got, want)
+
+
+def test_numeric_mask_inside_tf_function():
+    got = tf.function(lambda mask: ppo.gae(_X, _Y, mask, 0.9, 0.95))(tf.constant(BOOL_MASK, tf.float32))
+    want = ppo.gae(_X, _Y, BOOL_MASK, 0.9, 0.95)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 0.5]], [[2, 0]], [[1.0, np.nan]]])
+def test_mask_with_other_values_than_zero_and_one_raises(bad):
+    with pytest.raises(ValueError, match="mask must be bool or hold only 0 and 1"):
+        ppo.masked_mean(tf.ones([1, 2]), bad)
+    with pytest.raises(ValueError, match="mask must be bool or hold only 0 and 1"):
+        ppo.as_bool_mask(bad)

@@ -2,7 +2,9 @@
 
 Every tensor here is aligned on response tokens: shape `[batch, response_len]`,
 with a boolean `mask` that is True on real response tokens (the first tokens
-of each row) and False on padding after the end of a response. Masked
+of each row) and False on padding after the end of a response. A numeric 0/1
+mask (the PyTorch and TRL habit; float or int, TensorFlow or NumPy) is accepted
+too: every public function converts it once with `as_bool_mask`. Masked
 positions are excluded with `tf.where`, never by multiplication, so a NaN or
 inf sitting in padding cannot leak into a result (NaN * 0 is NaN).
 
@@ -21,6 +23,31 @@ import tensorflow as tf
 _EPS = 1e-8
 
 
+def as_bool_mask(mask):
+    """A bool mask from a bool one or a numeric 0/1 one (float or int, TensorFlow or NumPy).
+
+    Eagerly, a numeric mask holding anything but 0 and 1 raises; inside
+    `tf.function` it is not checked (a check there would cost an assert op
+    per call), and any non-zero value counts as True.
+
+    Raises:
+        ValueError: eagerly, a numeric mask with a value other than 0 or 1.
+
+    Example:
+    >>> as_bool_mask([[1.0, 1.0, 0.0]]).numpy().tolist()
+    [[True, True, False]]
+    """
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype == tf.bool:
+        return mask
+    if tf.executing_eagerly():
+        others = tf.boolean_mask(mask, tf.logical_and(tf.not_equal(mask, 0), tf.not_equal(mask, 1)))
+        if tf.size(others) > 0:
+            raise ValueError(f"mask must be bool or hold only 0 and 1, got {mask.dtype.name} values such as "
+                             f"{others.numpy()[:3].tolist()}")
+    return tf.not_equal(mask, tf.zeros([], mask.dtype))
+
+
 def masked_sum(values, mask, axis=None):
     """Sum of `values` where `mask` is True.
 
@@ -28,6 +55,7 @@ def masked_sum(values, mask, axis=None):
     >>> float(masked_sum(tf.constant([1.0, 2.0, float("nan")]), tf.constant([True, True, False])))
     3.0
     """
+    mask = as_bool_mask(mask)
     values = tf.convert_to_tensor(values)
     return tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)), axis=axis)
 
@@ -44,6 +72,7 @@ def masked_mean(values, mask, axis=None):
     >>> float(masked_mean(tf.constant([[1.0, 3.0], [5.0, 9.0]]), tf.constant([[True, True], [True, False]])))
     3.0
     """
+    mask = as_bool_mask(mask)
     values = tf.convert_to_tensor(values)
     count = tf.reduce_sum(tf.cast(mask, values.dtype), axis=axis)
     context = _replica_context()
@@ -59,6 +88,7 @@ def global_masked_mean(values, mask):
     >>> float(global_masked_mean(tf.constant([1.0, 3.0]), tf.constant([True, True])))
     2.0
     """
+    mask = as_bool_mask(mask)
     share = masked_mean(values, mask)
     context = _replica_context()
     return share if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, share)
@@ -71,6 +101,7 @@ def masked_var(values, mask):
     >>> float(masked_var(tf.constant([1.0, 3.0, 100.0]), tf.constant([True, True, False])))
     1.0
     """
+    mask = as_bool_mask(mask)
     mean = global_masked_mean(values, mask)
     return global_masked_mean(tf.square(values - mean), mask)
 
@@ -91,6 +122,7 @@ def whiten(values, mask, shift_mean=True):
     >>> whiten(tf.constant([1.0, 3.0, 7.0]), tf.constant([True, True, False])).numpy().round(3).tolist()
     [-1.0, 1.0, 0.0]
     """
+    mask = as_bool_mask(mask)
     mean = global_masked_mean(values, mask)  # statistics of the global batch, also under tf.distribute
     whitened = (values - mean) * tf.math.rsqrt(masked_var(values, mask) + _EPS)
     if not shift_mean:
@@ -120,6 +152,7 @@ def gae(rewards, values, mask, gamma, lam):
     >>> adv.numpy().tolist(), ret.numpy().tolist()
     ([[0.5, 0.5]], [[1.0, 1.0]])
     """
+    mask = as_bool_mask(mask)
     zeros = tf.zeros_like(rewards)
     rewards = tf.where(mask, rewards, zeros)
     values = tf.where(mask, values, zeros)
@@ -196,6 +229,7 @@ def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"
     >>> r.numpy().tolist()
     [[0.0, 1.0, 0.0]]
     """
+    mask = as_bool_mask(mask)
     kl = tf.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), tf.zeros_like(logprobs))
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)  # [batch]
     is_last = tf.one_hot(lengths - 1, tf.shape(mask)[1], on_value=True, off_value=False, dtype=tf.bool)
@@ -222,6 +256,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
     >>> float(out.loss), float(out.clipfrac)
     (-2.0, 0.0)
     """
+    mask = as_bool_mask(mask)
     log_ratio = logprobs - old_logprobs
     ratio = tf.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -243,6 +278,7 @@ def value_loss(values, old_values, returns, mask, cliprange_value=None):
     >>> float(out.loss), float(out.clipfrac)
     (1.125, 1.0)
     """
+    mask = as_bool_mask(mask)
     unclipped = tf.square(values - returns)
     if cliprange_value is None:
         return ValueLoss(0.5 * masked_mean(unclipped, mask), tf.zeros([], values.dtype))
@@ -260,6 +296,7 @@ def explained_variance(values, returns, mask):
     >>> float(explained_variance(tf.constant([1.0, 2.0]), tf.constant([1.0, 2.0]), tf.constant([True, True])))
     1.0
     """
+    mask = as_bool_mask(mask)
     return 1.0 - masked_var(returns - values, mask) / (masked_var(returns, mask) + _EPS)
 
 
