@@ -1,6 +1,7 @@
 # Two entry points, each creating the virtual environment first if needed.
 #   make demo   SFT + PPO on the shipped data (the main job)
 #   make test   the whole test suite
+#   make notebooks   JupyterLab on tutorials/ (installed into the venv on first use)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -17,4 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
-.PHONY: demo test
+# JupyterLab is for reading the tutorials, not for running the package: installed on first use only
+# (order-only on the stamp: a reinstalled package does not reinstall it).
+$(VENV)/bin/jupyter-lab: | $(STAMP)
+	$(VENV)/bin/pip install --quiet jupyterlab
+
+notebooks: $(VENV)/bin/jupyter-lab
+	$(VENV)/bin/jupyter lab tutorials/
+
+.PHONY: demo test notebooks

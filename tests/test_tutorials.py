@@ -3,6 +3,8 @@
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 
 import nbformat
 import pytest
@@ -26,3 +28,12 @@ def test_notebook_runs_from_a_fresh_kernel(path, sft_policy_path, monkeypatch):
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_notebooks_installs_jupyterlab_then_opens_the_tutorials():
+    # -n: print the commands only; -B: as on first use, when JupyterLab is not installed yet.
+    commands = subprocess.run(["make", "-n", "-B", "notebooks"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    assert ".venv/bin/pip install --quiet jupyterlab" in commands
+    assert commands[-1] == ".venv/bin/jupyter lab tutorials/"
