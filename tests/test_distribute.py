@@ -149,3 +149,46 @@ def test_strategy_names_are_validated():
     with pytest.raises(ValueError, match="PPOConfig.strategy must be one of"):
         PPOConfig(strategy="tpu_please")
     assert PPOConfig().strategy == "auto"
+
+
+class FakeStrategy:
+    """Just enough of a two-replica strategy for `split_batch` to check the batch before distributing it."""
+
+    num_replicas_in_sync = 2
+
+    def experimental_distribute_values_from_function(self, value_fn):
+        return [value_fn(type("Context", (), {"replica_id_in_sync_group": replica})) for replica in range(2)]
+
+
+def test_split_batch_refuses_rows_that_do_not_divide_by_the_replicas():
+    import tensorflow as tf
+
+    from tf_ppo.distribute import split_batch
+
+    with pytest.raises(ValueError, match="a batch of 5 rows cannot be split evenly over 2 replicas"):
+        split_batch(FakeStrategy(), {"x": tf.range(5), "y": tf.zeros([5, 3])})
+    shares = split_batch(FakeStrategy(), {"x": tf.range(4)})
+    assert [share["x"].numpy().tolist() for share in shares] == [[0, 1], [2, 3]]
+
+
+SPLIT_ON_TWO_CPUS = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tf_ppo.distribute import split_batch
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+shares = strategy.experimental_local_results(split_batch(strategy, tf.range(6)))
+print("SHARES", [share.numpy().tolist() for share in shares])
+try:
+    split_batch(strategy, tf.range(7))
+except ValueError as error:
+    print("ERROR", error)
+"""
+
+
+def test_split_batch_on_two_logical_cpus_splits_evenly_or_refuses():
+    completed = subprocess.run([sys.executable, "-c", SPLIT_ON_TWO_CPUS], capture_output=True, text=True, timeout=300,
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "SHARES [[0, 1, 2], [3, 4, 5]]" in completed.stdout
+    assert "ERROR split_batch: a batch of 7 rows cannot be split evenly over 2 replicas" in completed.stdout

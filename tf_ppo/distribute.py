@@ -53,6 +53,10 @@ def resolve_strategy(strategy="auto", timeout_seconds=300):
 def split_batch(strategy, tensors):
     """Give each replica its consecutive share of a global batch (a nest of tensors, batch-major).
 
+    Raises:
+        ValueError: the batch's rows do not divide by the replicas (the
+            remainder would be silently dropped, and every loss changed).
+
     Example:
     >>> split_batch(tf.distribute.get_strategy(), {"x": tf.range(4)})["x"].numpy().tolist()
     [0, 1, 2, 3]
@@ -61,6 +65,9 @@ def split_batch(strategy, tensors):
     if replicas == 1:
         return tensors
     rows = int(tf.nest.flatten(tensors)[0].shape[0])
+    if rows % replicas:
+        raise ValueError(f"split_batch: a batch of {rows} rows cannot be split evenly over {replicas} replicas "
+                         f"({rows % replicas} rows would be dropped); use a batch size divisible by {replicas}")
 
     def share(context):
         per_replica = rows // replicas
