@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tf_ppo import DataError, ModelConfig, PPOConfig, RewardError
-from tf_ppo.data import encode_prompts, read_prompt_csv
+from tf_ppo.data import encode_prompts, load_prompts, read_prompt_csv
 from tf_ppo.models import load_tokenizer
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward, word_count_reward
 
@@ -88,3 +88,21 @@ def test_fluency_uses_corpus_bigrams():
     bigrams = corpus_bigrams(PPOConfig().fluency_corpus)
     assert is_fluent("i thought the acting was surprisingly charming.", bigrams)
     assert not is_fluent("the the acting charming was.", bigrams)
+
+
+def test_prompts_from_a_dataframe_or_series():
+    frame = pd.DataFrame({"input_text": ["the film was", "i thought"], "target": ["great.", "it was fine."]})
+    assert load_prompts(frame) == ["the film was", "i thought"]  # not its column names
+    assert load_prompts(frame["target"]) == ["great.", "it was fine."]
+    assert load_prompts(pd.Series(["a plot"])) == ["a plot"]
+
+
+def test_unusable_dataframe_or_series_prompts_are_named():
+    with pytest.raises(DataError, match=r"prompt DataFrame has no 'input_text' column; found \['prompt', 'label'\]"):
+        load_prompts(pd.DataFrame({"prompt": ["a"], "label": [1]}))
+    with pytest.raises(DataError, match="prompt DataFrame: column 'input_text': row 1 is .*; expected text"):
+        load_prompts(pd.DataFrame({"input_text": ["a", None]}))
+    with pytest.raises(DataError, match="prompt DataFrame: column 'input_text': no rows"):
+        load_prompts(pd.DataFrame({"input_text": []}))
+    with pytest.raises(DataError, match="prompt Series 'review': row 0 is empty"):
+        load_prompts(pd.Series(["  "], name="review"))

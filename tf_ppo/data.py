@@ -70,16 +70,26 @@ def check_texts(texts, where):
 
 
 def load_prompts(source):
-    """Prompt texts from a list, a `tf.data.Dataset`, a CSV path or `"tfds:NAME[:SPLIT]"`.
+    """Prompt texts from a list, a `tf.data.Dataset`, a CSV path, `"tfds:NAME[:SPLIT]"` or pandas.
 
     A tensorflow-datasets source reads the split (default `train`, slicing
     such as `train[:2000]` allowed) and takes its `text` feature, as TRL's IMDB
-    example does; without internet it needs the dataset prepared locally.
+    example does; without internet it needs the dataset prepared locally. A
+    pandas DataFrame gives its `input_text` column (as a CSV does), a Series
+    its values.
+
+    Raises:
+        DataError: a DataFrame without an `input_text` column (names the
+            columns found), or a DataFrame or Series cell that is not text.
 
     Example:
     >>> load_prompts(tf.data.Dataset.from_tensor_slices(["the film", "a plot"]))
     ['the film', 'a plot']
+    >>> load_prompts(pd.DataFrame({"input_text": ["the film"], "target": ["was great."]}))
+    ['the film']
     """
+    if isinstance(source, (pd.DataFrame, pd.Series)):
+        return _pandas_texts(source)
     if isinstance(source, tf.data.Dataset):
         return _dataset_texts(source, "the prompt dataset")
     if isinstance(source, (str, pathlib.Path)) and str(source).startswith("tfds:"):
@@ -90,6 +100,19 @@ def load_prompts(source):
     if isinstance(source, (str, pathlib.Path)):
         return read_prompt_csv(source)[PROMPT_COLUMN].tolist()
     return list(source)
+
+
+def _pandas_texts(source):
+    # Iterating a DataFrame gives its column names, which would silently become the prompts.
+    if isinstance(source, pd.Series):
+        where = "the prompt Series" + (f" {source.name!r}" if source.name is not None else "")
+    elif PROMPT_COLUMN not in source.columns:
+        raise DataError(f"the prompt DataFrame has no {PROMPT_COLUMN!r} column; found {source.columns.tolist()}")
+    else:
+        source, where = source[PROMPT_COLUMN], f"the prompt DataFrame: column {PROMPT_COLUMN!r}"
+    texts = source.tolist()
+    check_texts(texts, where)
+    return texts
 
 
 def _dataset_texts(dataset, where):
