@@ -172,7 +172,7 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     token_lists = _tokenize(tokenizer, prompts)
     if keep_tokens is not None:
         token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
-    start = _start(tokenizer)
+    start = start_token_ids(tokenizer)
     token_lists = [start + ids for ids in token_lists]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
     too_long = np.flatnonzero(lengths > max_prompt_length)
@@ -204,7 +204,7 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length):
     7
     """
     texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
-    start, end = _start(tokenizer), [tokenizer.end_token_id]
+    start, end = start_token_ids(tokenizer), [tokenizer.end_token_id]
     token_lists = [start + ids + end for ids in _tokenize(tokenizer, texts)]
     token_lists = [ids[:max_length] for ids in token_lists]
     mask = np.array([[i < len(ids) for i in range(max_length)] for ids in token_lists])
@@ -226,8 +226,15 @@ def prompt_dataset(token_ids, lengths, batch_size, seed):
             .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
 
 
-def _start(tokenizer):
-    # Some tokenizers (Qwen's, ...) have no start token; their prompts start with the first word.
+def start_token_ids(tokenizer):
+    """`[start_token_id]`, or `[]` for tokenizers (Qwen's, ...) with none: their prompts start with the first word.
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> from tf_ppo.models import load_tokenizer
+    >>> start_token_ids(load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges))
+    [762]
+    """
     start = getattr(tokenizer, "start_token_id", None)
     return [] if start is None else [start]
 
@@ -241,7 +248,7 @@ def prepend_start_token(tokenizer, token_ids):
     >>> prepend_start_token(load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges), tf.ragged.constant([[5, 6]])).to_list()
     [[762, 5, 6]]
     """
-    if not _start(tokenizer):
+    if not start_token_ids(tokenizer):
         return token_ids
     starts = tf.fill([token_ids.nrows(), 1], tf.cast(tokenizer.start_token_id, token_ids.dtype))
     return tf.concat([tf.RaggedTensor.from_tensor(starts), token_ids], axis=1)

@@ -29,7 +29,7 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
-from tf_ppo.models import load_tokenizer, policy_from_config, tokenizer_for
+from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 
 
@@ -114,10 +114,11 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     and renamed into place, so a crash never leaves a half-written export.
 
     Args:
-        policy_or_run_dir: a policy model, or a run directory holding
-            `config.json` and `policy.keras` (or at least one checkpoint).
+        policy_or_run_dir: a policy model, a `TrainResult`, or a run directory
+            holding `config.json` and `policy.keras` (or at least one checkpoint).
         export_dir: where to write; must not exist yet.
-        tokenizer: needed with a policy; a run directory brings its own.
+        tokenizer: needed with a policy that has no preprocessor (a keras-hub
+            `CausalLM` brings its own, as do a `TrainResult` and a run directory).
         max_new_tokens: default response length of `serving_default`.
         value_model: optional; adds the `value` signature (a run directory brings its own).
 
@@ -129,6 +130,8 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
 
     Example:
         tf_ppo.export("runs/demo-20261128-130000", "exported/sentiment")
+        tf_ppo.export(result, "exported/from_result")        # result = tf_ppo.train(...)
+        tf_ppo.export(result.policy, "exported/from_policy")
     """
     export_dir = pathlib.Path(export_dir)
     if export_dir.exists():
@@ -136,16 +139,29 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     if isinstance(policy_or_run_dir, (str, os.PathLike)):
         policy, tokenizer, value_model, config = load_run(policy_or_run_dir)
         max_new_tokens = max_new_tokens or config.response_length
+    elif hasattr(policy_or_run_dir, "policy"):  # a TrainResult: its policy, tokenizer, value model and config
+        result = policy_or_run_dir
+        policy, tokenizer = result.policy, tokenizer or result.tokenizer
+        value_model = value_model or getattr(result, "value_model", None)
+        max_new_tokens = max_new_tokens or result.config.response_length
     else:
         policy = policy_or_run_dir
-        if tokenizer is None:
-            raise ExportError("export(policy, ...) needs the tokenizer")
+        tokenizer = tokenizer or _own_tokenizer(policy)
     module = PolicyModule(policy, tokenizer, max_new_tokens or 16, value_model)
     signatures = {"serving_default": module.serving_default, "generate": module.generate, "score": module.score}
     if value_model is not None:
         signatures["value"] = module.value
     return _write_atomically(export_dir, lambda staging: tf.saved_model.save(module, str(staging),
                                                                              signatures=signatures))
+
+
+def _own_tokenizer(policy):
+    """The tokenizer of a policy's preprocessor; an error naming what to pass when it has none."""
+    preprocessor = getattr(policy, "preprocessor", None)
+    if preprocessor is None:
+        raise ExportError(f"export: this {type(policy).__name__} has no preprocessor to take the tokenizer from; "
+                          f"pass tokenizer=")
+    return preprocessor.tokenizer
 
 
 def save_preset(policy, tokenizer, preset_dir):
@@ -167,6 +183,8 @@ def save_preset(policy, tokenizer, preset_dir):
         raise ExportError(f"save_preset needs a keras_hub CausalLM, got {type(policy).__name__}")
     if preset_dir.exists():
         raise ExportError(f"{preset_dir} already exists; choose a new preset directory")
+    if policy.preprocessor is None and tokenizer is None:
+        raise ExportError(f"save_preset: this {type(policy).__name__} has no preprocessor; pass its tokenizer")
     preprocessor = policy.preprocessor or type(policy).preprocessor_cls(tokenizer=tokenizer)
     task = type(policy)(backbone=policy.backbone, preprocessor=preprocessor)
     return _write_atomically(preset_dir, task.save_to_preset)
@@ -209,5 +227,11 @@ def load_run(run_dir):
                           f"{run_dir / 'checkpoints'}); train it first or resume it")
     tokenizer = tokenizer_for(config)
     policy = policy_from_config(config, tokenizer)
-    tf.train.Checkpoint(policy=policy).restore(latest).expect_partial()
+    if config.lora_rank:  # the checkpoint holds the adapters: rebuild them, or they would be silently dropped
+        enable_lora(policy, config.lora_rank)
+    try:  # every variable of the rebuilt policy must find its value (the optimizer's may stay unread)
+        tf.train.Checkpoint(policy=policy).restore(latest).assert_existing_objects_matched().expect_partial()
+    except AssertionError as error:
+        raise ExportError(f"{latest} does not match the policy config.json describes "
+                          f"({str(error).splitlines()[0][:200]})") from error
     return policy, tokenizer, None, config

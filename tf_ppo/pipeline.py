@@ -66,7 +66,10 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
                    resume=(ppo_dir / "checkpoints" / "checkpoint").exists(), show_progress=show_progress,
                    gold_reward_fn=gold_reward_fn)
     summary = _summary(result, reward_history, run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path = run_dir / "summary.json"
+    text = json.dumps(summary, indent=2)
+    if not summary_path.is_file() or summary_path.read_text() != text:  # a finished rerun leaves the file alone
+        summary_path.write_text(text)
     return PipelineResult(run_dir, reward_history, result, summary)
 
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from tf_ppo import ppo
 from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts
+from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
@@ -43,7 +44,9 @@ from tf_ppo.rollout import generate, response_logits, response_tokens, response_
 from tf_ppo.sft import default_policy
 
 
-LOSS_METRICS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "grad_norm")
+EVALUATION_BEFORE = "evaluation_before.json"  # the starting policy's held-out figures, written once
+EVALUATION_AFTER = "evaluation_after.json"  # the trained policy's; written last, so it marks a finished run
+LOSS_METRICS = ("loss", "policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "grad_norm")
 
 
 class NonFiniteError(RuntimeError):
@@ -104,7 +107,7 @@ class PPOTrainer:
         self.reward_fn = reward_fn or sentiment_reward
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimising = False
-        self.callbacks = list(callbacks)
+        self.callbacks, keras_callbacks = _split_callbacks(callbacks)
         self.show_progress = show_progress
         self.stop_training = False
         self.consecutive_skips = 0
@@ -150,6 +153,8 @@ class PPOTrainer:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
+        # Keras callbacks see the policy as their `model` (EarlyStopping sets `model.stop_training`).
+        self.keras_callbacks = keras.callbacks.CallbackList(keras_callbacks, model=self.policy)
         models = {"policy": self.policy, "reference": self.reference, "value model": self.value_model}
         if isinstance(self.reward_fn, keras.Model):
             models["reward model"] = self.reward_fn
@@ -261,7 +266,7 @@ class PPOTrainer:
         if self._loss_scaled:
             gradients = [g / self.optimizer.dynamic_scale for g in gradients]
         grad_norm = tf.linalg.global_norm(gradients)
-        finite = tf.math.is_finite(stats.pop("loss")) & tf.math.is_finite(grad_norm)
+        finite = tf.math.is_finite(stats["loss"]) & tf.math.is_finite(grad_norm)
         if self._loss_scaled:
             # The LossScaleOptimizer skips non-finite steps itself and halves its scale on them (float16
             # overflow is routine, not an error), so it sees every step.
@@ -307,7 +312,9 @@ class PPOTrainer:
         entropy = ppo.masked_mean(entropies, responses.mask)
         scored = time.perf_counter()
         texts = self.decode(responses)
-        prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, 1:], lengths=prompt_lengths - 1))
+        start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
+        prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:],
+                                                                    lengths=prompt_lengths - start))
         scores = compute_scores(self.reward_fn, texts, prompt_texts)
         gold_scores = compute_scores(self.gold_reward_fn, texts, prompt_texts) if self.gold_reward_fn else None
         if self.config.missing_eos_penalty is not None:
@@ -337,7 +344,7 @@ class PPOTrainer:
         if non_finite:
             self._skipped(update, f"non-finite {', '.join(non_finite)} in the rollout")
             return {**dict.fromkeys(LOSS_METRICS, float("nan")), "skipped_steps": c.num_ppo_epochs * c.num_mini_batches,
-                    "ppo_epochs": 0}
+                    "ppo_epochs": 0, "applied_steps": 0}
         trainable = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values",
                                                  "advantages", "returns")}
         rng = np.random.default_rng([c.seed, update])  # per update, so a resumed run shuffles the same way
@@ -355,8 +362,11 @@ class PPOTrainer:
             self._skipped(update, "non-finite loss or gradients in every optimiser step")
         else:
             self.consecutive_skips = 0
-        means = {key: float(np.mean([s[key] for s in steps])) for key in steps[0]}
-        return {**means, "skipped_steps": applied.count(False), "ppo_epochs": epochs_done}
+        # A skipped step's loss may be NaN and moved nothing: the update's metrics are those of the applied steps.
+        kept = [step for step, was_applied in zip(steps, applied) if was_applied]
+        means = {key: float(np.mean([step[key] for step in kept])) if kept else float("nan") for key in steps[0]}
+        return {**means, "skipped_steps": applied.count(False), "ppo_epochs": epochs_done,
+                "applied_steps": len(kept)}
 
     def _skipped(self, update, reason):
         """Count a skipped update; stop the run after `max_consecutive_skips` in a row."""
@@ -376,14 +386,20 @@ class PPOTrainer:
         flight, with a checkpoint: `result.preempted` is then True.
         """
         c = self.config
+        restored = int(self.update.numpy())
+        finished = self._read_evaluation(EVALUATION_AFTER)
+        if restored >= c.total_updates and finished is not None:  # a rerun must not overwrite a finished run's figures
+            print(f"{self.run_dir}: already complete at {restored}/{c.total_updates} updates; nothing changed")
+            return TrainResult(self.policy, self.value_model, self.tokenizer, read_history(self.run_dir / "metrics.csv"),
+                               self._read_evaluation(EVALUATION_BEFORE), finished, self.run_dir, c)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.json").write_text(c.to_json())
-        restored = int(self.update.numpy())
         log = RunLog(self.output_dir, keep_updates=restored)  # rows after the checkpoint are redone, not duplicated
         history = read_history(log.csv_path)
         for callback in self.callbacks:
             callback.trainer = self
-        evaluation_before = self.evaluate()
+        evaluation_before = self._starting_evaluation(restored)
+        self._keras_callbacks_begin()
         prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths, c.batch_size, c.seed)
                        .skip(restored))  # a resumed run continues where the data left off
         progress = tqdm(total=c.total_updates, initial=restored, desc="PPO", disable=not self.show_progress)
@@ -396,7 +412,7 @@ class PPOTrainer:
                 log.write(update, logs)
                 progress.update(1)
                 if self.show_progress:
-                    tqdm.write(_metrics_line(update, c.total_updates, logs))
+                    tqdm.write(_metrics_line(update, c.total_updates, logs, c.kl_estimator))
                 if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
                     self.checkpoints.save(checkpoint_number=update)
                 if c.eval_every and update % c.eval_every == 0:
@@ -404,13 +420,16 @@ class PPOTrainer:
                 self._warn_if_overoptimising(history)
                 for callback in self.callbacks:
                     callback.on_update_end(update, logs)
+                self._keras_callbacks_update_end(update, logs)
         progress.close()
         log.close()
+        self.keras_callbacks.on_train_end(history[-1] if history else None)
         if self.preempted:  # the grace period is short: the checkpoint is saved, skip evaluation and plots
             return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before, None,
                                self.run_dir, c, preempted=True)
         evaluation_after = self.evaluate()
         self.save_artifacts(history)
+        self._write_evaluation(EVALUATION_AFTER, evaluation_after)  # last: its presence marks the run finished
         if self.strategy.num_replicas_in_sync > 1:  # replicas must agree; print it so every worker can be compared
             print(f"weights fingerprint: {weights_fingerprint(self.policy)}", flush=True)
         if self.output_dir != self.run_dir:
@@ -449,7 +468,9 @@ class PPOTrainer:
         optimise_started = time.perf_counter()
         losses = self.optimise(batch, update)
         kl_per_response = float(tf.reduce_mean(tf.reduce_sum(kl, axis=1)))
-        self.kl_controller.update(kl_per_response, c.batch_size)
+        if losses.pop("applied_steps") and np.isfinite(kl_per_response):
+            # A skipped update changed nothing, so it must not move beta either (a NaN KL would stick for good).
+            self.kl_controller.update(kl_per_response, c.batch_size)
         return {
             "score_mean": float(np.mean(batch["scores"])), "score_std": float(np.std(batch["scores"])),
             "kl": kl_per_response, "kl_coef": kl_coef,
@@ -468,15 +489,21 @@ class PPOTrainer:
     def evaluate(self, prompts=None, seed=12345):
         """Mean score, KL to the reference and fluency of sampled completions of held-out prompts.
 
-        Prompts go in chunks of `batch_size` (the last one topped up with
-        repeats) so evaluation reuses the compiled training-shape functions.
+        `heldout_kl` is the k1 estimate, sum over response tokens of
+        log pi(y) - log ref(y), averaged over the prompts (nats per response),
+        whatever `kl_estimator` shapes the training reward (the history's `kl`).
+        Prompts go in chunks of `batch_size` (the last one topped up by cycling
+        through them) so evaluation reuses the compiled training-shape functions.
+
+        Example:
+            trainer.evaluate()["heldout_kl"]
         """
         prompts = prompts or self.eval_prompts
         c = self.config
         token_ids, lengths = self._encode(prompts, seed)
-        padded = -len(prompts) % c.batch_size
-        token_ids, lengths = np.concatenate([token_ids, token_ids[:padded]]), np.concatenate([lengths, lengths[:padded]])
-        scores, kls, texts, gold = [], [], [], []
+        rows = np.arange(-(-len(prompts) // c.batch_size) * c.batch_size) % len(prompts)  # whole batches, cycled
+        token_ids, lengths = token_ids[rows], lengths[rows]
+        scores, kls, texts, prompt_texts, gold = [], [], [], [], []
         for start in range(0, len(token_ids), c.batch_size):
             chunk = slice(start, start + c.batch_size)
             batch = self.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
@@ -484,12 +511,14 @@ class PPOTrainer:
             scores += list(batch["scores"].numpy())
             kls += list(kl.numpy())
             texts += batch["texts"]
+            prompt_texts += batch["prompt_texts"]  # what the policy saw: cut to its first k tokens if configured
             gold += list(batch["gold_scores"]) if batch["gold_scores"] is not None else []
         n = len(prompts)
+        samples = list(zip(prompt_texts[:n], texts[:n]))
         evaluation = {"score_mean": float(np.mean(scores[:n])), "heldout_kl": float(np.mean(kls[:n])),
-                      "samples": list(zip(prompts, texts[:n]))}
+                      "samples": samples}
         if self.bigrams is not None:
-            evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in zip(prompts, texts)]))
+            evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in samples]))
         if gold:
             evaluation["gold_score_mean"] = float(np.mean(gold[:n]))
         return evaluation
@@ -560,8 +589,57 @@ class PPOTrainer:
     def _restore(self):
         # Every worker restores from the chief's checkpoints (the run directory), wherever it saves its own.
         shared = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints", max_to_keep=3)
-        if restore_latest(shared, self.checkpoint) is None:
+        path = restore_latest(shared, self.checkpoint)
+        if path is None:
             raise CheckpointError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        if self.show_progress:
+            print(f"resumed from {pathlib.Path(path).name} (update {int(self.update.numpy())}/"
+                  f"{self.config.total_updates})", flush=True)
+
+    # ----------------------------------------------------------------- evaluations kept in the run directory
+
+    def _starting_evaluation(self, restored):
+        """The starting policy's evaluation: measured once, at update 0, and read back by every resumed run.
+
+        A resumed run's policy is no longer the starting one, so evaluating it
+        again would report the trained policy as "before".
+        """
+        if restored:
+            evaluation = self._read_evaluation(EVALUATION_BEFORE)
+            if evaluation is None:
+                raise CheckpointError(f"resume: {self.run_dir / EVALUATION_BEFORE} is missing, so the starting "
+                                      f"policy's figures are lost; start a new run_dir")
+            return evaluation
+        evaluation = self.evaluate()
+        self._write_evaluation(EVALUATION_BEFORE, evaluation)
+        return evaluation
+
+    def _read_evaluation(self, name):
+        path = self.run_dir / name  # every worker reads the chief's copy
+        if not path.is_file():
+            return None
+        evaluation = json.loads(path.read_text())
+        evaluation["samples"] = [tuple(sample) for sample in evaluation["samples"]]
+        return evaluation
+
+    def _write_evaluation(self, name, evaluation):
+        partial = self.output_dir / f"{name}.partial"
+        partial.write_text(json.dumps(evaluation, indent=1))
+        os.replace(partial, self.output_dir / name)  # complete or absent, never half-written
+
+    # ----------------------------------------------------------------- Keras callbacks: one update = one epoch
+
+    def _keras_callbacks_begin(self):
+        self.policy.stop_training = False
+        self.keras_callbacks.on_train_begin()
+
+    def _keras_callbacks_update_end(self, update, logs):
+        """Keras' hooks for update `update` (epoch `update - 1`); `model.stop_training` stops the run."""
+        self.keras_callbacks.on_epoch_begin(update - 1)
+        self.keras_callbacks.on_train_batch_end(0, logs)  # TerminateOnNaN reads `loss` here
+        self.keras_callbacks.on_epoch_end(update - 1, dict(logs))
+        if self.policy.stop_training:
+            self.stop_training = True
 
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
@@ -576,7 +654,11 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
             "tfds:NAME[:SPLIT]"; default `config.prompts`.
         policy: a policy to start from (trained in place); default `config.model`'s
             preset, else the tiny SFT policy (cached).
-        callbacks: `Callback` objects; `on_update_end(update, logs)` after each update.
+        callbacks: `tf_ppo.Callback` objects (`on_update_end(update, logs)` after
+            each update) and/or `keras.callbacks.Callback` objects, for which one
+            update is one epoch: `EarlyStopping(monitor="score_mean", mode="max")`,
+            `TerminateOnNaN()` (reads `loss`), `CSVLogger(path)` work as in `fit`.
+            Their `model` is the policy.
         resume: continue from the latest checkpoint in `config.run_dir`.
         gold_reward_fn: an independent scorer logged beside the reward
             (`gold_score_mean`, `proxy_gold_correlation`); a warning when the
@@ -585,6 +667,7 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
 
     Returns:
         `TrainResult` with the policy, history, held-out evaluations and run directory.
+        Resuming a finished run changes nothing and returns its recorded figures.
 
     Example:
         from tf_ppo.rewards import word_count_reward
@@ -595,9 +678,25 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
     return trainer.train()
 
 
-def _metrics_line(update, total_updates, logs):
+def _split_callbacks(callbacks):
+    """`(tf_ppo callbacks, keras.callbacks.CallbackList)`; anything else is an error now, not after an update."""
+    ours, keras_ones = [], []
+    for index, callback in enumerate(callbacks):
+        if isinstance(callback, Callback):
+            ours.append(callback)
+        elif isinstance(callback, keras.callbacks.Callback):
+            keras_ones.append(callback)
+        else:
+            raise TypeError(f"callbacks[{index}] is a {type(callback).__name__}, not a callback: pass a "
+                            f"tf_ppo.Callback (on_update_end(update, logs)) or a keras.callbacks.Callback")
+    return ours, keras_ones
+
+
+def _metrics_line(update, total_updates, logs, kl_estimator):
     shown = ("score_mean", "gold_score_mean", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss", "fluency")
-    values = " ".join(f"{key} {logs[key]:.3f}" for key in shown if key in logs)
+    # The batch KL with the configured estimator, named apart from the held-out evaluation's k1 `heldout_kl`.
+    labels = {"kl": f"kl[{kl_estimator}]"}
+    values = " ".join(f"{labels.get(key, key)} {logs[key]:.3f}" for key in shown if key in logs)
     return f"update {update}/{total_updates}: {values} ({logs['seconds_update']:.2f} s)"
 
 
