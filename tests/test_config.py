@@ -1,0 +1,174 @@
+"""The config dataclasses: types checked, typos named, one source for help and README, portable shipped data."""
+
+import dataclasses
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from tf_ppo import config as config_module
+from tf_ppo.config import (DATA_DIR, ConfigError, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError,
+                           reference_markdown, with_reference)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
+# A value of the wrong type for each kind of annotation, and the words the error must use.
+WRONG = {bool: ("False", "must be a bool (true/false)"), int: ("10", "must be an integer"),
+         float: ("0.5", "must be a number"), str: (3, "must be a string")}
+
+
+def typed_fields():
+    """(section, field name, wrong value, expected words) for every field whose annotation is a plain type."""
+    for section in SECTIONS:
+        for field in dataclasses.fields(section):
+            kind, optional = config_module.split_optional(field.type)
+            if kind in WRONG:
+                value, words = WRONG[kind]
+                yield pytest.param(section, field.name, value, words + (" or None" if optional else ""),
+                                   id=f"{section.__name__}.{field.name}")
+
+
+@pytest.mark.parametrize("section,name,value,words", typed_fields())
+def test_every_field_type_is_checked(section, name, value, words):
+    expected = f"{section.__name__}.{name} {words}, got {value!r}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        section(**{name: value})
+
+
+@pytest.mark.parametrize("name", ["stop_at_eos", "whiten_advantages", "train_jit"])
+def test_a_string_is_not_a_bool(name):
+    with pytest.raises(ConfigError, match=rf"PPOConfig.{name} must be a bool \(true/false\), got 'False'"):
+        PPOConfig(**{name: "False"})
+
+
+def test_a_string_count_says_integer_not_positive():
+    with pytest.raises(ConfigError, match="PPOConfig.total_updates must be an integer, got '10'"):
+        PPOConfig(total_updates="10")
+
+
+def test_numbers_of_any_kind_are_accepted_where_they_fit():
+    config = PPOConfig(temperature=1, kl_coef=np.float32(0.2), total_updates=np.int64(3), target_kl=2)
+    assert config.temperature == 1 and config.total_updates == 3
+    with pytest.raises(ConfigError, match="PPOConfig.total_updates must be an integer, got True"):
+        PPOConfig(total_updates=True)
+    with pytest.raises(ConfigError, match="PPOConfig.batch_size must be an integer, got 64.0"):
+        PPOConfig(batch_size=64.0)
+
+
+def test_nested_sections_are_checked_through_ppoconfig():
+    with pytest.raises(ConfigError, match="SFTConfig.epochs must be an integer, got '2'"):
+        PPOConfig(sft={"epochs": "2"})
+    with pytest.raises(ConfigError, match="PPOConfig.sft must be a SFTConfig, got 3"):
+        PPOConfig(sft=3)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: PPOConfig(kl_cof=0.1), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
+    (lambda: PPOConfig().replace(kl_cof=0.1), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
+    (lambda: PPOConfig.from_json('{"kl_cof": 0.1}'), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
+    (lambda: PPOConfig(model={"num_layer": 1}), "ModelConfig: unknown field 'num_layer' (did you mean 'num_layers'?)"),
+    (lambda: PPOConfig().replace(sft={"epoch": 1}), "SFTConfig: unknown field 'epoch' (did you mean 'epochs'?)"),
+    (lambda: PPOConfig.from_json('{"reward": {"clipp": 1}}'),
+     "RewardConfig: unknown field 'clipp' (did you mean 'clip'?)"),
+    (lambda: PPOConfig(zzz=1), "PPOConfig: unknown field 'zzz'"),
+])
+def test_unknown_fields_suggest_the_near_miss(make, message):
+    with pytest.raises(UnknownFieldError) as caught:
+        make()
+    assert str(caught.value) == message
+    assert isinstance(caught.value, TypeError) and isinstance(caught.value, ValueError)
+
+
+def test_from_json_that_is_not_a_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        PPOConfig.from_json("{kl_coef: 0.1}")
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        PPOConfig.from_json("[1, 2]")
+
+
+def test_a_missing_preset_directory_is_named(tmp_path):
+    for missing in (str(tmp_path / "nowhere"), "./nowhere", "presets/nowhere"):
+        with pytest.raises(ConfigError, match=r"ModelConfig.preset is a directory that does not exist"):
+            PPOConfig(model=missing)
+    assert PPOConfig(model=str(tmp_path)).model.preset == str(tmp_path)
+    for name in ("gpt2_base_en", "hf://someone/some_model", "kaggle://keras/gpt2/keras/gpt2_base_en"):
+        assert PPOConfig(model=name).model.preset == name  # names and handles are not directories
+
+
+def test_config_json_names_the_shipped_data_portably():
+    config = PPOConfig(sft={"train_csv": PPOConfig().eval_prompts_csv})
+    recorded = json.loads(config.to_json())
+    assert recorded["prompts"] == "shipped:train_data.csv"
+    assert recorded["sft"]["train_csv"] == "shipped:heldout_data.csv"
+    assert str(DATA_DIR) not in config.to_json()
+    assert not [value for value in _strings(recorded) if pathlib.PurePath(value).is_absolute()]
+    assert PPOConfig.from_json(config.to_json()) == config
+    assert config.prompts == str(DATA_DIR / "train_data.csv")  # the live config holds real paths
+
+
+def test_shipped_names_resolve_and_a_wrong_one_is_named():
+    assert PPOConfig(prompts="shipped:heldout_data.csv").prompts == str(DATA_DIR / "heldout_data.csv")
+    with pytest.raises(ConfigError, match=r"PPOConfig.vocabulary names a shipped file that does not exist: "
+                                          r"'shipped:vocab.jsn' \(shipped: .*vocab.json"):
+        PPOConfig(vocabulary="shipped:vocab.jsn")
+
+
+def test_data_dir_is_the_installed_package_when_there_is_one(tmp_path, monkeypatch):
+    (tmp_path / "tf_ppo_data").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert config_module._shipped_data_dir() == (tmp_path / "tf_ppo_data").resolve()
+
+
+def test_help_and_reference_come_from_the_field_metadata():
+    for section in SECTIONS:
+        table = reference_markdown().split(f"### `{section.__name__}`")[1].split("### ")[0]
+        for field in dataclasses.fields(section):
+            assert field.metadata["help"], f"{section.__name__}.{field.name} has no meaning"
+            assert f"| `{field.name}` | `{config_module._cell(config_module.type_name(field.type))}` |" in table
+
+
+def test_readme_reference_is_in_sync():
+    readme = (ROOT / "README.md").read_text()
+    assert with_reference(readme) == readme, "README.md is stale: run python -m tf_ppo.config"
+
+
+def test_python_m_config_rewrites_and_checks_a_readme(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- config-reference:start -->\nold\n<!-- config-reference:end -->\nend\n")
+    assert config_module.main(["--check", str(readme)]) == 1
+    assert config_module.main([str(readme)]) == 0
+    assert config_module.main(["--check", str(readme)]) == 0
+    assert "| `kl_coef` | `float` | `0.1` |" in readme.read_text() and readme.read_text().endswith("end\n")
+
+
+def test_wheel_ships_the_data_and_every_module(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "data", source / "data")
+    shutil.copytree(ROOT / "tf_ppo", source / "tf_ppo", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheels"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    names = set(zipfile.ZipFile(next((tmp_path / "wheels").glob("tf_ppo-*.whl"))).namelist())
+    shipped = {f"tf_ppo_data/{path.name}" for path in (ROOT / "data").iterdir()
+               if path.suffix in (".csv", ".txt", ".json")}
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "tf_ppo").rglob("*.py")}
+    assert {"tf_ppo_data/vocab.json", "tf_ppo_data/train_data.csv"} <= shipped
+    assert shipped <= names, sorted(shipped - names)
+    assert modules <= names, sorted(modules - names)
+
+
+def _strings(values):
+    for value in values.values():
+        if isinstance(value, dict):
+            yield from _strings(value)
+        elif isinstance(value, str):
+            yield value
