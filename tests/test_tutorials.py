@@ -37,3 +37,9 @@ def test_make_notebooks_installs_jupyterlab_then_opens_the_tutorials():
                               check=True).stdout.splitlines()
     assert ".venv/bin/pip install --quiet jupyterlab" in commands
     assert commands[-1] == ".venv/bin/jupyter lab tutorials/"
+
+
+def test_notebooks_use_no_private_trainer_methods():
+    for path in NOTEBOOKS:
+        code = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
+        assert not re.findall(r"\btrainer\._\w+", code), path.stem
