@@ -43,3 +43,45 @@ def test_notebooks_use_no_private_trainer_methods():
     for path in NOTEBOOKS:
         code = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
         assert not re.findall(r"\btrainer\._\w+", code), path.stem
+
+
+# The article's numbered headings (its sections, and the subsections it numbers itself), verbatim.
+ARTICLE_HEADINGS = {
+    "1": "背景介绍", "2": "核心概念与联系", "3": "核心算法原理 & 具体操作步骤",
+    "4": "数学模型和公式 & 详细讲解 & 举例说明", "5": "项目实战：代码实际案例和详细解释说明",
+    "5.1": "开发环境搭建", "5.2": "源代码详细实现和代码解读", "5.3": "代码解读与分析", "6": "实际应用场景",
+    "7": "工具和资源推荐", "7.1": "学习资源推荐", "7.2": "开发工具框架推荐", "7.3": "相关论文著作推荐",
+    "8": "总结：未来发展趋势与挑战", "9": "附录：常见问题与解答", "10": "扩展阅读 & 参考资料",
+}
+# The article's sections each notebook follows (07 covers two; the article's 10, further reading, has none).
+CHAPTER_SECTIONS = {"01": ["1"], "02": ["2"], "03": ["3"], "04": ["4"], "05": ["5"], "06": ["6"],
+                    "07": ["7", "8"], "08": ["9"]}
+
+
+def markdown_headings(path):
+    notebook = nbformat.read(path, as_version=4)
+    return [line for cell in notebook.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.startswith("#")]
+
+
+def section_number(number):
+    return tuple(int(part) for part in number.split("."))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_chapter_title_is_the_articles_section_with_an_english_translation(path):
+    title = markdown_headings(path)[0]
+    sections = CHAPTER_SECTIONS[path.stem[:2]]
+    expected = " · ".join(f"{number}. {ARTICLE_HEADINGS[number]}" for number in sections)
+    assert re.fullmatch(rf"# {re.escape(expected)} \([A-Z][^()]+\)", title), title
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_numbered_headings_are_the_articles_own_in_its_order(path):
+    # A heading that starts with a number names an article section by it ("1.1 ..." was the notebook's own).
+    numbered = [re.match(r"#+ (\d+(?:\.\d+)*)\.? (.*)", line).groups() for line in markdown_headings(path)
+                if re.match(r"#+ \d", line)]
+    for number, text in numbered:
+        assert number in ARTICLE_HEADINGS and text.startswith(ARTICLE_HEADINGS[number]), (number, text)
+    order = [section_number(number) for number, _ in numbered]
+    assert order == sorted(order), order
