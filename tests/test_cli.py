@@ -1,11 +1,30 @@
-"""The `tf-ppo` command: the demo's final JSON line, and clear errors."""
+"""The `tf-ppo` command: the demo's final JSON line, flags parsed by type, clear errors (and only for user errors)."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
-from tf_ppo.cli import main
+import keras_hub
+import pytest
+import requests
+import tensorflow as tf
+
+from tf_ppo import cli
+from tf_ppo.cli import build_parser, config_from_args, main, parse_args
+from tf_ppo.config import NESTED, PPOConfig, help_text, split_optional
+
+
+def config_of(*argv):
+    return config_from_args(parse_args(build_parser(), ["train", *argv]))
+
+
+def exit_code_and_stderr(capsys, argv):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    return caught.value.code, capsys.readouterr().err
 
 
 def test_bad_flag_value_is_one_clear_line(capsys):
@@ -23,3 +42,122 @@ def test_demo_prints_figures_and_ends_with_json(tmp_path, sft_policy_path):
     assert {"sentiment_gain", "heldout_kl", "train_kl", "kl_estimator", "fluency", "seconds"} <= set(summary)
     assert "SFT:" in completed.stdout and "PPO:" in completed.stdout
     assert (tmp_path / "demo" / "curves.png").exists()
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("false", False), ("True", True), ("False", False),
+                                        ("1", True), ("0", False)])
+def test_bool_flags_take_the_usual_spellings(text, value):
+    assert config_of("--stop_at_eos", text).stop_at_eos is value
+
+
+def test_flag_values_are_parsed_by_the_field_type(tmp_path):
+    config = config_of("--run_dir", "2024", "--target_kl", "null", "--cliprange_value", "None", "--kl_coef", "1",
+                       "--total_updates", "7", "--model.preset", "null", "--sft.epochs", "2")
+    assert (config.run_dir, config.target_kl, config.cliprange_value) == ("2024", None, None)
+    assert (config.kl_coef, config.total_updates, config.model.preset, config.sft.epochs) == (1.0, 7, None, 2)
+    with_preset = config_of("--model", str(tmp_path), "--model.num_layers", "1")  # both: one model section
+    assert (with_preset.model.preset, with_preset.model.num_layers) == (str(tmp_path), 1)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--stop_at_eos", "maybe"], "argument --stop_at_eos: must be a bool (true/false/1/0), got 'maybe'"),
+    (["--total_updates", "1.5"], "argument --total_updates: must be an integer, got '1.5'"),
+    (["--target_kl", "high"], "argument --target_kl: must be a number or null, got 'high'"),
+    (["--kl_cof", "0.1"], "unrecognized arguments: --kl_cof (did you mean '--kl_coef'?) 0.1"),
+    (["--target", "3"], "unrecognized arguments: --target (did you mean '--target_kl'?) 3"),  # no abbreviations
+    (["--sft.epoch", "3"], "unrecognized arguments: --sft.epoch (did you mean '--sft.epochs'?) 3"),
+])
+def test_bad_flags_show_the_subcommand_usage(capsys, argv, message):
+    code, err = exit_code_and_stderr(capsys, ["train", *argv])
+    assert code == 2
+    assert err.startswith("usage: tf-ppo train ") and f"tf-ppo train: error: {message}\n" in err
+
+
+def test_help_shows_each_fields_meaning_type_and_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "--help"])
+    assert caught.value.code == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines: compare without whitespace
+    for field in dataclasses.fields(PPOConfig):
+        flags = [(f"{field.name}.{sub.name}", sub) for sub in dataclasses.fields(NESTED[field.name])] \
+            if field.name in NESTED else [(field.name, field)]
+        for flag, described in flags:
+            kind, _ = split_optional(described.type)
+            metavar = "PRESET" if kind is object else kind.__name__.upper()
+            assert f"--{flag}{metavar}" + "".join(help_text(described).split()) in shown, flag
+    assert "--stop_at_eosBOOLtruncateeachresponseafteritsfirstendtoken[bool,default:True]" in shown
+    assert "8-11%fasteronCPUhere" in shown  # a % in a help string survives argparse's formatting
+
+
+def test_config_file_errors_name_the_field(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text('{"kl_cof": 0.1}')
+    assert main(["train", "--config", str(path)]) == 2
+    assert "error: PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)" in capsys.readouterr().err
+    path.write_text('{"kl_coef": 0.1,}')
+    assert main(["train", "--config", str(path)]) == 2
+    assert f"error: {path}: not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_then_config_then_flags_merge_section_by_section(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(PPOConfig(sft={"epochs": 2, "batch_size": 16}).to_json())
+    (tmp_path / "more.json").write_text('{"sft": {"epochs": 3}}')
+    args = parse_args(build_parser(), ["train", "--resume", str(tmp_path / "run"), "--config",
+                                       str(tmp_path / "more.json"), "--sft.max_length", "20"])
+    sft = config_from_args(args).sft
+    assert (sft.epochs, sft.batch_size, sft.max_length) == (3, 16, 20)
+
+
+def test_an_internal_value_error_keeps_its_traceback(monkeypatch):
+    def shape_error_while_tracing(*args, **kwargs):
+        return tf.function(lambda: tf.zeros([2]) + tf.zeros([3]))()
+
+    monkeypatch.setattr(cli, "train", shape_error_while_tracing)
+    with pytest.raises(ValueError, match="Dimensions must be equal"):
+        main(["train", "--total_updates", "1"])
+
+
+def test_an_offline_preset_name_is_one_line(monkeypatch, tmp_path, capsys):
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded (NameResolutionError)")
+
+    for model in (keras_hub.models.CausalLM, keras_hub.models.Tokenizer):
+        monkeypatch.setattr(model, "from_preset", classmethod(offline))
+    assert main(["train", "--model", "gpt2_base_en", "--run_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("tf-ppo train: error: could not download preset 'gpt2_base_en' (no network?); "
+                                       "pass a local preset directory\n")
+    monkeypatch.setattr(cli, "train", offline)  # a connection error that is not a preset download: a traceback
+    with pytest.raises(requests.exceptions.ConnectionError):
+        main(["train", "--run_dir", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("preset,message", [
+    ("gpt2_bse_en", "ModelConfig.preset 'gpt2_bse_en' is neither a local preset directory nor a keras-hub preset "
+                    "name (did you mean 'gpt2_base_en'?)"),
+    ("./nowhere", "ModelConfig.preset is a directory that does not exist: './nowhere'"),
+])
+def test_a_bad_preset_is_one_line(capsys, preset, message):
+    assert main(["train", "--model", preset]) == 2
+    assert f"tf-ppo train: error: {message}" in capsys.readouterr().err
+
+
+def test_generate_without_an_export_is_one_line(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "missing"), "the film was"]) == 2
+    assert f"error: {tmp_path / 'missing'}: export directory not found" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "the film was"]) == 2
+    assert f"error: {tmp_path} is not a SavedModel directory (no saved_model.pb)" in capsys.readouterr().err
+
+
+def test_train_ends_with_the_run_dir_and_figures_before_and_after(monkeypatch, tmp_path, capsys):
+    result = SimpleNamespace(run_dir=tmp_path / "run", preempted=False, history=[],
+                             evaluation_before={"score_mean": 0.123456, "heldout_kl": 0.0, "samples": [("a", "b")]},
+                             evaluation_after={"score_mean": 0.5, "heldout_kl": 1.234567, "fluency": 0.75,
+                                               "samples": [("a", "c")], "updates": 3})
+    monkeypatch.setattr(cli, "train", lambda config, resume, strategy: result)
+    assert main(["train", "--run_dir", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(summary.items()) == [("run_dir", str(tmp_path / "run")), ("score_mean_before", 0.1235),
+                                     ("score_mean_after", 0.5), ("heldout_kl_before", 0.0),
+                                     ("heldout_kl_after", 1.2346), ("fluency_after", 0.75)]

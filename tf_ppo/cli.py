@@ -1,8 +1,14 @@
 """The `tf-ppo` command: `demo`, `train`, `sft`, `reward`, `pipeline`, `export`, `generate`.
 
 Flags are derived from `PPOConfig`'s fields, so the CLI and the config never
-disagree: every top-level field is `--field_name VALUE` (JSON values, e.g.
-`--target_kl 3.0`, `--cliprange_value null`), nested ones `--model.num_layers 4`.
+disagree: every top-level field is `--field_name VALUE`, nested ones
+`--model.num_layers 4`. Values are parsed by the field's type (`--stop_at_eos
+false`, `--target_kl 3.0`, `--cliprange_value null`), and each flag's help is
+the field's meaning, type and default (`tf-ppo train --help`).
+
+User errors (a bad value, a missing file, a preset that cannot be
+downloaded) are one line on stderr and exit code 2; anything else, such as a
+TensorFlow error while tracing, keeps its traceback.
 
 Example:
     tf-ppo demo
@@ -20,44 +26,63 @@ Example:
 import argparse
 import dataclasses
 import json
+import numbers
 import os
 import pathlib
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 
 import keras_hub
+import requests
 
-from tf_ppo.config import NESTED, PPOConfig
+from tf_ppo.checkpoints import CheckpointError
+from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
+from tf_ppo.data import DataError
 from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
-from tf_ppo.export import export, save_preset
+from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.models import tokenizer_for
 from tf_ppo.pipeline import pipeline
 from tf_ppo.reward_model import save_atomically, train_reward_model
+from tf_ppo.rewards import RewardError
 from tf_ppo.sft import default_policy, sft
-from tf_ppo.checkpoints import CheckpointError
 from tf_ppo.trainer import train
 
 DEMO_RUN_DIR = "runs/demo-{time}"
+# What the CLI reports as one line: tf_ppo's own error types and a missing file. Any other exception
+# (a ValueError from inside TensorFlow or Keras included) is a bug to see with its traceback.
+USER_ERRORS = (ConfigError, DataError, ExportError, RewardError, CheckpointError, FileNotFoundError)
+# What a preset download raises without a network (keras-hub fetches through kagglehub / requests).
+NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, urllib.error.URLError,
+                  ConnectionError, TimeoutError)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="tf-ppo", description="PPO fine-tuning of Keras language models.")
+    """The `tf-ppo` parser: one subcommand per stage, the config flags derived from `PPOConfig`'s fields.
+
+    Example:
+    >>> build_parser().parse_args(["train", "--stop_at_eos", "False", "--target_kl", "null"]).stop_at_eos
+    False
+    """
+    # allow_abbrev=False on every parser: a prefix such as --target must not silently set --target_kl.
+    parser = argparse.ArgumentParser(prog="tf-ppo", description="PPO fine-tuning of Keras language models.",
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="SFT a tiny policy on data/, then PPO it toward positive sentiment")
-    train = commands.add_parser("train", help="PPO (the policy is SFT-trained first if not cached)")
-    sft = commands.add_parser("sft", help="supervised fine-tuning only")
-    reward = commands.add_parser("reward", help="train a reward model on preference pairs (--reward.* flags)")
-    pipeline = commands.add_parser("pipeline", help="SFT -> reward model -> PPO, with a gold score beside the proxy")
+    demo = _add_command(commands, "demo", "SFT a tiny policy on data/, then PPO it toward positive sentiment")
+    train = _add_command(commands, "train", "PPO (the policy is SFT-trained first if not cached)")
+    sft = _add_command(commands, "sft", "supervised fine-tuning only")
+    reward = _add_command(commands, "reward", "train a reward model on preference pairs (--reward.* flags)")
+    pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO, with a gold score beside the proxy")
     train.add_argument("--workers", type=int, default=0,
                        help="start N local worker processes (MultiWorkerMirroredStrategy over 127.0.0.1)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue that run from its latest checkpoint, with its config.json (flags override)")
-    export = commands.add_parser("export", help="write a run's policy as a SavedModel (strings in, text out)")
+    export = _add_command(commands, "export", "write a run's policy as a SavedModel (strings in, text out)")
     export.add_argument("run_dir")
     export.add_argument("export_dir")
-    generate = commands.add_parser("generate", help="complete prompts with an exported SavedModel")
+    generate = _add_command(commands, "generate", "complete prompts with an exported SavedModel")
     generate.add_argument("export_dir")
     generate.add_argument("prompts", nargs="+")
     generate.add_argument("--max_new_tokens", type=int, default=16)
@@ -65,46 +90,143 @@ def build_parser():
     generate.add_argument("--top_k", type=int, default=0, help="1 = greedy, 0 = sample from all tokens")
     generate.add_argument("--seed", type=int, default=0)
     for command in (demo, train, sft, reward, pipeline):
-        command.add_argument("--config", help="a JSON file of PPOConfig fields; flags override it")
+        command.add_argument("--config", metavar="FILE", help="a JSON file of PPOConfig fields; flags override it")
         _add_config_flags(command)
+        # The generated usage would list all ~70 field flags; --help has them with their meaning.
+        own = " [--workers N] [--resume RUN_DIR]" if command is train else ""
+        command.usage = f"%(prog)s [-h]{own} [--config FILE] [--FIELD VALUE ...]  (--help lists the fields)"
     return parser
 
 
+def _add_command(commands, name, description):
+    command = commands.add_parser(name, help=description, description=description, allow_abbrev=False)
+    command.set_defaults(parser=command)  # parse_args reports an unknown flag with this command's usage
+    return command
+
+
 def _add_config_flags(parser):
-    parser.add_argument("--model", type=str, default=argparse.SUPPRESS,
-                        help="a keras-hub preset to start from: a name (downloads) or a local preset directory")
+    preset = _fields(NESTED["model"])["preset"]
+    parser.add_argument("--model", type=_flag_type(preset.type), default=argparse.SUPPRESS, metavar="PRESET",
+                        help=_escape(f"the same as --model.preset: {help_text(preset)}"))
     for field in dataclasses.fields(PPOConfig):
         if field.name in NESTED:
             for sub in dataclasses.fields(NESTED[field.name]):
-                parser.add_argument(f"--{field.name}.{sub.name}", dest=f"{field.name}.{sub.name}",
-                                    type=_parse_value, default=argparse.SUPPRESS)
+                _add_field_flag(parser, f"{field.name}.{sub.name}", sub)
         else:
-            parser.add_argument(f"--{field.name}", type=_parse_value, default=argparse.SUPPRESS)
+            _add_field_flag(parser, field.name, field)
 
 
-def _parse_value(text):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # a bare string such as a path
+def _add_field_flag(parser, name, field):
+    kind, _ = split_optional(field.type)
+    parser.add_argument(f"--{name}", dest=name, type=_flag_type(field.type), default=argparse.SUPPRESS,
+                        metavar="PRESET" if kind is object else kind.__name__.upper(), help=_escape(help_text(field)))
+
+
+def _fields(section):
+    return {field.name: field for field in dataclasses.fields(section)}
+
+
+def _escape(help):
+    return help.replace("%", "%%")  # argparse %-formats help strings ("8-11% faster")
+
+
+def _flag_type(annotation):
+    def parse(text):
+        return parse_flag(text, annotation)
+    return parse
+
+
+TRUE, FALSE, NULL = ("true", "True", "1"), ("false", "False", "0"), ("null", "None")
+
+
+def parse_flag(text, annotation):
+    """A flag's text as a value of its field's type (`annotation`); the error says what the type accepts.
+
+    Example:
+    >>> parse_flag("False", bool), parse_flag("3", int), parse_flag("null", float | None), parse_flag("2024", str)
+    (False, 3, None, '2024')
+    >>> parse_flag("maybe", bool)
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a bool (true/false/1/0), got 'maybe'
+    """
+    kind, optional = split_optional(annotation)
+    if (optional or kind is object) and text in NULL:  # object: a preset, whose None means the tiny model
+        return None
+    or_null = " or null" if optional else ""
+    if kind is bool:
+        if text in TRUE + FALSE:
+            return text in TRUE
+        raise argparse.ArgumentTypeError(f"must be a bool (true/false/1/0){or_null}, got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            word = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {word}{or_null}, got {text!r}") from None
+    return text  # a string, or a preset name / directory
+
+
+def parse_args(parser, argv):
+    """`parser.parse_args(argv)`, an unknown flag reported with its command's usage and the near miss (exit 2).
+
+    Example:
+    >>> parse_args(build_parser(), ["train", "--kl_coef", "0.2"]).kl_coef
+    0.2
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "parser", parser)
+        options = [option for action in command._actions for option in action.option_strings]
+        described = [arg + (did_you_mean(arg.split("=")[0], options) if arg.startswith("-") else "")
+                     for arg in unknown]
+        command.error(f"unrecognized arguments: {' '.join(described)}")
+    return args
+
+
+NOT_CONFIG = ("command", "parser", "config", "resume", "workers")  # parsed arguments that are not PPOConfig fields
 
 
 def config_from_args(args, **defaults):
-    """A `PPOConfig` from `--config` then flags; errors name the bad field."""
+    """A `PPOConfig` from `--resume`'s config.json, then `--config`, then flags; errors name the bad field.
+
+    Example:
+    >>> args = parse_args(build_parser(), ["train", "--model.num_layers", "1", "--sft.epochs", "2"])
+    >>> config_from_args(args).model.num_layers, config_from_args(args).sft.epochs
+    (1, 2)
+    """
     values = dict(defaults)
     if getattr(args, "resume", None):
-        values.update(json.loads(_read(pathlib.Path(args.resume) / "config.json")), run_dir=args.resume)
-    if args.config:
-        values.update(json.loads(_read(args.config)))
+        _merge(values, {**_read_json(pathlib.Path(args.resume) / "config.json"), "run_dir": args.resume})
+    if getattr(args, "config", None):
+        _merge(values, _read_json(args.config))
     for key, value in vars(args).items():
-        if key in ("command", "config", "resume", "workers"):
-            continue
-        if "." in key:
-            outer, inner = key.split(".", 1)
-            values.setdefault(outer, {})[inner] = value
-        else:
-            values[key] = value
+        if key not in NOT_CONFIG:
+            outer, _, inner = key.partition(".")
+            _merge(values, {outer: {inner: value}} if inner else {key: value})
     return PPOConfig().replace(**values)
+
+
+def _merge(values, changes):
+    # Sections merge key by key, so --sft.epochs keeps the other sft fields of --config; a preset given
+    # alone (--model NAME, or "model": "NAME" in a file) is the model section's `preset`.
+    for key, value in changes.items():
+        old = values.get(key, {})
+        if key == "model":
+            old, value = _model_section(old), _model_section(value)
+        section = key in NESTED and isinstance(old, dict) and isinstance(value, dict)
+        values[key] = {**old, **value} if section else value
+
+
+def _model_section(value):
+    return value if isinstance(value, dict) else {"preset": value}
+
+
+def _read_json(path):
+    try:
+        return json.loads(_read(path))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
 
 
 def _read(path):
@@ -112,8 +234,6 @@ def _read(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     return path.read_text()
-
-
 def run_demo(config):
     """SFT + PPO on the shipped data; prints samples, figures and a final JSON line."""
     started = time.perf_counter()
@@ -169,7 +289,14 @@ def run_generate(args):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the SavedModel uses
 
-    model = tf.saved_model.load(args.export_dir)
+    export_dir = pathlib.Path(args.export_dir)
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"{export_dir}: export directory not found (write one with "
+                                f"tf-ppo export RUN_DIR {export_dir})")
+    if not (export_dir / "saved_model.pb").is_file():
+        raise ExportError(f"{export_dir} is not a SavedModel directory (no saved_model.pb); write one with "
+                          f"tf-ppo export RUN_DIR EXPORT_DIR")
+    model = tf.saved_model.load(str(export_dir))
     outputs = model.generate(tf.constant(args.prompts), args.max_new_tokens, args.temperature, args.top_k,
                              args.seed)
     for prompt, completion in zip(args.prompts, outputs["completions"].numpy()):
@@ -223,39 +350,113 @@ def _prefix_lines(stream, prefix):
         print(prefix + line, end="", flush=True)
 
 
+def train_summary(result):
+    """The last line of `tf-ppo train`: the run directory and each held-out figure before and after training.
+
+    Example:
+    >>> from types import SimpleNamespace
+    >>> train_summary(SimpleNamespace(run_dir="runs/x", evaluation_before={"score_mean": 0.123456, "samples": []},
+    ...                               evaluation_after={"score_mean": 0.5, "samples": []}))
+    {'run_dir': 'runs/x', 'score_mean_before': 0.1235, 'score_mean_after': 0.5}
+    """
+    summary = {"run_dir": str(result.run_dir)}
+    evaluations = {"before": result.evaluation_before, "after": result.evaluation_after}
+    for key in dict.fromkeys([*result.evaluation_before, *result.evaluation_after]):  # generic over the keys
+        for when, evaluation in evaluations.items():
+            if _is_figure(evaluation.get(key)):
+                summary[f"{key}_{when}"] = round(float(evaluation[key]), 4)
+    return summary
+
+
+def _is_figure(value):
+    # floats (NumPy's too), not samples, counts or flags
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+
+
+def run_train(args, config):
+    """PPO; the last stdout line is `train_summary` as JSON (or how to continue a preempted run)."""
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs in the process.
+    strategy = resolve_strategy("multi_worker", config.collective_timeout) \
+        if config.strategy == "multi_worker" else None
+    result = train(config, resume=bool(args.resume), strategy=strategy)
+    if result.preempted:
+        print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
+              f"Continue with: tf-ppo train --resume {result.run_dir}")
+    else:
+        print(json.dumps(train_summary(result)))
+
+
+def _config_of(args):
+    """The config a command runs with (export: the run's own), or None (generate)."""
+    if args.command == "demo":
+        return config_from_args(args, run_dir=DEMO_RUN_DIR.format(time=time.strftime("%Y%m%d-%H%M%S")))
+    if args.command == "export":
+        recorded = pathlib.Path(args.run_dir) / "config.json"
+        return PPOConfig.from_file(recorded) if recorded.is_file() else None  # none: export() says why
+    if args.command == "generate":
+        return None
+    return config_from_args(args)
+
+
+def _remote_preset(config):
+    """The preset name a run downloads; None for a local directory, a CausalLM object or the tiny model."""
+    preset = None if config is None else config.model.preset
+    if isinstance(preset, str) and not preset.startswith(OBJECT_MARK) and not os.path.exists(preset):
+        return preset
+    return None
+
+
+def _check_preset(config):
+    # Before any download: a misspelt preset name is a user error with the near miss, not keras-hub's
+    # ValueError ("Unknown preset identifier") from deep inside the run.
+    preset = _remote_preset(config)
+    known = keras_hub.models.CausalLM.presets
+    if preset is not None and "://" not in preset and preset not in known:
+        raise ConfigError(f"ModelConfig.preset {preset!r} is neither a local preset directory nor a keras-hub "
+                          f"preset name{did_you_mean(preset, known)}")
+
+
+def _run(args, config):
+    if args.command == "demo":
+        run_demo(config)
+    elif args.command == "train":
+        run_train(args, config)
+    elif args.command == "export":
+        print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
+    elif args.command == "generate":
+        run_generate(args)
+    elif args.command == "reward":
+        run_reward(config)
+    elif args.command == "pipeline":
+        print(json.dumps(pipeline(config).summary))
+    else:
+        run_sft(config)
+
+
 def main(argv=None):
+    """`tf-ppo COMMAND ...`; returns the exit code: 0, or 2 for a user error (one line on stderr)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if getattr(args, "workers", 0):
         return launch_workers(argv, args.workers)
+    config = None
     try:
-        if args.command == "demo":
-            run_demo(config_from_args(args, run_dir=DEMO_RUN_DIR.format(time=time.strftime("%Y%m%d-%H%M%S"))))
-        elif args.command == "train":
-            config = config_from_args(args)
-            # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs in the process.
-            strategy = resolve_strategy("multi_worker", config.collective_timeout) \
-                if config.strategy == "multi_worker" else None
-            result = train(config, resume=bool(args.resume), strategy=strategy)
-            if result.preempted:
-                print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
-                      f"Continue with: tf-ppo train --resume {result.run_dir}")
-            else:
-                print(json.dumps({k: v for k, v in result.evaluation_after.items() if k != "samples"}))
-        elif args.command == "export":
-            print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
-        elif args.command == "generate":
-            run_generate(args)
-        elif args.command == "reward":
-            run_reward(config_from_args(args))
-        elif args.command == "pipeline":
-            print(json.dumps(pipeline(config_from_args(args)).summary))
-        else:
-            run_sft(config_from_args(args))
-    except (ValueError, FileNotFoundError, CheckpointError) as error:  # user mistakes: one line, no stack trace
-        print(f"tf-ppo {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        config = _config_of(args)
+        _check_preset(config)
+        _run(args, config)
+    except USER_ERRORS as error:  # user mistakes: one line, no stack trace
+        return _user_error(args, error)
+    except NETWORK_ERRORS:
+        preset = _remote_preset(config)
+        if preset is None:  # not a preset download: keep the traceback
+            raise
+        return _user_error(args, f"could not download preset {preset!r} (no network?); pass a local preset directory")
     return 0
+
+
+def _user_error(args, message):
+    print(f"tf-ppo {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
