@@ -207,3 +207,57 @@ def test_value_model_can_start_from_the_reward_model(few_pairs_model, tmp_path, 
     with pytest.raises(ValueError, match="value_from_reward_model needs a RewardModel as reward_fn, got function"):
         PPOTrainer(tiny_config(tmp_path / "b", value_from_reward_model=True), reward_fn=word_count_reward("great"),
                    policy=sft_policy, show_progress=False)
+
+
+def char_tokenizer():
+    """A GPT-2 tokenizer over single bytes (and one merge): ids unlike the policy's vocabulary's."""
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    _, characters = bytes_to_unicode()
+    vocabulary = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(sorted(characters, reverse=True))}, "th": 257}
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["t h"])
+
+
+def normalisation_texts(reward_model, policy, prompts, config, monkeypatch):
+    """The (prompts, responses) that `normalise_on_policy_samples` hands the reward model to fit on."""
+    from tf_ppo.reward_model import normalise_on_policy_samples
+
+    seen = []
+    fit = reward_model.fit_normalisation
+    monkeypatch.setattr(reward_model, "fit_normalisation", lambda p, r: seen.append((p, r)) or fit(p, r))
+    normalise_on_policy_samples(reward_model, policy, prompts, config)
+    return [np.asarray(texts).tolist() for texts in seen[0]]
+
+
+def test_normalisation_samples_the_policy_through_the_policy_tokenizer(tmp_path, sft_policy, monkeypatch):
+    """A reward model with another vocabulary: the policy's samples (and the texts scored) are the same."""
+    from tf_ppo.models import build_backbone, tokenizer_for
+
+    config = tiny_config(tmp_path, model=TINY_MODEL, reward={"normalise_samples": 8})
+    prompts = ["the film was", "i thought the plot was", "the music felt"]
+    models = {}
+    for name, tokenizer in (("policy's", tokenizer_for(config, sft_policy)), ("bytes", char_tokenizer())):
+        models[name] = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer)
+    same_vocabulary = normalisation_texts(models["policy's"], sft_policy, prompts, config, monkeypatch)
+    other_vocabulary = normalisation_texts(models["bytes"], sft_policy, prompts, config, monkeypatch)
+    assert other_vocabulary == same_vocabulary
+    assert same_vocabulary[0] == (prompts * 3)[:8]
+    # The byte-level reward model scored those texts with its own tokenizer: mean 0, std 1 after fitting.
+    scores = models["bytes"].score_texts(*other_vocabulary)
+    np.testing.assert_allclose([np.mean(scores), np.std(scores)], [0.0, 1.0], atol=1e-4)
+
+
+def test_reward_model_normalised_on_tfds_prompts_offline(tmp_path, sft_policy):
+    import tensorflow_datasets as tfds
+
+    from tests.test_datasets import REVIEWS, mock_imdb
+
+    rows = [("the film was", "wonderful.", "boring."), ("the music felt", "great fun!", "awful and dull.")] * 5
+    config = tiny_config(tmp_path, model=TINY_MODEL, prompts="tfds:imdb_reviews", prompt_tokens_min=2,
+                         prompt_tokens_max=6, reward={"preferences_csv": str(write_pairs(tmp_path / "p.csv", rows)),
+                                                      "epochs": 1, "normalise_samples": 16})
+    with tfds.testing.mock_data(num_examples=len(REVIEWS), as_dataset_fn=mock_imdb):
+        result = train_reward_model(config, show_progress=False, policy=sft_policy)
+    mean, std = result.normalisation
+    assert np.isfinite(mean) and std > 0
+    np.testing.assert_allclose(float(result.model.gain.numpy()), 1.0 / std, rtol=1e-5)

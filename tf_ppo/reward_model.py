@@ -27,7 +27,8 @@ import tensorflow as tf
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import PPOConfig
-from tf_ppo.data import DataError, check_texts, encode_prompts, prepend_start_token, read_prompt_csv
+from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
+                         prompt_token_counts)
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
@@ -295,7 +296,8 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
             the final `reward_model.keras`.
         policy, prompts: when a policy is given (and `config.reward.normalise_samples`
             > 0), gain and offset are fitted on its samples for these prompts
-            (default `config.prompts`) before saving (`normalise_on_policy_samples`).
+            (any `load_prompts` source; default `config.prompts`, so `"tfds:NAME"`
+            works) before saving (`normalise_on_policy_samples`).
         strategy: a `tf.distribute.Strategy` (default: from `config.strategy`).
 
     Returns:
@@ -363,7 +365,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                          show_progress)
     normalisation = None
     if policy is not None and settings.normalise_samples:
-        prompts = prompts if prompts is not None else read_prompt_csv(config.prompts)["input_text"].tolist()
+        prompts = load_prompts(prompts if prompts is not None else config.prompts)  # the trainer's sources too
         normalisation = normalise_on_policy_samples(model, policy, prompts, config, settings.seed)
     path = None
     if directory is not None:
@@ -376,22 +378,33 @@ def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):
     """Fit the reward model's gain and offset on the policy's own samples (mean 0, std 1).
 
     Samples `config.reward.normalise_samples` responses to `prompts` (cycled)
-    with the rollout settings of `config`; returns `(mean, std)` of the raw
-    rewards, for the record.
+    with the rollout settings of `config`, as PPO will: the prompts are cut
+    (`prompt_tokens_min/max`, `truncate_prompts`) and encoded, and the
+    responses decoded, with the POLICY's tokenizer (`tokenizer_for(config,
+    policy)`); the reward model then scores the prompt and response texts
+    with its own. Returns `(mean, std)` of the raw rewards, for the record.
 
     Example:
         normalise_on_policy_samples(reward_model, sft_policy, prompts, config)
     """
     count = config.reward.normalise_samples
-    tokenizer = reward_model.tokenizer
+    tokenizer = tokenizer_for(config, policy)  # the reward model's may have another vocabulary
     prompts = [prompts[i % len(prompts)] for i in range(count)]
-    prompt_ids, lengths = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.truncate_prompts)
+    keep = prompt_token_counts(count, config.prompt_tokens_min, config.prompt_tokens_max, seed)
+    prompt_ids, lengths = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.truncate_prompts, keep)
     sequence_ids = generate(policy, tf.constant(prompt_ids), tf.constant(lengths), tf.constant([seed, 0]),
                             config.response_length, config.temperature, config.top_k, config.top_p)
     end_token = tokenizer.end_token_id if config.stop_at_eos else None
     responses = response_view(sequence_ids, tf.constant(lengths), config.response_length, end_token)
     texts = tokenizer.detokenize(response_tokens(responses, tokenizer.end_token_id))
-    return reward_model.fit_normalisation(prompts, texts)
+    return reward_model.fit_normalisation(_prompt_texts(tokenizer, prompt_ids, lengths), texts)
+
+
+def _prompt_texts(tokenizer, prompt_ids, lengths):
+    """The prompts as the policy saw them (cut, truncated), decoded without the start token: what PPO scores."""
+    start = 0 if getattr(tokenizer, "start_token_id", None) is None else 1  # as data.encode_prompts lays them out
+    tokens = tf.RaggedTensor.from_tensor(tf.constant(prompt_ids[:, start:]), lengths=tf.constant(lengths - start))
+    return tokenizer.detokenize(tokens)
 
 
 def save_atomically(model, path):
