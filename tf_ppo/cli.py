@@ -410,8 +410,10 @@ def _check_preset(config):
     # Before any download: a misspelt preset name is a user error with the near miss, not keras-hub's
     # ValueError ("Unknown preset identifier") from deep inside the run.
     preset = _remote_preset(config)
+    if preset is None or "://" in preset:  # no download, or a Kaggle / Hugging Face handle
+        return
     known = keras_hub.models.CausalLM.presets
-    if preset is not None and "://" not in preset and preset not in known:
+    if preset not in known:
         raise ConfigError(f"ModelConfig.preset {preset!r} is neither a local preset directory nor a keras-hub "
                           f"preset name{did_you_mean(preset, known)}")
 
