@@ -147,6 +147,10 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     else:
         policy = policy_or_run_dir
         tokenizer = tokenizer or _own_tokenizer(policy)
+    if getattr(policy, "generate_function", None) is not None:
+        # keras-hub's compiled `generate()` captures its sampler's unsaved seed variable, which would fail the
+        # save; the SavedModel has its own sampler, and keras-hub rebuilds its function on the next generate().
+        policy.generate_function = None
     module = PolicyModule(policy, tokenizer, max_new_tokens or 16, value_model)
     signatures = {"serving_default": module.serving_default, "generate": module.generate, "score": module.score}
     if value_model is not None:
@@ -231,7 +235,7 @@ def load_run(run_dir):
         enable_lora(policy, config.lora_rank)
     try:  # every variable of the rebuilt policy must find its value (the optimizer's may stay unread)
         tf.train.Checkpoint(policy=policy).restore(latest).assert_existing_objects_matched().expect_partial()
-    except AssertionError as error:
+    except (AssertionError, ValueError, tf.errors.OpError) as error:  # unmatched objects, shape mismatch
         raise ExportError(f"{latest} does not match the policy config.json describes "
                           f"({str(error).splitlines()[0][:200]})") from error
     return policy, tokenizer, None, config
