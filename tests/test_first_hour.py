@@ -146,3 +146,17 @@ def test_export_of_an_unfinished_lora_run_keeps_its_adapters(tmp_path, sft_polic
     pathlib.Path(result.run_dir / "config.json").write_text(result.config.replace(lora_rank=4).to_json())
     with pytest.raises(ValueError, match="does not match"):
         load_run(result.run_dir)  # rank-4 adapters cannot take rank-2 values: fail, never drop them
+
+
+def test_an_offline_preset_name_is_one_config_error(monkeypatch):
+    import requests
+
+    from tf_ppo import ConfigError, PPOConfig
+    from tf_ppo.models import policy_from_config
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.CausalLM, "from_preset", offline)  # the network, not the code under test
+    with pytest.raises(ConfigError, match="could not download preset 'gpt2_base_en' \\(no network\\?\\)"):
+        policy_from_config(PPOConfig(model="gpt2_base_en"), tokenizer=None)

@@ -9,12 +9,14 @@ from tf_ppo.models import load_tokenizer
 from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward, word_count_reward
 
 
-def test_config_round_trips_through_json():
+def test_config_round_trips_through_json(tmp_path):
     config = PPOConfig(kl_coef=0.05, target_kl=3.0, model=ModelConfig(num_layers=3), sft={"epochs": 2})
     assert PPOConfig.from_json(config.to_json()) == config
     assert config.sft.epochs == 2
-    with_preset = PPOConfig(model="presets/mine", lora_rank=8, dtype="mixed_bfloat16", prompts="tfds:imdb_reviews")
-    assert with_preset.model.preset == "presets/mine"
+    preset = tmp_path / "presets" / "mine"  # a preset directory must exist
+    preset.mkdir(parents=True)
+    with_preset = PPOConfig(model=str(preset), lora_rank=8, dtype="mixed_bfloat16", prompts="tfds:imdb_reviews")
+    assert with_preset.model.preset == str(preset)
     assert PPOConfig.from_json(with_preset.to_json()) == with_preset
 
 

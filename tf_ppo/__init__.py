@@ -6,7 +6,7 @@ Example:
 """
 
 from tf_ppo import ppo
-from tf_ppo.config import ModelConfig, PPOConfig, RewardConfig, SFTConfig
+from tf_ppo.config import ConfigError, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
 from tf_ppo.data import DataError, load_prompts
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
@@ -18,6 +18,8 @@ from tf_ppo.trainer import Callback, NonFiniteError, OveroptimisationWarning, PP
 
 __all__ = [
     "ppo",
+    "ConfigError",
+    "UnknownFieldError",
     "ModelConfig",
     "PPOConfig",
     "RewardConfig",

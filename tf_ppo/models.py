@@ -26,7 +26,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.config import OBJECT_MARK, ModelConfig  # noqa: F401  ModelConfig: used by the doctests
+from tf_ppo.config import OBJECT_MARK, ConfigError, ModelConfig  # noqa: F401  ModelConfig: used by the doctests
 
 
 def load_tokenizer(vocabulary, merges):
@@ -95,7 +95,8 @@ def policy_from_config(config, tokenizer):
     preset = config.model.preset
     if isinstance(preset, str):
         _check_preset_name(preset)
-        return keras_hub.models.CausalLM.from_preset(preset)
+        with _download_errors_named(preset):
+            return keras_hub.models.CausalLM.from_preset(preset)
     if preset is not None:
         return preset
     return build_policy(config.model, tokenizer.vocabulary_size(), tokenizer)
@@ -115,13 +116,28 @@ def tokenizer_for(config, policy=None):
             return source.preprocessor.tokenizer
     if isinstance(preset, str):
         _check_preset_name(preset)
-        return keras_hub.models.Tokenizer.from_preset(preset)
+        with _download_errors_named(preset):
+            return keras_hub.models.Tokenizer.from_preset(preset)
     return load_tokenizer(config.vocabulary, config.merges)
+
+
+@contextlib.contextmanager
+def _download_errors_named(preset):
+    """A failed preset download (no network) as one `ConfigError` naming the preset, not a 100-line trace."""
+    import urllib.error
+
+    import requests
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, urllib.error.URLError) as error:
+        raise ConfigError(f"could not download preset {preset!r} (no network?); pass a local preset "
+                          f"directory ({type(error).__name__})") from error
 
 
 def _check_preset_name(preset):
     if preset.startswith(OBJECT_MARK):
-        raise ValueError(f"ModelConfig.preset was a Python object ({preset}), which config.json cannot hold; "
+        raise ConfigError(f"ModelConfig.preset was a Python object ({preset}), which config.json cannot hold; "
                          f"pass the model again: config.replace(model=causal_lm)")
 
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
-from tf_ppo.config import PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
                          prompt_token_counts)
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
@@ -316,7 +316,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     train_set, heldout_set = _split(read_preferences(settings.preferences_csv), settings)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if settings.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f"RewardConfig.batch_size {settings.batch_size} must be divisible by the "
+        raise ConfigError(f"RewardConfig.batch_size {settings.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
         model = RewardModel(_copy_backbone(backbone, config, tokenizer), tokenizer, settings.max_length, settings.clip)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
-from tf_ppo.config import PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
@@ -76,7 +76,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
     heldout_ids, heldout_mask = _encode_csv(tokenizer, config.eval_prompts_csv, config.sft.max_length)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if config.sft.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
+        raise ConfigError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
         # float16 would need loss scaling here too; SFT is short, so it runs in float32 then.

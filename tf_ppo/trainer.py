@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from tf_ppo import ppo
 from tf_ppo.checkpoints import CheckpointError, restore_latest
-from tf_ppo.config import PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
@@ -122,17 +122,17 @@ class PPOTrainer:
         self.bigrams = corpus_bigrams(config.fluency_corpus) if config.fluency_corpus else None
 
         if config.value_from_reward_model and not hasattr(self.reward_fn, "backbone"):
-            raise ValueError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
+            raise ConfigError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
                              f"got {type(self.reward_fn).__name__}")
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
         self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
                                          config.collective_timeout)
         replicas = self.strategy.num_replicas_in_sync
         if config.mini_batch_size % replicas:
-            raise ValueError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
+            raise ConfigError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
                              f"minibatch must be divisible by the {replicas} replicas")
         if config.dtype == "mixed_float16" and replicas > 1:  # Keras' LossScaleOptimizer applies per replica only
-            raise ValueError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
+            raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
                              f"use 'mixed_bfloat16' (no loss scaling needed)")
         self.output_dir = writable_dir(self.run_dir, self.strategy)  # only the chief writes into run_dir
         self.show_progress = show_progress and is_chief(self.strategy)
