@@ -18,7 +18,6 @@ log-probs take exactly the same numerical path. It applies the output head
 
 import collections
 
-import numpy as np
 import tensorflow as tf
 
 from tf_ppo.decoding import decoder_for
@@ -66,11 +65,32 @@ def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_off
             # The first token always survives: its probability_before is 0.
             logits = tf.where(probability_before < top_p, logits, float("-inf"))
     batch, width = tf.shape(logits)[0], tf.shape(logits)[1]
-    uniform = tf.random.stateless_uniform([batch if total_rows is None else total_rows, width], seed,
-                                          minval=np.finfo(np.float32).tiny, maxval=1.0, dtype=logits.dtype)
-    gumbel = -tf.math.log(-tf.math.log(uniform[row_offset: row_offset + batch]))
-    choice = tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)  # [batch]
+    gumbel = gumbel_noise([batch if total_rows is None else total_rows, width], seed)
+    choice = tf.argmax(logits + tf.cast(gumbel[row_offset: row_offset + batch], logits.dtype), axis=-1,
+                       output_type=tf.int32)  # [batch]
     return choice if ids is None else tf.gather(ids, choice, batch_dims=1)
+
+
+def gumbel_noise(shape, seed):
+    """Standard Gumbel noise, float32 `shape`, bit-identical with and without XLA for the same stateless seed.
+
+    A float `stateless_uniform` gives other numbers under XLA on CPU, whatever
+    algorithm is pinned (XLA turns the random bits into floats its own way),
+    so one replica (compiled) and several (not) would sample different tokens.
+    Philox's integer bits agree, so the uniform is made from 23 of them with
+    exact arithmetic, in [2^-24, 1 - 2^-24] (never 0 or 1: the logs stay
+    finite), and the two logs run in float64 (XLA's float32 log differs in the
+    last bit; rounded from float64 both agree).
+
+    Example:
+    >>> noise = gumbel_noise([2, 3], tf.constant([1, 2]))
+    >>> bool(tf.reduce_all(noise == tf.function(gumbel_noise, jit_compile=True)([2, 3], tf.constant([1, 2]))))
+    True
+    """
+    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32)), tf.float64)  # < 2^23: exact
+    uniform = (mantissa + 0.5) * 2.0 ** -23
+    return tf.cast(-tf.math.log(-tf.math.log(uniform)), tf.float32)
 
 
 def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
