@@ -28,7 +28,7 @@ from tf_ppo import ppo
 from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
-                         prompt_token_counts)
+                         prompt_token_counts, start_token_ids)
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
@@ -402,7 +402,7 @@ def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):
 
 def _prompt_texts(tokenizer, prompt_ids, lengths):
     """The prompts as the policy saw them (cut, truncated), decoded without the start token: what PPO scores."""
-    start = 0 if getattr(tokenizer, "start_token_id", None) is None else 1  # as data.encode_prompts lays them out
+    start = len(start_token_ids(tokenizer))  # 0 for tokenizers with none (Qwen's, ...)
     tokens = tf.RaggedTensor.from_tensor(tf.constant(prompt_ids[:, start:]), lengths=tf.constant(lengths - start))
     return tokenizer.detokenize(tokens)
 
