@@ -50,8 +50,6 @@ def test_integer_bits_recipe_is_uniform():
     assert abs(uniform.mean() - 0.5) < 3e-3 and abs(uniform.var() - 1 / 12) < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="item 10: rollout.sample_next_token still draws float stateless_uniform "
-                                       "noise; with the recipe above it passes (then drop this marker)")
 def test_sample_next_token_draws_the_same_tokens_with_and_without_xla():
     logits = tf.random.stateless_normal([16, 500], [3, 4]) * 2.0
     for seed in SEEDS:
