@@ -85,3 +85,18 @@ def test_numbered_headings_are_the_articles_own_in_its_order(path):
         assert number in ARTICLE_HEADINGS and text.startswith(ARTICLE_HEADINGS[number]), (number, text)
     order = [section_number(number) for number, _ in numbered]
     assert order == sorted(order), order
+
+
+def cell_drawing(path, marker):
+    """The one code cell of a notebook whose source contains `marker`."""
+    cells = [cell for cell in nbformat.read(path, as_version=4).cells
+             if cell.cell_type == "code" and marker in cell.source]
+    assert len(cells) == 1, (path.stem, marker, len(cells))
+    return cells[0]
+
+
+@pytest.mark.parametrize("stem, marker", [("05_project", "curves = {"), ("08_faq", "axis.bar(")])
+def test_stored_notebook_shows_its_figure(stem, marker):
+    # The saved file, not a re-execution: what a reader sees on opening it (or on GitHub).
+    cell = cell_drawing(ROOT / "tutorials" / f"{stem}.ipynb", marker)
+    assert any("image/png" in output.get("data", {}) for output in cell.outputs), [o.output_type for o in cell.outputs]
