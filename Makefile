@@ -21,7 +21,7 @@ test: $(STAMP)
 # JupyterLab is for reading the tutorials, not for running the package: installed on first use only
 # (order-only on the stamp: a reinstalled package does not reinstall it).
 $(VENV)/bin/jupyter-lab: | $(STAMP)
-	$(VENV)/bin/pip install --quiet jupyterlab
+	$(VENV)/bin/pip install --quiet -e ".[notebooks]"
 
 notebooks: $(VENV)/bin/jupyter-lab
 	$(VENV)/bin/jupyter lab tutorials/

@@ -33,10 +33,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 
 import keras_hub
-import requests
 
 from tf_ppo.checkpoints import CheckpointError
 from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
@@ -54,9 +52,6 @@ DEMO_RUN_DIR = "runs/demo-{time}"
 # What the CLI reports as one line: tf_ppo's own error types and a missing file. Any other exception
 # (a ValueError from inside TensorFlow or Keras included) is a bug to see with its traceback.
 USER_ERRORS = (ConfigError, DataError, ExportError, RewardError, CheckpointError, FileNotFoundError)
-# What a preset download raises without a network (keras-hub fetches through kagglehub / requests).
-NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, urllib.error.URLError,
-                  ConnectionError, TimeoutError)
 
 
 def build_parser():
@@ -446,13 +441,8 @@ def main(argv=None):
         config = _config_of(args)
         _check_preset(config)
         _run(args, config)
-    except USER_ERRORS as error:  # user mistakes: one line, no stack trace
+    except USER_ERRORS as error:  # user mistakes (an offline preset download included): one line, no stack trace
         return _user_error(args, error)
-    except NETWORK_ERRORS:
-        preset = _remote_preset(config)
-        if preset is None:  # not a preset download: keep the traceback
-            raise
-        return _user_error(args, f"could not download preset {preset!r} (no network?); pass a local preset directory")
     return 0
 
 

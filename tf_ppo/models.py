@@ -128,11 +128,14 @@ def _download_errors_named(preset):
 
     import requests
 
+    # What a download raises without a network (keras-hub fetches through kagglehub / requests).
+    network_errors = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, urllib.error.URLError,
+                      ConnectionError, TimeoutError)
     try:
         yield
-    except (requests.exceptions.ConnectionError, urllib.error.URLError) as error:
+    except network_errors as error:
         raise ConfigError(f"could not download preset {preset!r} (no network?); pass a local preset "
-                          f"directory ({type(error).__name__})") from error
+                          f"directory") from error
 
 
 def _check_preset_name(preset):

@@ -578,8 +578,9 @@ class PPOTrainer:
     def _warn_if_overoptimising(self, history):
         """Warn once each time the proxy starts rising while the gold score falls."""
         window = self.config.overoptimisation_window
+        rows = [row for row in history if "gold_score_mean" in row]  # a resumed run's older rows may have none
         diverging = self.gold_reward_fn is not None and proxy_rises_gold_falls(
-            [row["score_mean"] for row in history], [row["gold_score_mean"] for row in history], window)
+            [row["score_mean"] for row in rows], [row["gold_score_mean"] for row in rows], window)
         if diverging and not self.overoptimising:
             warnings.warn(f"update {history[-1]['update']}: over the last {window} updates the proxy reward "
                           f"rose while the gold score fell: the policy may be exploiting the reward model "
