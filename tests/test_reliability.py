@@ -1,6 +1,7 @@
 """Crashes, preemption and corrupt state: a run always resumes to the same weights, or fails clearly."""
 
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -46,9 +47,11 @@ def cli(*args, **popen_kwargs):
 
 def test_resume_continues_exactly(tmp_path, straight):
     interrupted = tiny_config(tmp_path, **{**RUN, "total_updates": 2})
-    train(interrupted, show_progress=False)
+    first = train(interrupted, show_progress=False)
     resumed = train(interrupted.replace(total_updates=4), resume=True, show_progress=False)
     assert [row["update"] for row in resumed.history] == [1, 2, 3, 4]
+    # "Before" is the starting policy's evaluation, recorded once, not the resumed (trained) policy's.
+    assert resumed.evaluation_before == first.evaluation_before == straight.evaluation_before
     assert resumed.history[-1]["kl_coef"] == straight.history[-1]["kl_coef"]  # the KL controller's state
     assert_same_weights(straight.policy, resumed.run_dir)
 
@@ -66,8 +69,9 @@ def test_sigkill_mid_update_then_resume_matches_the_uninterrupted_run(tmp_path, 
     assert not (run_dir / "policy.keras").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
 
     resumed = cli("train", "--resume", str(run_dir))
-    _, stderr = resumed.communicate(timeout=600)
+    stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
+    assert re.search(r"resumed from ckpt-(\d) \(update \1/4\)", stdout), stdout[-2000:]
     assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
     assert_same_weights(straight.policy, run_dir)
 
