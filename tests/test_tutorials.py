@@ -33,7 +33,7 @@ def test_notebook_runs_from_a_fresh_kernel(path, sft_policy_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_notebooks_installs_jupyterlab_then_opens_the_tutorials():
     # -n: print the commands only; -B: as on first use, when JupyterLab is not installed yet.
-    commands = subprocess.run(["make", "-n", "-B", "notebooks"], cwd=ROOT, capture_output=True, text=True,
+    commands = subprocess.run(["make", "--no-print-directory", "-n", "-B", "notebooks"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.splitlines()
     assert '.venv/bin/pip install --quiet -e ".[notebooks]"' in commands
     assert commands[-1] == ".venv/bin/jupyter lab tutorials/"
