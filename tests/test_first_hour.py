@@ -98,12 +98,10 @@ def test_a_skipped_rollout_does_not_move_the_adaptive_kl_coefficient(tmp_path, s
 def test_loss_metrics_average_the_applied_steps_only(tmp_path, sft_policy):
     trainer = PPOTrainer(tiny_config(tmp_path), policy=sft_policy, show_progress=False)
     batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
-    advantages, returns, _ = trainer._advantages(batch["scores"], batch["logprobs"], batch["ref_logprobs"],
-                                                 batch["values"], batch["responses"].mask, tf.constant(0.1))
-    advantages = advantages.numpy()
+    experience, _ = trainer._advantages(batch.experience, tf.constant(0.1))
+    advantages = experience.advantages.numpy()
     advantages[0] = 3e38  # finite, but the minibatch holding row 0 overflows to an infinite loss
-    batch.update(advantages=tf.constant(advantages), returns=returns)
-    losses = trainer.optimise(batch, update=1)
+    losses = trainer.optimise(experience._replace(advantages=tf.constant(advantages)), update=1)
     assert losses["skipped_steps"] == 4 and losses["applied_steps"] == 4  # one of the two minibatches per epoch
     assert all(np.isfinite(losses[key]) for key in ("loss", "policy_loss", "value_loss", "approx_kl"))
 
@@ -124,7 +122,7 @@ def test_prompt_texts_keep_their_first_token_when_the_tokenizer_has_no_start_tok
     token_ids, lengths = trainer._encode(prompts)
     assert lengths[0] == len(trainer.tokenizer("the film was"))  # no start token was added
     batch = trainer.rollout(token_ids, lengths, tf.constant([1, 2]))
-    assert batch["prompt_texts"] == prompts
+    assert batch.prompt_texts == prompts
 
 
 def test_evaluation_pairs_each_sample_with_the_prompt_prefix_it_continued(tmp_path, sft_policy):

@@ -21,11 +21,12 @@ def test_mixed_bfloat16_logprobs_match_float32_and_the_run_stays_finite(tmp_path
     # The first update's rollout, scored by both: the same tokens, so the log-probs must agree.
     lengths = float32.prompt_lengths[:32]
     rollout = float32.rollout(float32.prompt_ids[:32], lengths, tf.constant([0, 1]))
-    _, logprobs, ref_logprobs, values, _ = bfloat16._score(split_batch(
-        bfloat16.strategy, {"sequence_ids": rollout["sequence_ids"], "prompt_lengths": lengths}))
+    scored = bfloat16._score(split_batch(
+        bfloat16.strategy, {"sequence_ids": rollout.experience.sequence_ids, "prompt_lengths": lengths}))
+    logprobs, ref_logprobs, values = scored["logprobs"], scored["ref_logprobs"], scored["values"]
     assert logprobs.dtype == ref_logprobs.dtype == values.dtype == tf.float32
-    mask = rollout["responses"].mask.numpy()
-    difference = np.abs(logprobs.numpy() - rollout["logprobs"].numpy())[mask]
+    mask = rollout.experience.responses.mask.numpy()
+    difference = np.abs(logprobs.numpy() - rollout.experience.logprobs.numpy())[mask]
     # bfloat16 keeps 8 significant bits (relative rounding 2**-9 per op): a few hundredths of a nat is its
     # noise, a cast bug is off by whole nats. > 0: bfloat16 really computed something.
     assert 0 < difference.max() < 5e-2, difference.max()

@@ -153,7 +153,7 @@ def test_empty_responses_one_token_prompts_and_a_constant_reward(tmp_path, end_b
                          show_progress=False)
     assert set(trainer.prompt_lengths.tolist()) == {2}  # start token + one word token
     batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
-    lengths = batch["responses"].mask.numpy().sum(axis=1)  # an empty response is its end token alone
+    lengths = batch.experience.responses.mask.numpy().sum(axis=1)  # an empty response is its end token alone
     assert lengths.min() == 1 and (lengths.max() == 1) == (end_bias == 100.0), lengths
     result = trainer.train()
     assert all(row["skipped_steps"] == 0 for row in result.history)

@@ -101,8 +101,8 @@ def test_article_bigram_model_with_value_clipping_early_stop_and_eos_penalty(tmp
     assert type(result.policy).__name__ == "BigramLM"
     assert all(row["ppo_epochs"] == 1 for row in result.history)  # approx-KL bound stops after one epoch
     batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
-    ended = np.any(batch["responses"].token_ids.numpy() == trainer.tokenizer.end_token_id, axis=1)
-    np.testing.assert_array_equal(batch["scores"].numpy(), np.where(ended, 0.0, -1.0))
+    ended = np.any(batch.experience.responses.token_ids.numpy() == trainer.tokenizer.end_token_id, axis=1)
+    np.testing.assert_array_equal(batch.experience.scores.numpy(), np.where(ended, 0.0, -1.0))
 
 
 def test_default_policy_is_cached(sft_policy_path, sft_policy):
@@ -145,12 +145,12 @@ def test_consecutive_non_finite_updates_stop_the_run(tmp_path, sft_policy):
 def test_train_step_skips_a_nan_loss_inside_the_graph(tmp_path, sft_policy):
     trainer = PPOTrainer(tiny_config(tmp_path), policy=sft_policy, show_progress=False)
     batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
-    advantages = np.ones(batch["logprobs"].shape, np.float32)
+    advantages = np.ones(batch.experience.logprobs.shape, np.float32)
     advantages[0, 0] = np.nan  # a real (unmasked) token
-    minibatch = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values")}
-    minibatch.update(advantages=tf.constant(advantages), returns=tf.zeros_like(batch["values"]))
+    minibatch = batch.experience._replace(advantages=tf.constant(advantages),
+                                          returns=tf.zeros_like(batch.experience.values))
     before = [v.numpy().copy() for v in trainer.variables]
-    assert not bool(trainer._train_step(minibatch)["applied"])
+    assert not bool(trainer.train_step(minibatch)["applied"])
     for old, variable in zip(before, trainer.variables):
         np.testing.assert_array_equal(old, variable.numpy())
     assert int(trainer.optimizer.iterations.numpy()) == 0  # Adam's step and moments untouched too

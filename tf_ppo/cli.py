@@ -157,6 +157,11 @@ def parse_flag(text, annotation):
         if text in TRUE + FALSE:
             return text in TRUE
         raise argparse.ArgumentTypeError(f"must be a bool (true/false/1/0){or_null}, got {text!r}")
+    if kind is tuple:  # "1,0.1"
+        try:
+            return tuple(float(item) for item in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be numbers separated by commas{or_null}, got {text!r}") from None
     if kind in (int, float):
         try:
             return kind(text)

@@ -197,6 +197,30 @@ class PPOConfig(_Checked):
     fluency_corpus: str | None = _field(str(DATA_DIR / "corpus.txt"), "word bigrams that count as fluent; None = "
                                                                        "skip the metric")
     run_dir: str | None = _field(None, "where the run's artefacts go; None = runs/ppo-<date>-<time>")
+    # --- algorithm
+    algorithm: str = _field("ppo", '"ppo" (critic, GAE), "grpo", "dr_grpo", "rloo", "reinforce_pp" or '
+                                   '"reinforce_pp_baseline"; each reads only its own fields (README: Algorithms)')
+    num_generations: int = _field(1, "samples per prompt, each prompt's in one contiguous block of rows; "
+                                     "batch_size counts rollouts, so it must be a multiple of this")
+    beta: float | None = _field(None, "KL coefficient of the critic-free algorithms (GRPO: k3 loss term; RLOO, "
+                                      "REINFORCE++: in the reward); None = the algorithm's default (grpo 0: no "
+                                      "reference model, rloo 0.05, reinforce_pp 0.01)")
+    epsilon: float = _field(0.2, "ratio clip of the critic-free algorithms (PPO's is cliprange)")
+    epsilon_high: float | None = _field(None, "upper ratio clip, DAPO's clip-higher; None = epsilon")
+    num_iterations: int = _field(1, "optimiser passes over each rollout of the critic-free algorithms (PPO's is "
+                                    "num_ppo_epochs)")
+    loss_type: str = _field("dapo", '"grpo" (token mean per sequence, then mean), "dapo" (token mean over the '
+                                    'batch) or "dr_grpo" (token sum / (batch x response_length))')
+    scale_rewards: str = _field("group", 'GRPO\'s advantage scale: "group" std, "batch" std or "none" (Dr. GRPO)')
+    dual_clip: float | None = _field(None, "c > 1: cap a negative advantage's loss at -c * A (dual-clip PPO), "
+                                           "for every algorithm; None = off")
+    mask_truncated_completions: bool = _field(False, "leave responses that never produced the end token out of "
+                                                     "the loss")
+    overlong_buffer: int = _field(0, "DAPO's soft overlong penalty over the last this-many tokens of "
+                                     "response_length; 0 = off")
+    overlong_penalty: float = _field(1.0, "the overlong penalty at response_length tokens (linear from 0)")
+    reward_weights: tuple | None = _field(None, "weights of several reward functions (train(reward_fn=[...])); "
+                                                "None = all 1")
     # --- rollout
     total_updates: int = _field(100, "PPO updates (rollout, scoring, optimisation) in the run")
     batch_size: int = _field(64, "rollouts (prompts) per update")
@@ -256,6 +280,8 @@ class PPOConfig(_Checked):
         for name, section in NESTED.items():
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, section(**getattr(self, name)))
+        if isinstance(self.reward_weights, list):  # JSON and Python users write lists
+            object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
         if not isinstance(self.model, ModelConfig):  # PPOConfig(model="gpt2_base_en" | "/path" | causal_lm)
             object.__setattr__(self, "model", ModelConfig(preset=self.model))
         _check_fields(self)
@@ -288,10 +314,43 @@ class PPOConfig(_Checked):
         if self.batch_size % self.num_mini_batches:
             _fail(self, "batch_size", f"must be divisible by num_mini_batches={self.num_mini_batches}, "
                                       f"got {self.batch_size}")
+        self._check_algorithm()
         if self.model.preset is None and self.sequence_length > self.model.max_sequence_length:
             _fail(self, "response_length",
                   f"max_prompt_length + response_length = {self.sequence_length} exceeds the model's "
                   f"context model.max_sequence_length={self.model.max_sequence_length}")
+
+    def _check_algorithm(self):
+        """The algorithm's name and fields: a field another algorithm owns must stay at its default."""
+        from tf_ppo.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
+        from tf_ppo.estimators import LOSS_TYPES, SCALE_REWARDS
+        _check_choice(self, "algorithm", tuple(sorted(ALGORITHMS)))
+        algorithm = ALGORITHMS[self.algorithm]
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        owned = set().union(*(cls.fields for cls in ALGORITHMS.values()))
+        for name in sorted(owned - set(algorithm.fields)):
+            if getattr(self, name) != defaults[name]:
+                synonym = SYNONYMS.get(name)
+                hint = f"; its counterpart is {synonym}" if synonym in algorithm.fields else ""
+                _fail(self, name, f"is not used by algorithm={self.algorithm!r}{hint} (its own fields: "
+                                  f"{', '.join(algorithm.fields) or 'none'})")
+        for name in ("num_generations", "epsilon", "num_iterations", "overlong_penalty"):
+            _check_positive(self, name)
+        if self.beta is not None and self.beta < 0:
+            _fail(self, "beta", f"must be >= 0, got {self.beta!r}")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            _fail(self, "epsilon_high", f"must be >= epsilon={self.epsilon}, got {self.epsilon_high!r}")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            _fail(self, "dual_clip", f"must be > 1 (or None), got {self.dual_clip!r}")
+        _check_choice(self, "loss_type", LOSS_TYPES)
+        _check_choice(self, "scale_rewards", SCALE_REWARDS)
+        if not 0 <= self.overlong_buffer <= self.response_length:
+            _fail(self, "overlong_buffer", f"must be in [0, response_length={self.response_length}], "
+                                           f"got {self.overlong_buffer!r}")
+        if self.batch_size % self.num_generations:
+            _fail(self, "batch_size", f"counts rollouts, so it must be a multiple of num_generations="
+                                      f"{self.num_generations}, got {self.batch_size}")
+        algorithm.validate(self, lambda name, message: _fail(self, name, message))
 
     @property
     def mini_batch_size(self):
@@ -346,6 +405,8 @@ class PPOConfig(_Checked):
         return cls.from_json(pathlib.Path(path).read_text())
 
 
+SYNONYMS = {"cliprange": "epsilon", "epsilon": "cliprange", "kl_coef": "beta", "beta": "kl_coef",
+            "num_ppo_epochs": "num_iterations", "num_iterations": "num_ppo_epochs"}  # PPO's name, GRPO's name
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig}  # PPOConfig fields that are sections
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
 
@@ -407,7 +468,8 @@ def split_optional(annotation):
     return annotation, False
 
 
-TYPE_WORDS = {bool: "a bool (true/false)", int: "an integer", float: "a number", str: "a string"}
+TYPE_WORDS = {bool: "a bool (true/false)", int: "an integer", float: "a number", str: "a string",
+              tuple: "a list of numbers"}
 
 
 def _check_type(config, name, annotation):
@@ -422,6 +484,8 @@ def _check_type(config, name, annotation):
 def _is_a(value, kind):
     if kind is bool:
         return isinstance(value, bool)
+    if kind is tuple:  # a list of numbers (reward_weights)
+        return isinstance(value, tuple) and all(_is_a(item, float) for item in value)
     if kind in (int, float):  # numpy scalars count; bools do not, an int counts as a float
         number = numbers.Integral if kind is int else numbers.Real
         return isinstance(value, number) and not isinstance(value, bool)
@@ -467,6 +531,8 @@ def _as_dict(config):
             value = _as_dict(value)
         elif isinstance(value, str):
             value = portable(value)
+        elif isinstance(value, tuple):
+            value = list(value)
         elif value is not None and not isinstance(value, (int, float, bool)):
             value = f"{OBJECT_MARK}{type(value).__name__}>"
         values[field.name] = value

@@ -428,6 +428,7 @@ def parameter_report(models):
 
     Weights shared with a model listed earlier are not counted again, so the
     bytes add up to what the process holds (LoRA: one copy of the base weights).
+    A string in place of a model is printed as it is: a model not built, and why.
 
     Example:
     >>> print(parameter_report({"policy": build_weights(BigramLM(vocabulary_size=10, hidden_dim=4))}))
@@ -435,6 +436,9 @@ def parameter_report(models):
     """
     lines, seen = [], set()
     for name, model in models.items():
+        if isinstance(model, str):  # a model the run does not build, and why
+            lines.append(f"{name}: {model}")
+            continue
         if isinstance(model, AdaptersOff):
             lines.append(f"{name}: the policy with its LoRA adapters off, no weights of its own")
             continue

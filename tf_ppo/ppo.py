@@ -75,7 +75,7 @@ def masked_mean(values, mask, axis=None):
     mask = as_bool_mask(mask)
     values = tf.convert_to_tensor(values)
     count = tf.reduce_sum(tf.cast(mask, values.dtype), axis=axis)
-    context = _replica_context()
+    context = replica_context()
     if axis is None and context is not None:
         count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return masked_sum(values, mask, axis) / tf.maximum(count, 1.0)
@@ -90,7 +90,7 @@ def global_masked_mean(values, mask):
     """
     mask = as_bool_mask(mask)
     share = masked_mean(values, mask)
-    context = _replica_context()
+    context = replica_context()
     return share if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, share)
 
 
@@ -106,8 +106,13 @@ def masked_var(values, mask):
     return global_masked_mean(tf.square(values - mean), mask)
 
 
-def _replica_context():
-    """The replica context when several replicas run in sync, else None (one replica, or cross-replica code)."""
+def replica_context():
+    """The replica context when several replicas run in sync, else None (one replica, or cross-replica code).
+
+    Example:
+    >>> replica_context() is None  # outside any multi-replica strategy.run
+    True
+    """
     context = tf.distribute.get_replica_context()
     return context if context is not None and context.num_replicas_in_sync > 1 else None
 
@@ -189,6 +194,17 @@ def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
     raise ValueError(f"kl_penalty: estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
 
 
+def token_kl(logprobs, ref_logprobs, mask, estimator="k1"):
+    """`kl_penalty` on real tokens, 0 on padding: `[batch, response_len]`.
+
+    Example:
+    >>> token_kl(tf.constant([[-1.0, -1.0]]), tf.constant([[-2.0, 0.0]]), tf.constant([[True, False]])).numpy().tolist()
+    [[1.0, 0.0]]
+    """
+    mask = as_bool_mask(mask)
+    return tf.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), tf.zeros_like(logprobs))
+
+
 def entropy_from_logits(logits):
     """Entropy of softmax(logits) over the last axis, in nats.
 
@@ -230,7 +246,7 @@ def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"
     [[0.0, 1.0, 0.0]]
     """
     mask = as_bool_mask(mask)
-    kl = tf.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), tf.zeros_like(logprobs))
+    kl = token_kl(logprobs, ref_logprobs, mask, estimator)
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)  # [batch]
     is_last = tf.one_hot(lengths - 1, tf.shape(mask)[1], on_value=True, off_value=False, dtype=tf.bool)
     rewards = -kl_coef * kl + tf.where(is_last, scores[:, None], tf.zeros_like(kl))
@@ -241,15 +257,43 @@ PolicyLoss = collections.namedtuple("PolicyLoss", ["loss", "clipfrac", "approx_k
 ValueLoss = collections.namedtuple("ValueLoss", ["loss", "clipfrac"])
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
-    """Clipped surrogate loss, PPO eq. 7, averaged over real tokens.
+def clipped_surrogate(logprobs, old_logprobs, advantages, cliprange, cliprange_high=None, dual_clip=None):
+    """Per-token clipped surrogate loss and where its clip was active, PPO eq. 7 with two extensions.
 
-    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))),
-    ratio = exp(logprobs - old_logprobs).
+    loss_t = -min(A * ratio, A * clip(ratio, 1 - eps_low, 1 + eps_high)),
+    ratio = exp(logprobs - old_logprobs). `cliprange_high` (DAPO's clip-higher,
+    default `cliprange`) lets unlikely tokens grow further; `dual_clip = c > 1`
+    (Ye et al. 2020, as OpenRLHF) caps the loss of a negative advantage at
+    -c * A, however large the ratio.
+
+    Returns:
+        `(loss, clipped)`, both `[batch, response_len]`: the per-token loss and
+        a bool that is True where a clip (either one) chose the value.
+
+    Example:
+    >>> loss, clipped = clipped_surrogate(tf.constant([[1.0]]), tf.constant([[0.0]]), tf.constant([[-1.0]]), 0.2,
+    ...                                   dual_clip=2.0)
+    >>> float(loss[0, 0]), bool(clipped[0, 0])  # ratio e = 2.72: the loss -A * ratio is capped at -c * A = 2
+    (2.0, True)
+    """
+    cliprange_high = cliprange if cliprange_high is None else cliprange_high
+    ratio = tf.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    loss = tf.maximum(unclipped, -advantages * tf.clip_by_value(ratio, 1.0 - cliprange, 1.0 + cliprange_high))
+    clipped = loss > unclipped
+    if dual_clip is not None:
+        capped = tf.minimum(loss, -dual_clip * advantages)
+        loss = tf.where(advantages < 0, capped, loss)
+        clipped = clipped | ((advantages < 0) & (capped < unclipped))
+    return loss, clipped
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, cliprange_high=None, dual_clip=None):
+    """Clipped surrogate loss (`clipped_surrogate`), averaged over real tokens.
 
     Returns:
         `PolicyLoss(loss, clipfrac, approx_kl)`: the fraction of tokens where
-        the clipped term was chosen, and approx-KL = mean((log ratio)^2) / 2.
+        a clipped term was chosen, and approx-KL = mean((log ratio)^2) / 2.
 
     Example:
     >>> out = policy_loss(tf.constant([[0.0]]), tf.constant([[0.0]]), tf.constant([[2.0]]), tf.constant([[True]]), 0.2)
@@ -257,14 +301,9 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
     (-2.0, 0.0)
     """
     mask = as_bool_mask(mask)
-    log_ratio = logprobs - old_logprobs
-    ratio = tf.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * tf.clip_by_value(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(tf.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean(tf.cast(clipped > unclipped, logprobs.dtype), mask)
-    approx_kl = 0.5 * masked_mean(tf.square(log_ratio), mask)
-    return PolicyLoss(loss, clipfrac, approx_kl)
+    per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, cliprange, cliprange_high, dual_clip)
+    return PolicyLoss(masked_mean(per_token, mask), masked_mean(tf.cast(clipped, logprobs.dtype), mask),
+                      0.5 * masked_mean(tf.square(logprobs - old_logprobs), mask))
 
 
 def value_loss(values, old_values, returns, mask, cliprange_value=None):

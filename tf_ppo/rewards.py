@@ -48,6 +48,10 @@ def word_count_reward(word):
     return lambda texts: [float(words(text).count(word)) for text in texts]
 
 
+class RewardFunctionFailed(RewardError):
+    """The reward function itself raised; training skips such an update (the non-finite guard) and says why."""
+
+
 def compute_scores(reward_fn, texts, prompts=None):
     """Score `texts` (the responses) and check the reward returned one number per text.
 
@@ -73,7 +77,8 @@ def compute_scores(reward_fn, texts, prompts=None):
         else:
             scores = reward_fn(texts)
     except Exception as error:
-        raise RewardError(f"reward function {_name(reward_fn)} raised {type(error).__name__}: {error}") from error
+        raise RewardFunctionFailed(f"reward function {_name(reward_fn)} raised {type(error).__name__}: "
+                                   f"{error}") from error
     try:
         scores = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -129,6 +134,38 @@ def is_fluent(text, bigrams):
     """
     tokens = words(text)
     return all(pair in bigrams for pair in zip(tokens, tokens[1:]))
+
+
+def reward_names(reward_fns):
+    """A unique name per reward function (its `__name__`, then `_2`, `_3` for repeats): the history's keys.
+
+    Example:
+    >>> reward_names([len, len, sentiment_reward])
+    ['len', 'len_2', 'sentiment_reward']
+    """
+    names = []
+    for fn in reward_fns:
+        name, count = _name(fn), 1
+        while name in names:
+            count += 1
+            name = f"{_name(fn)}_{count}"
+        names.append(name)
+    return names
+
+
+def combined_scores(reward_fns, weights, texts, prompts=None):
+    """The weighted sum of several rewards, and each function's own scores by name (`reward_names`).
+
+    Example:
+    >>> def length(texts): return [len(text) for text in texts]
+    >>> def one(texts): return [1.0] * len(texts)
+    >>> total, each = combined_scores([length, one], [1.0, 0.5], ["ab", "c"])
+    >>> total.tolist(), sorted(each)
+    ([2.5, 1.5], ['length', 'one'])
+    """
+    each = {name: compute_scores(fn, texts, prompts) for name, fn in zip(reward_names(reward_fns), reward_fns)}
+    total = sum(weight * scores for weight, scores in zip(weights, each.values()))
+    return np.asarray(total, dtype=np.float64), each
 
 
 def _name(fn):

@@ -1,13 +1,15 @@
-"""Stage 2: the PPO training loop (`train`), reading top to bottom like CleanRL.
+"""Stage 2: the RL training loop (`train`), reading top to bottom like CleanRL.
 
 Each update:
-  1. rollout   sample responses for a batch of prompts (KV-cached, compiled);
-  2. score     policy / reference log-probs and values, one forward pass each;
-  3. reward    the reward function on decoded responses;
-  4. shape     per-token reward = -beta * KL + score on the last token; GAE;
-  5. optimise  num_ppo_epochs x num_mini_batches clipped PPO steps;
-  6. log       metrics CSV, TensorBoard, callbacks; checkpoint.
-The maths lives in `tf_ppo.ppo`; this module only wires it together.
+  1. rollout     sample responses for a batch of prompts, `num_generations` per prompt (KV-cached, compiled);
+  2. score       policy / reference log-probs and values, one forward pass each (only the models in use);
+  3. reward      the reward function(s) on decoded responses;
+  4. advantages  the algorithm's: GAE over a KL-shaped reward (PPO), group baselines (GRPO, RLOO), ...;
+  5. optimise    epochs x num_mini_batches steps of the algorithm's loss, non-finite steps skipped;
+  6. log         metrics CSV, TensorBoard, callbacks; checkpoint.
+The algorithm (`tf_ppo.algorithms`) decides the models, advantages and loss;
+the maths lives in `tf_ppo.ppo` and `tf_ppo.estimators`; this module only
+wires it together and never looks at which algorithm runs.
 """
 
 import contextlib
@@ -28,7 +30,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo import ppo
+from tf_ppo import algorithms, ppo
+from tf_ppo.algorithms import Experience, Forward
 from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
@@ -39,14 +42,15 @@ from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            policy_from_config, tokenizer_for)
 from tf_ppo.reporting import RunLog, plot_curves, read_history
-from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, proxy_rises_gold_falls, sentiment_reward
+from tf_ppo.estimators import frac_reward_zero_std, overlong_penalty
+from tf_ppo.rewards import (RewardFunctionFailed, combined_scores, compute_scores, corpus_bigrams, is_fluent,
+                            proxy_rises_gold_falls, reward_names, sentiment_reward)
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
 
 
 EVALUATION_BEFORE = "evaluation_before.json"  # the starting policy's held-out figures, written once
 EVALUATION_AFTER = "evaluation_after.json"  # the trained policy's; written last, so it marks a finished run
-LOSS_METRICS = ("loss", "policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "grad_norm")
 
 
 class NonFiniteError(RuntimeError):
@@ -76,11 +80,25 @@ class Callback:
 
 
 @dataclasses.dataclass
+class Rollout:
+    """One sampled, scored and rewarded batch: the tensors the algorithm trains on, and what is logged."""
+
+    experience: Experience  # advantages not yet filled in
+    entropy: float  # mean entropy of the policy over response tokens, nats
+    texts: list  # decoded responses
+    prompt_texts: list  # the prompts as the policy saw them
+    gold_scores: np.ndarray | None  # the independent judge's scores, if one is given
+    reward_scores: dict  # name -> [batch] scores of each reward function (several reward functions only)
+    reward_failure: str | None  # why the reward could not be computed; the update is then skipped
+    seconds: dict  # generate / score / reward wall time
+
+
+@dataclasses.dataclass
 class TrainResult:
     """What `train` returns."""
 
     policy: keras.Model
-    value_model: keras.Model
+    value_model: keras.Model | None  # None for the critic-free algorithms
     tokenizer: object
     history: list  # one dict of metrics per update
     evaluation_before: dict  # held-out metrics of the starting policy
@@ -91,7 +109,7 @@ class TrainResult:
 
 
 class PPOTrainer:
-    """Holds the models, the compiled steps and the run state of one PPO run.
+    """Holds the models, the compiled steps and the run state of one run, of any algorithm.
 
     Most users call `train(config)`; the trainer is public for notebooks that
     want to step through one update (`rollout`, `advantages`, `optimise`).
@@ -104,7 +122,9 @@ class PPOTrainer:
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
                  resume=False, show_progress=True, gold_reward_fn=None, strategy=None):
         self.config = config = config or PPOConfig()
-        self.reward_fn = reward_fn or sentiment_reward
+        self.algorithm = algorithms.create(config)
+        self.reward_fns = _reward_functions(reward_fn, config)
+        self.reward_fn = self.reward_fns[0] if len(self.reward_fns) == 1 else self.reward_fns
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimising = False
         self.callbacks, keras_callbacks = _split_callbacks(callbacks)
@@ -121,7 +141,7 @@ class PPOTrainer:
         self.eval_prompts = load_prompts(config.eval_prompts_csv)[: config.eval_size]
         self.bigrams = corpus_bigrams(config.fluency_corpus) if config.fluency_corpus else None
 
-        if config.value_from_reward_model and not hasattr(self.reward_fn, "backbone"):
+        if config.value_from_reward_model and not hasattr(self.reward_fns[0], "backbone"):
             raise ConfigError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
                              f"got {type(self.reward_fn).__name__}")
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
@@ -138,16 +158,19 @@ class PPOTrainer:
         self.show_progress = show_progress and is_chief(self.strategy)
         with self.strategy.scope():
             self.policy = self._starting_policy(policy)
-            if config.lora_rank:  # one copy of the base weights: the reference is the policy, adapters off
-                self.reference = AdaptersOff(enable_lora(self.policy, config.lora_rank))
-            else:
-                self.reference = frozen_copy(self.policy)
-            self.value_model = build_value_model(
-                config.model, self.policy, vocabulary_size, share_backbone=bool(config.lora_rank),
-                source=self.reward_fn if config.value_from_reward_model else None)
+            if config.lora_rank:
+                enable_lora(self.policy, config.lora_rank)
+            self.reference = None  # no KL term (GRPO's beta = 0): no reference model at all
+            if self.algorithm.uses_reference:  # LoRA: one copy of the base weights, the policy with adapters off
+                self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
+            self.value_model = None
+            if self.algorithm.uses_value_model:
+                self.value_model = build_value_model(
+                    config.model, self.policy, vocabulary_size, share_backbone=bool(config.lora_rank),
+                    source=self.reward_fns[0] if config.value_from_reward_model else None)
             # De-duplicated: with LoRA the value model shares the policy's adapters.
-            self.variables = list({id(v): v for v in self.policy.trainable_variables
-                                   + self.value_model.trainable_variables}.values())
+            self.variables = list({id(v): v for model in (self.policy, self.value_model) if model is not None
+                                   for v in model.trainable_variables}.values())
             self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
             if config.dtype == "mixed_float16":  # float16 gradients underflow without loss scaling
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -155,21 +178,24 @@ class PPOTrainer:
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         # Keras callbacks see the policy as their `model` (EarlyStopping sets `model.stop_training`).
         self.keras_callbacks = keras.callbacks.CallbackList(keras_callbacks, model=self.policy)
-        models = {"policy": self.policy, "reference": self.reference, "value model": self.value_model}
-        if isinstance(self.reward_fn, keras.Model):
-            models["reward model"] = self.reward_fn
+        models = {"policy": self.policy,
+                  "reference": self.reference or f"none ({config.algorithm} with beta = 0 has no KL term)",
+                  "value model": self.value_model or f"none ({config.algorithm} has no critic)"}
+        for name, fn in zip(reward_names(self.reward_fns), self.reward_fns):
+            if isinstance(fn, keras.Model):
+                models["reward model" if len(self.reward_fns) == 1 else f"reward model {name}"] = fn
         self.parameter_report = parameter_report(models)
         if self.show_progress:
             print(self.parameter_report)
         if config.target_kl is None:
-            self.kl_controller = ppo.FixedKLController(config.kl_coef)
+            self.kl_controller = ppo.FixedKLController(self.algorithm.initial_kl_coef())
         else:
             self.kl_controller = ppo.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
 
         # Run state, saved in every checkpoint.
-        self.checkpoint = tf.train.Checkpoint(policy=self.policy, value_model=self.value_model,
-                                              optimizer=self.optimizer, kl_coef=self.kl_controller.value,
-                                              update=self.update)
+        critic = {"value_model": self.value_model} if self.value_model is not None else {}
+        self.checkpoint = tf.train.Checkpoint(policy=self.policy, **critic, optimizer=self.optimizer,
+                                              kl_coef=self.kl_controller.value, update=self.update)
         self.checkpoints = tf.train.CheckpointManager(self.checkpoint, self.output_dir / "checkpoints", max_to_keep=3)
         if resume:
             self._restore()
@@ -185,7 +211,7 @@ class PPOTrainer:
         self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
         self._generate = tf.function(self._generate_all)
         self._score = tf.function(self._score_all)
-        self._advantages = tf.function(self._advantages_fn)
+        self._advantages = tf.function(self.algorithm.advantages)
         # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
         # into Adam's update (1% faster per update at S2 of the performance issue than gradients and Adam
         # compiled apart). Its parts are plain Python: a tf.function nested in the XLA one took minutes and
@@ -216,44 +242,42 @@ class PPOTrainer:
         return ppo.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
 
     def _score_fn(self, batch):
-        """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts."""
+        """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts.
+
+        Returns a dict; `ref_logprobs` and `values` only when the run has a reference and a critic.
+        """
         end_token = self.tokenizer.end_token_id if self.config.stop_at_eos else None
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], self.config.response_length,
                                   end_token)
         logprobs, logits = self.response_logprobs(self.policy, batch["sequence_ids"], responses)
-        ref_logprobs, _ = self.response_logprobs(self.reference, batch["sequence_ids"], responses)
-        values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)  # [batch, R]
-        return responses, logprobs, ref_logprobs, values, ppo.entropy_from_logits(logits)
+        scored = {"responses": responses, "logprobs": logprobs, "entropy": ppo.entropy_from_logits(logits)}
+        if self.reference is not None:
+            scored["ref_logprobs"], _ = self.response_logprobs(self.reference, batch["sequence_ids"], responses)
+        if self.value_model is not None:
+            scored["values"] = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
+        return scored
 
     def _score_all(self, batch):
         return gather(self.strategy, self.strategy.run(self._score_replica, args=(batch,)))
 
-    def _advantages_fn(self, scores, logprobs, ref_logprobs, values, mask, kl_coef):
-        c = self.config
-        rewards, kl = ppo.shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, c.kl_estimator)
-        if c.whiten_rewards:
-            rewards = ppo.whiten(rewards, mask, shift_mean=False)
-        advantages, returns = ppo.gae(rewards, values, mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = ppo.whiten(advantages, mask)
-        return advantages, returns, kl
+    def _gradients_fn(self, tensors):
+        """One replica: its share of the loss (token sums over the GLOBAL token count) and its gradients.
 
-    def _gradients_fn(self, batch):
-        """One replica: its share of the loss (token sums over the GLOBAL token count) and its gradients."""
+        `tensors` holds the present fields of a minibatch `Experience` (a dict: None does not cross replicas).
+        """
         c = self.config
-        responses = batch["responses"]
+        minibatch = Experience(**tensors)
+        responses = minibatch.responses
         with tf.GradientTape() as tape, einsum_as_tensordot():
-            logprobs, logits = self.response_logprobs(self.policy, batch["sequence_ids"], responses)
-            values = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
-            pg = ppo.policy_loss(logprobs, batch["logprobs"], batch["advantages"], responses.mask, c.cliprange)
-            vf = ppo.value_loss(values, batch["values"], batch["returns"], responses.mask, c.cliprange_value)
-            loss = pg.loss + c.vf_coef * vf.loss
+            logprobs, logits = self.response_logprobs(self.policy, minibatch.sequence_ids, responses)
+            values = None
+            if self.value_model is not None:
+                values = response_logits(self.value_model, minibatch.sequence_ids, responses.positions)
+            loss, stats = self.algorithm.loss(Forward(logprobs, logits, values), minibatch)
             if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
-                loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), responses.mask)
+                loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), minibatch.loss_mask)
             scaled_loss = self.optimizer.scale_loss(loss)  # x loss scale under mixed_float16, else the loss
-        return tape.gradient(scaled_loss, self.variables), {
-            "loss": loss, "policy_loss": pg.loss, "value_loss": vf.loss, "clipfrac": pg.clipfrac,
-            "value_clipfrac": vf.clipfrac, "approx_kl": pg.approx_kl}
+        return tape.gradient(scaled_loss, self.variables), {"loss": loss, **stats}
 
     def _train_step_fn(self, batch):
         """One optimiser step on a minibatch: sum the replicas' gradients, then clip and apply once.
@@ -277,14 +301,14 @@ class PPOTrainer:
         return {**stats, "grad_norm": grad_norm, "applied": applied}
 
     def train_step(self, minibatch):
-        """One compiled optimiser step on a minibatch dict (as `optimise` builds it); returns its metrics.
+        """One compiled optimiser step on a minibatch `Experience` (advantages filled in); returns its metrics.
 
         Example:
-            step = trainer.train_step({key: batch[key] for key in ("sequence_ids", "responses", "logprobs",
-                                                                   "values", "advantages", "returns")})
+            step = trainer.train_step(experience.rows(tf.range(16)))
             bool(step["applied"])
         """
-        return self._train_step(split_batch(self.strategy, minibatch))
+        present = {name: getattr(minibatch, name) for name in minibatch.present()}
+        return self._train_step(split_batch(self.strategy, present))
 
     def _apply(self, gradients, grad_norm):
         """Clip the summed gradients (`grad_norm` measured before clipping) and take the optimiser step."""
@@ -302,30 +326,56 @@ class PPOTrainer:
     # ----------------------------------------------------------------- one update, in steps
 
     def rollout(self, prompt_ids, prompt_lengths, seed):
-        """Sample, score and reward one batch; returns a dict of tensors, texts and timings."""
+        """Sample, score and reward one batch of rows (already repeated per generation); returns a `Rollout`.
+
+        Example:
+            rollout = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([0, 1]))
+            rollout.experience.logprobs.shape  # [32, response_length]
+        """
+        c = self.config
         started = time.perf_counter()
         prompts = split_batch(self.strategy, {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
         sequence_ids = self._generate(prompts, seed)
         generated = time.perf_counter()
-        responses, logprobs, ref_logprobs, values, entropies = self._score(
-            split_batch(self.strategy, {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths}))
-        entropy = ppo.masked_mean(entropies, responses.mask)
-        scored = time.perf_counter()
+        scored = self._score(split_batch(self.strategy, {"sequence_ids": sequence_ids,
+                                                          "prompt_lengths": prompt_lengths}))
+        responses = scored["responses"]
+        entropy = float(ppo.masked_mean(scored["entropy"], responses.mask))
+        scoring_done = time.perf_counter()
         texts = self.decode(responses)
         start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
         prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:],
                                                                     lengths=prompt_lengths - start))
-        scores = compute_scores(self.reward_fn, texts, prompt_texts)
+        scores, reward_scores, failure = self._rewards(texts, prompt_texts)
         gold_scores = compute_scores(self.gold_reward_fn, texts, prompt_texts) if self.gold_reward_fn else None
-        if self.config.missing_eos_penalty is not None:
-            never_stopped = ~np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)
-            scores = scores - self.config.missing_eos_penalty * never_stopped
-        return {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths, "responses": responses,
-                "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy,
-                "scores": tf.constant(scores, tf.float32), "texts": texts, "prompt_texts": prompt_texts,
-                "gold_scores": gold_scores,
-                "seconds": {"generate": generated - started, "score": scored - generated,
-                            "reward": time.perf_counter() - scored}}
+        ended = np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)  # [batch]
+        if c.missing_eos_penalty is not None:
+            scores = scores - c.missing_eos_penalty * ~ended
+        if c.overlong_buffer:
+            lengths = tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)
+            scores = scores + overlong_penalty(lengths, c.response_length, c.overlong_buffer,
+                                               c.overlong_penalty).numpy()
+        loss_mask = responses.mask
+        if c.mask_truncated_completions:
+            loss_mask = responses.mask & tf.constant(ended)[:, None]
+        experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
+                                loss_mask, scored.get("ref_logprobs"), scored.get("values"))
+        return Rollout(experience, entropy, texts, prompt_texts, gold_scores, reward_scores, failure,
+                       {"generate": generated - started, "score": scoring_done - generated,
+                        "reward": time.perf_counter() - scoring_done})
+
+    def _rewards(self, texts, prompt_texts):
+        """`(weighted scores [batch], each function's scores by name, failure or None)`.
+
+        A reward function that raises gives NaN scores, so the non-finite guard
+        skips the update (and says which function failed) instead of ending the run.
+        """
+        weights = self.config.reward_weights or (1.0,) * len(self.reward_fns)
+        try:
+            scores, each = combined_scores(self.reward_fns, weights, texts, prompt_texts)
+        except RewardFunctionFailed as error:
+            return np.full(len(texts), np.nan), {}, str(error)
+        return scores, (each if len(self.reward_fns) > 1 else {}), None
 
     def decode(self, responses):
         """Response texts, without the end token and the padding after it."""
@@ -336,23 +386,23 @@ class PPOTrainer:
         return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
                 for text in np.asarray(texts).tolist()]
 
-    def optimise(self, batch, update):
-        """Run the PPO epochs over shuffled minibatches; returns the mean of each loss term."""
+    def optimise(self, experience, update, reward_failure=None):
+        """Run the algorithm's epochs over shuffled minibatches; returns the mean of each loss metric."""
         c = self.config
-        non_finite = [key for key in ("scores", "logprobs", "ref_logprobs", "values", "advantages", "returns")
-                      if not np.all(np.isfinite(batch[key]))]
-        if non_finite:
-            self._skipped(update, f"non-finite {', '.join(non_finite)} in the rollout")
-            return {**dict.fromkeys(LOSS_METRICS, float("nan")), "skipped_steps": c.num_ppo_epochs * c.num_mini_batches,
+        metrics = self.algorithm.metrics + ("grad_norm",)
+        epochs = self.algorithm.num_epochs
+        non_finite = [name for name in ("scores", "logprobs", "ref_logprobs", "values", "advantages", "returns")
+                      if name in experience.present() and not np.all(np.isfinite(getattr(experience, name)))]
+        if non_finite or reward_failure:
+            reason = reward_failure or f"non-finite {', '.join(non_finite)} in the rollout"
+            self._skipped(update, reason)
+            return {**dict.fromkeys(metrics, float("nan")), "skipped_steps": epochs * c.num_mini_batches,
                     "ppo_epochs": 0, "applied_steps": 0}
-        trainable = {key: batch[key] for key in ("sequence_ids", "responses", "logprobs", "values",
-                                                 "advantages", "returns")}
         rng = np.random.default_rng([c.seed, update])  # per update, so a resumed run shuffles the same way
         steps, epochs_done = [], 0
-        for _ in range(c.num_ppo_epochs):
+        for _ in range(epochs):
             order = rng.permutation(c.batch_size)
-            epoch = [self._train_step(split_batch(self.strategy, tf.nest.map_structure(
-                lambda t, rows=rows: tf.gather(t, rows), trainable))) for rows in np.split(order, c.num_mini_batches)]
+            epoch = [self.train_step(experience.rows(rows)) for rows in np.split(order, c.num_mini_batches)]
             steps += epoch
             epochs_done += 1
             if c.max_approx_kl is not None and np.mean([s["approx_kl"] for s in epoch]) > c.max_approx_kl:
@@ -400,9 +450,11 @@ class PPOTrainer:
             callback.trainer = self
         evaluation_before = self._starting_evaluation(restored)
         self._keras_callbacks_begin()
-        prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths, c.batch_size, c.seed)
+        prompts_per_update = c.batch_size // self.algorithm.num_generations
+        prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths, prompts_per_update, c.seed)
                        .skip(restored))  # a resumed run continues where the data left off
-        progress = tqdm(total=c.total_updates, initial=restored, desc="PPO", disable=not self.show_progress)
+        progress = tqdm(total=c.total_updates, initial=restored, desc=c.algorithm.upper(),
+                        disable=not self.show_progress)
         with self._stop_on_sigterm():
             while int(self.update.numpy()) < c.total_updates and not self.stop_training:
                 update = int(self.update.numpy()) + 1
@@ -412,7 +464,7 @@ class PPOTrainer:
                 log.write(update, logs)
                 progress.update(1)
                 if self.show_progress:
-                    tqdm.write(_metrics_line(update, c.total_updates, logs, c.kl_estimator))
+                    tqdm.write(_metrics_line(update, c.total_updates, logs, self.algorithm.kl_estimator))
                 if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
                     self.checkpoints.save(checkpoint_number=update)
                 if c.eval_every and update % c.eval_every == 0:
@@ -456,32 +508,40 @@ class PPOTrainer:
             signal.signal(signal.SIGTERM, previous)
 
     def run_update(self, prompt_batch, update):
-        """One PPO update on a batch of prompts; returns its metrics."""
+        """One update on a batch of prompts (each sampled `num_generations` times); returns its metrics."""
         c = self.config
         started = time.perf_counter()
         seed = tf.constant([c.seed, update], tf.int32)
-        batch = self.rollout(prompt_batch["prompt_ids"], prompt_batch["prompt_lengths"], seed)
-        mask = batch["responses"].mask
+        generations = self.algorithm.num_generations  # each prompt's G rows side by side: one group
+        rollout = self.rollout(tf.repeat(prompt_batch["prompt_ids"], generations, axis=0),
+                               tf.repeat(prompt_batch["prompt_lengths"], generations, axis=0), seed)
         kl_coef = float(self.kl_controller.value.numpy())
-        batch["advantages"], batch["returns"], kl = self._advantages(  # kl_coef as a tensor: no retrace when it moves
-            batch["scores"], batch["logprobs"], batch["ref_logprobs"], batch["values"], mask, tf.constant(kl_coef))
+        # kl_coef as a tensor: no retrace when it moves.
+        experience, kl = self._advantages(rollout.experience, tf.constant(kl_coef))
         optimise_started = time.perf_counter()
-        losses = self.optimise(batch, update)
-        kl_per_response = float(tf.reduce_mean(tf.reduce_sum(kl, axis=1)))
-        if losses.pop("applied_steps") and np.isfinite(kl_per_response):
-            # A skipped update changed nothing, so it must not move beta either (a NaN KL would stick for good).
-            self.kl_controller.update(kl_per_response, c.batch_size)
+        losses = self.optimise(experience, update, rollout.reward_failure)
+        scores, mask = experience.scores.numpy(), experience.responses.mask
+        logs = {"score_mean": float(np.mean(scores)), "score_std": float(np.std(scores))}
+        for name, each in rollout.reward_scores.items():
+            logs.update({f"rewards/{name}/mean": float(np.mean(each)), f"rewards/{name}/std": float(np.std(each))})
+        if generations > 1:
+            logs["frac_reward_zero_std"] = float(frac_reward_zero_std(experience.scores, generations))
+        applied = losses.pop("applied_steps")
+        if kl is not None:
+            kl_per_response = float(tf.reduce_mean(tf.reduce_sum(kl, axis=1)))
+            if applied and np.isfinite(kl_per_response):
+                # A skipped update changed nothing, so it must not move beta either (a NaN KL would stick for good).
+                self.kl_controller.update(kl_per_response, c.batch_size)
+            logs.update({"kl": kl_per_response, "kl_coef": kl_coef, "non_score_reward": -kl_coef * kl_per_response})
+        logs.update({"entropy": rollout.entropy, **losses})
+        if experience.values is not None:
+            logs["explained_variance"] = float(ppo.explained_variance(experience.values, experience.returns, mask))
         return {
-            "score_mean": float(np.mean(batch["scores"])), "score_std": float(np.std(batch["scores"])),
-            "kl": kl_per_response, "kl_coef": kl_coef,
-            "non_score_reward": -kl_coef * kl_per_response,
-            "entropy": float(batch["entropy"]),
-            **losses,
-            "explained_variance": float(ppo.explained_variance(batch["values"], batch["returns"], mask)),
+            **logs,
             "response_length": float(tf.reduce_mean(tf.reduce_sum(tf.cast(mask, tf.float32), axis=1))),
-            **self._fluency(batch),
-            **self._gold(batch),
-            **{f"seconds_{phase}": seconds for phase, seconds in batch["seconds"].items()},
+            **self._fluency(rollout),
+            **self._gold(rollout),
+            **{f"seconds_{phase}": seconds for phase, seconds in rollout.seconds.items()},
             "seconds_optimise": time.perf_counter() - optimise_started,
             "seconds_update": time.perf_counter() - started,
         }
@@ -506,17 +566,22 @@ class PPOTrainer:
         scores, kls, texts, prompt_texts, gold = [], [], [], [], []
         for start in range(0, len(token_ids), c.batch_size):
             chunk = slice(start, start + c.batch_size)
-            batch = self.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
-            kl = ppo.masked_sum(batch["logprobs"] - batch["ref_logprobs"], batch["responses"].mask, axis=1)
-            scores += list(batch["scores"].numpy())
-            kls += list(kl.numpy())
-            texts += batch["texts"]
-            prompt_texts += batch["prompt_texts"]  # what the policy saw: cut to its first k tokens if configured
-            gold += list(batch["gold_scores"]) if batch["gold_scores"] is not None else []
+            rollout = self.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
+            if rollout.reward_failure:
+                raise RewardFunctionFailed(f"evaluation: {rollout.reward_failure}")
+            experience = rollout.experience
+            if experience.ref_logprobs is not None:
+                kls += list(ppo.masked_sum(experience.logprobs - experience.ref_logprobs, experience.responses.mask,
+                                           axis=1).numpy())
+            scores += list(experience.scores.numpy())
+            texts += rollout.texts
+            prompt_texts += rollout.prompt_texts  # what the policy saw: cut to its first k tokens if configured
+            gold += list(rollout.gold_scores) if rollout.gold_scores is not None else []
         n = len(prompts)
         samples = list(zip(prompt_texts[:n], texts[:n]))
-        evaluation = {"score_mean": float(np.mean(scores[:n])), "heldout_kl": float(np.mean(kls[:n])),
-                      "samples": samples}
+        evaluation = {"score_mean": float(np.mean(scores[:n])), "samples": samples}
+        if kls:  # without a reference model (GRPO with beta = 0) there is nothing to measure the KL against
+            evaluation["heldout_kl"] = float(np.mean(kls[:n]))
         if self.bigrams is not None:
             evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in samples]))
         if gold:
@@ -529,7 +594,8 @@ class PPOTrainer:
         With LoRA, `policy.keras` and the preset hold the adapters merged into the kernels.
         """
         self.policy.save(self.output_dir / "policy.keras")
-        self.value_model.save(self.output_dir / "value_model.keras")
+        if self.value_model is not None:
+            self.value_model.save(self.output_dir / "value_model.keras")
         if self.config.lora_rank:
             self.policy.backbone.save_lora_weights(str(self.output_dir / "adapters.lora.h5"))
         if isinstance(self.policy, keras_hub.models.CausalLM):
@@ -561,17 +627,17 @@ class PPOTrainer:
                                      c.seed if seed is None else seed)
         return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
 
-    def _fluency(self, batch):
+    def _fluency(self, rollout):
         if self.bigrams is None:
             return {}
         return {"fluency": float(np.mean([is_fluent(p + t, self.bigrams)
-                                          for p, t in zip(batch["prompt_texts"], batch["texts"])]))}
+                                          for p, t in zip(rollout.prompt_texts, rollout.texts)]))}
 
-    def _gold(self, batch):
+    def _gold(self, rollout):
         """The gold score beside the proxy, and how well they agree on this batch."""
-        if batch["gold_scores"] is None:
+        if rollout.gold_scores is None:
             return {}
-        proxy, gold = batch["scores"].numpy(), batch["gold_scores"]
+        proxy, gold = rollout.experience.scores.numpy(), rollout.gold_scores
         agree = float(np.corrcoef(proxy, gold)[0, 1]) if proxy.std() > 0 and gold.std() > 0 else 0.0
         return {"gold_score_mean": float(np.mean(gold)), "proxy_gold_correlation": agree}
 
@@ -677,6 +743,17 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
     """
     trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy)
     return trainer.train()
+
+
+def _reward_functions(reward_fn, config):
+    """The reward functions as a list (one function, a RewardModel, or a list of them), weights checked."""
+    reward_fns = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn or sentiment_reward]
+    if not reward_fns:
+        raise ConfigError("reward_fn: an empty list of reward functions")
+    if config.reward_weights is not None and len(config.reward_weights) != len(reward_fns):
+        raise ConfigError(f"PPOConfig.reward_weights has {len(config.reward_weights)} weights for "
+                          f"{len(reward_fns)} reward functions")
+    return reward_fns
 
 
 def _split_callbacks(callbacks):

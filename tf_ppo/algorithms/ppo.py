@@ -1,0 +1,64 @@
+"""PPO with a critic (Schulman et al. 2017; Ziegler et al. 2019): KL in the reward, GAE, clipped value loss."""
+
+import tensorflow as tf
+
+from tf_ppo import ppo
+from tf_ppo.algorithms.base import Algorithm
+from tf_ppo.algorithms.registry import register
+
+
+@register
+class PPO(Algorithm):
+    """The per-token reward is -kl_coef * KL plus the score on the last token; advantages by GAE.
+
+    Example:
+        PPOConfig(algorithm="ppo", kl_coef=0.05, vf_coef=0.1)
+    """
+
+    name = "ppo"
+    fields = ("kl_coef", "kl_estimator", "target_kl", "kl_horizon", "whiten_rewards", "whiten_advantages",
+              "gamma", "lam", "num_ppo_epochs", "cliprange", "cliprange_value", "vf_coef",
+              "value_from_reward_model")
+    uses_value_model = True
+    metrics = ("loss", "policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
+
+    @property
+    def uses_reference(self):
+        return True
+
+    @property
+    def num_generations(self):
+        return 1
+
+    @property
+    def num_epochs(self):
+        return self.config.num_ppo_epochs
+
+    @property
+    def kl_estimator(self):
+        return self.config.kl_estimator
+
+    def initial_kl_coef(self):
+        return self.config.kl_coef
+
+    def advantages(self, experience, kl_coef):
+        c = self.config
+        mask = experience.responses.mask
+        rewards, kl = ppo.shaped_rewards(experience.scores, experience.logprobs, experience.ref_logprobs, mask,
+                                         kl_coef, c.kl_estimator)
+        if c.whiten_rewards:
+            rewards = ppo.whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ppo.gae(rewards, experience.values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = ppo.whiten(advantages, mask)
+        return experience._replace(advantages=advantages, returns=returns), kl
+
+    def loss(self, forward, minibatch):
+        c = self.config
+        mask = minibatch.loss_mask
+        pg = ppo.policy_loss(forward.logprobs, minibatch.logprobs, minibatch.advantages, mask, c.cliprange,
+                             dual_clip=c.dual_clip)
+        vf = ppo.value_loss(forward.values, minibatch.values, minibatch.returns, mask, c.cliprange_value)
+        return pg.loss + c.vf_coef * vf.loss, {"policy_loss": pg.loss, "value_loss": vf.loss,
+                                               "clipfrac": pg.clipfrac, "value_clipfrac": vf.clipfrac,
+                                               "approx_kl": pg.approx_kl}

@@ -1,0 +1,61 @@
+"""REINFORCE++ (Hu 2025) and REINFORCE++-baseline, as OpenRLHF defines them: no critic, returns whitened."""
+
+import tensorflow as tf
+
+from tf_ppo import estimators, ppo
+from tf_ppo.algorithms.base import Algorithm
+from tf_ppo.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.algorithms.registry import register
+
+
+@register
+class ReinforcePP(Algorithm):
+    """Per-token reward -beta * KL_t plus the score on the last token; returns (gamma 1) whitened over the batch.
+
+    Example:
+        PPOConfig(algorithm="reinforce_pp", beta=0.01)
+    """
+
+    name = "reinforce_pp"
+    fields = GROUP_FIELDS + ("kl_estimator",)
+    default_beta = 0.01  # OpenRLHF's init_kl_coef
+
+    @property
+    def kl_estimator(self):
+        return self.config.kl_estimator
+
+    def baseline_scores(self, scores):
+        return scores
+
+    def advantages(self, experience, kl_coef):
+        mask = experience.responses.mask
+        kl = None
+        if experience.ref_logprobs is not None:
+            kl = ppo.token_kl(experience.logprobs, experience.ref_logprobs, mask, self.kl_estimator)
+        per_token_kl = tf.zeros_like(experience.logprobs) if kl is None else kl
+        returns = estimators.reinforce_returns(self.baseline_scores(experience.scores), per_token_kl, mask,
+                                               kl_coef)
+        return experience._replace(advantages=ppo.whiten(returns, mask)), kl
+
+    def loss(self, forward, minibatch):
+        per_token, metrics = self.policy_terms(forward, minibatch)
+        metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
+        return loss, metrics
+
+
+@register
+class ReinforcePPBaseline(ReinforcePP):
+    """REINFORCE++ whose scores first lose their group's mean (G samples per prompt), robust to reward scale.
+
+    Example:
+        PPOConfig(algorithm="reinforce_pp_baseline", num_generations=4)
+    """
+
+    name = "reinforce_pp_baseline"
+
+    @classmethod
+    def validate(cls, config, fail):
+        check_groups(config, fail)
+
+    def baseline_scores(self, scores):
+        return estimators.group_centred(scores, self.num_generations)

@@ -1,0 +1,41 @@
+"""RLOO (Ahmadian et al. 2024): REINFORCE with the leave-one-out mean of the other samples as baseline."""
+
+from tf_ppo import estimators, ppo
+from tf_ppo.algorithms.base import Algorithm
+from tf_ppo.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.algorithms.registry import register
+
+
+@register
+class RLOO(Algorithm):
+    """Reward minus beta * KL of the whole response (TRL's RLOO), then minus the other G - 1 samples' mean.
+
+    Example:
+        PPOConfig(algorithm="rloo", num_generations=4, beta=0.05)
+    """
+
+    name = "rloo"
+    fields = GROUP_FIELDS + ("kl_estimator",)
+    default_beta = 0.05  # TRL's RLOOConfig
+
+    @classmethod
+    def validate(cls, config, fail):
+        check_groups(config, fail)
+
+    @property
+    def kl_estimator(self):
+        return self.config.kl_estimator
+
+    def advantages(self, experience, kl_coef):
+        mask = experience.responses.mask
+        rewards, kl = experience.scores, None
+        if experience.ref_logprobs is not None:
+            kl = ppo.token_kl(experience.logprobs, experience.ref_logprobs, mask, self.kl_estimator)
+            rewards = rewards - kl_coef * ppo.masked_sum(kl, mask, axis=1)
+        advantages = estimators.leave_one_out_advantages(rewards, self.num_generations)
+        return experience._replace(advantages=estimators.sequence_to_tokens(advantages, mask)), kl
+
+    def loss(self, forward, minibatch):
+        per_token, metrics = self.policy_terms(forward, minibatch)
+        metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
+        return loss, metrics
