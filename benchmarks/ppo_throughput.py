@@ -49,7 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--updates", type=int, default=5, help="timed updates")
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first (tracing, XLA compilation)")
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--ppo-epochs", type=int, default=4,
+                        help="passes over each rollout: PPO's num_ppo_epochs, the others' num_iterations")
+    parser.add_argument("--algorithm", default="ppo", help="ppo, grpo, dr_grpo, rloo, reinforce_pp, ...")
+    parser.add_argument("--num-generations", type=int, default=1, help="samples per prompt (batch counts rollouts)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="KL coefficient of the critic-free algorithms (default: the algorithm's)")
     parser.add_argument("--mini-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
@@ -103,7 +108,7 @@ def build_trainer(args, response_length, total_updates):
                "intermediate_dim": 4 * args.hidden, "max_sequence_length": context},
         batch_size=args.batch, max_prompt_length=args.prompt_length, truncate_prompts=True,
         response_length=response_length, temperature=args.temperature, stop_at_eos=False,
-        num_ppo_epochs=args.ppo_epochs, num_mini_batches=args.mini_batches, total_updates=total_updates,
+        num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
@@ -120,8 +125,17 @@ def build_trainer(args, response_length, total_updates):
     return trainer, reward_model
 
 
+def algorithm_fields(args):
+    """The config fields of `--algorithm`: PPO's epochs, or the group settings of the critic-free ones."""
+    if args.algorithm == "ppo":
+        return {"num_ppo_epochs": args.ppo_epochs}
+    return {"algorithm": args.algorithm, "num_generations": args.num_generations, "num_iterations": args.ppo_epochs,
+            "beta": args.beta}
+
+
 def run_updates(trainer, count, first_update=1):
-    batches = iter(prompt_dataset(trainer.prompt_ids, trainer.prompt_lengths, trainer.config.batch_size,
+    prompts_per_update = trainer.config.batch_size // trainer.algorithm.num_generations
+    batches = iter(prompt_dataset(trainer.prompt_ids, trainer.prompt_lengths, prompts_per_update,
                                   trainer.config.seed))
     return [trainer.run_update(next(batches), first_update + i) for i in range(count)]
 
@@ -130,8 +144,9 @@ def flops_per_update(trainer, reward_model, args):
     """2 P T per forward pass (generation, policy, reference, value, reward), 6 P T per training pass."""
     tokens = args.batch * (args.prompt_length + args.response_length)
     policy = trainer.policy.count_params()
-    value = trainer.value_model.count_params()
-    forward = 2 * tokens * (policy + policy + trainer.reference.count_params() + value)
+    value = trainer.value_model.count_params() if trainer.value_model is not None else 0
+    reference = trainer.reference.count_params() if trainer.reference is not None else 0
+    forward = 2 * tokens * (policy + policy + reference + value)
     forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
     training = 6 * tokens * (policy + value) * args.ppo_epochs
     return forward + training
@@ -242,6 +257,7 @@ def main(argv=None):
     phase = {name: statistics.median(row[f"seconds_{name}"] for row in logs)
              for name in ("generate", "score", "reward", "optimise")}
     result = {
+        "algorithm": args.algorithm, "num_generations": trainer.algorithm.num_generations,
         "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "batch": args.batch,
                   "prompt_length": args.prompt_length, "response_length": args.response_length,
                   "policy_parameters": trainer.policy.count_params(),

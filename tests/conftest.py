@@ -3,9 +3,14 @@
 import os
 import tempfile
 
-# A private policy cache, so the suite never reads or writes the user's.
-os.environ.setdefault("TF_PPO_CACHE", tempfile.mkdtemp(prefix="tf_ppo_cache_"))
+# A private policy cache, so the suite never reads or writes the user's; under pytest-xdist (`-n 2`) one
+# per run, shared by its workers, so the SFT policy is trained once.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_CACHE = os.path.join(tempfile.gettempdir(), f"tf_ppo_cache_{_RUN}") if _RUN else tempfile.mkdtemp(prefix="tf_ppo_cache_")
+os.makedirs(_CACHE, exist_ok=True)
+os.environ.setdefault("TF_PPO_CACHE", _CACHE)
 
+import filelock  # noqa: E402
 import pytest  # noqa: E402
 
 from tf_ppo.config import PPOConfig  # noqa: E402
@@ -20,8 +25,9 @@ def tiny_config(tmp_path, **changes):
 
 @pytest.fixture(scope="session")
 def sft_policy_path():
-    """Trains the default tiny policy once per session (then every load is a fresh copy)."""
-    default_policy(PPOConfig(), show_progress=False)
+    """Trains the default tiny policy once per run (then every load is a fresh copy); other workers wait for it."""
+    with filelock.FileLock(os.path.join(os.environ["TF_PPO_CACHE"], ".sft.lock")):
+        default_policy(PPOConfig(), show_progress=False)
     return os.environ["TF_PPO_CACHE"]
 
 

@@ -39,11 +39,13 @@ strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:
 tmp = pathlib.Path(tmp)
 tmp.mkdir(parents=True, exist_ok=True)
 report = {}
-if stage == "ppo":
+if stage in ("ppo", "grpo"):
     # "xla" = the default settings; XLA is then on for one replica only, and the samples must still agree.
-    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla")
+    # GRPO: groups of 4, a reference (beta > 0) and the per-sequence loss, whose row count spans the replicas.
+    algorithm = {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"} if stage == "grpo" else {}
+    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla", **algorithm)
     result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
-    weights = result.policy.get_weights() + result.value_model.get_weights()
+    weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
     report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
     if name == "mirrored":
         try:
@@ -95,14 +97,15 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
     assert relative_difference(mirrored, single) <= 1e-5
 
 
-@pytest.mark.parametrize("stage", ["ppo", "sft"])
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "sft"])
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path):
     # Default settings (item 10): XLA compiles one device's steps, not the replicas'; the same noise either way.
     mirrored, report = run_two_device_script(stage, "mirrored", tmp_path, xla=True)
     single, single_report = run_two_device_script(stage, "default", tmp_path, xla=True)
     assert relative_difference(mirrored, single) <= 1e-5
-    if stage == "ppo":
+    if stage in ("ppo", "grpo"):
         assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
+    if stage == "ppo":
         assert "15 rollouts per minibatch must be divisible by the 2 replicas" in report["odd_batch_error"]
         assert report["whiten_max_difference"] < 1e-6
 

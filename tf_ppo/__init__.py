@@ -1,11 +1,11 @@
-"""tf_ppo: PPO fine-tuning (RLHF) of Keras / keras-hub language models.
+"""tf_ppo: RL fine-tuning (RLHF: PPO, GRPO, RLOO, REINFORCE++) of Keras / keras-hub language models.
 
 Example:
     import tf_ppo
     result = tf_ppo.train(tf_ppo.PPOConfig(total_updates=10))
 """
 
-from tf_ppo import ppo
+from tf_ppo import algorithms, estimators, ppo
 from tf_ppo.config import ConfigError, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
 from tf_ppo.data import DataError, load_prompts
 from tf_ppo.export import ExportError, export, save_preset
@@ -17,6 +17,8 @@ from tf_ppo.checkpoints import CheckpointError
 from tf_ppo.trainer import Callback, NonFiniteError, OveroptimisationWarning, PPOTrainer, TrainResult, train
 
 __all__ = [
+    "algorithms",
+    "estimators",
     "ppo",
     "ConfigError",
     "UnknownFieldError",

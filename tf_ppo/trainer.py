@@ -711,12 +711,13 @@ class PPOTrainer:
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
           gold_reward_fn=None, strategy=None):
-    """Fine-tune a policy with PPO; usable from notebooks (no argparse, no sys.exit).
+    """Fine-tune a policy with the algorithm `config.algorithm` names (PPO by default); usable from notebooks.
 
     Args:
-        config: `PPOConfig` (default: the demo task's settings).
-        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, or a
-            `RewardModel`; default VADER sentiment of each response.
+        config: `PPOConfig` (default: the demo task's settings, PPO).
+        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, a
+            `RewardModel`, or a list of them, summed with `config.reward_weights`
+            (each one's mean and std logged by name); default VADER sentiment.
         prompts: a list of strings, a `tf.data.Dataset` of strings, a CSV path or
             "tfds:NAME[:SPLIT]"; default `config.prompts`.
         policy: a policy to start from (trained in place); default `config.model`'s
@@ -740,6 +741,7 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         from tf_ppo.rewards import word_count_reward
         result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
         result.history[-1]["score_mean"]
+        train(PPOConfig(algorithm="grpo", num_generations=4, beta=0.04))  # no critic; 16 prompts x 4 samples
     """
     trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy)
     return trainer.train()

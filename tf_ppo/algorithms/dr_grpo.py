@@ -21,7 +21,7 @@ class DrGRPO(GRPO):
     fields = tuple(field for field in GRPO.fields if field not in ("scale_rewards", "loss_type"))
 
     def scale_rewards(self):
-        return "none"
+        return "none"  # no division by the group's std: hard and easy prompts weigh the same
 
     def aggregate(self, per_token, mask):
-        return self.aggregate_as("dr_grpo", per_token, mask)
+        return self.aggregate_as("dr_grpo", per_token, mask)  # token sum / (batch x response_length)
