@@ -27,8 +27,9 @@ def varied_reward(texts):
 
 
 def algorithm_config(tmp_path, name, **changes):
-    return tiny_config(tmp_path, algorithm=name, num_generations=4, batch_size=16, eval_size=16, total_updates=2,
-                       checkpoint_every=1, **{**CRITIC_FREE[name], **changes})
+    settings = {"algorithm": name, "num_generations": 4, "batch_size": 16, "eval_size": 16, "total_updates": 2,
+                "checkpoint_every": 1, **CRITIC_FREE[name], **changes}
+    return tiny_config(tmp_path, **settings)
 
 
 @pytest.fixture(scope="module", params=list(CRITIC_FREE))
@@ -60,7 +61,10 @@ def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp
     shutil.copytree(straight.run_dir, run_dir)
     for part in run_dir.glob("checkpoints/ckpt-2.*"):  # as if the run died during update 2
         part.unlink()
-    (run_dir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    state = tf.train.get_checkpoint_state(str(run_dir / "checkpoints"))  # the manager's list, less ckpt-2
+    del state.all_model_checkpoint_paths[1:], state.all_model_checkpoint_timestamps[1:]
+    state.model_checkpoint_path = state.all_model_checkpoint_paths[0]
+    (run_dir / "checkpoints" / "checkpoint").write_text(str(state))
     (run_dir / "evaluation_after.json").unlink()
     config = straight.config.replace(run_dir=str(run_dir))
     resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
@@ -149,7 +153,8 @@ def test_each_prompt_is_sampled_num_generations_times_side_by_side(finished):
     ({"algorithm": "rloo", "num_generations": 3}, "batch_size counts rollouts, so it must be a multiple of "
                                                   "num_generations=3, got 64"),
     ({"algorithm": "grpo", "num_generations": 4, "vf_coef": 0.5}, "vf_coef is not used by algorithm='grpo'"),
-    ({"algorithm": "grpo", "num_generations": 4, "cliprange": 0.3}, "its counterpart is epsilon"),
+    ({"algorithm": "grpo", "num_generations": 4, "cliprange": 0.3}, "cliprange is not used by algorithm=.grpo.; its "
+                                                                  "counterpart is epsilon"),
     ({"kl_coef": 0.2, "beta": 0.1}, "beta is not used by algorithm='ppo'; its counterpart is kl_coef"),
     ({"algorithm": "grpo", "num_generations": 4, "epsilon_high": 0.1}, "epsilon_high must be >= epsilon=0.2"),
     ({"dual_clip": 1.0}, "dual_clip must be > 1"),
