@@ -20,14 +20,29 @@ def test_eight_chapters_linked_from_the_readme_in_order():
     assert linked == [path.stem for path in NOTEBOOKS]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_from_a_fresh_kernel(path, sft_policy_path, monkeypatch):
+def run_notebook(path, monkeypatch):
     # The kernel inherits this environment: the session's policy cache, and tf_ppo importable from a checkout.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
+
+
+# Two classes, so `pytest -n 2 --dist loadscope` runs the two halves on both workers (about 6.5 minutes each).
+LONG = {"05_project", "07_scale_and_export", "08_faq"}
+
+
+class TestNotebooksWithTheArticlesCode:
+    @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem not in LONG], ids=lambda path: path.stem)
+    def test_notebook_runs_from_a_fresh_kernel(self, path, sft_policy_path, monkeypatch):
+        run_notebook(path, monkeypatch)
+
+
+class TestNotebooksProjectScaleAndFAQ:
+    @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LONG], ids=lambda path: path.stem)
+    def test_notebook_runs_from_a_fresh_kernel(self, path, sft_policy_path, monkeypatch):
+        run_notebook(path, monkeypatch)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -59,7 +59,7 @@ class Forward(typing.NamedTuple):
 
 
 class Algorithm:
-    """Base class: a critic-free algorithm with a clipped policy loss, no KL, one pass per rollout.
+    """Base class: a critic-free algorithm whose loss is the clipped policy loss, `num_iterations` passes.
 
     Subclasses set `name` and `fields` (the PPOConfig fields they read beyond
     the shared ones) and override what differs: `uses_value_model`,
@@ -115,13 +115,18 @@ class Algorithm:
         raise NotImplementedError
 
     def loss(self, forward, minibatch):
-        """`(loss, metrics)` of one minibatch: `forward` holds the models' current outputs."""
-        raise NotImplementedError
+        """`(loss, metrics)` of one minibatch: `forward` holds the models' current outputs.
+
+        The default: the clipped policy loss alone, aggregated by `loss_type` (RLOO, REINFORCE++).
+        """
+        per_token, metrics = self.policy_terms(forward, minibatch)
+        metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
+        return loss, metrics
 
     # --- shared pieces of the critic-free losses
 
     def policy_terms(self, forward, minibatch):
-        """The clipped policy loss with `epsilon`, `epsilon_high`, `dual_clip`, aggregated by `loss_type`."""
+        """`(per-token clipped loss [batch, R], {clipfrac, approx_kl})` with `epsilon`, `epsilon_high`, `dual_clip`."""
         c = self.config
         per_token, clipped = ppo.clipped_surrogate(forward.logprobs, minibatch.logprobs, minibatch.advantages,
                                                    c.epsilon, c.epsilon_high, c.dual_clip)

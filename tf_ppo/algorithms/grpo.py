@@ -32,6 +32,10 @@ class GRPO(Algorithm):
         check_groups(config, fail)
 
     @property
+    def metrics(self):
+        return Algorithm.metrics + (("kl_loss",) if self.beta > 0 else ())
+
+    @property
     def kl_estimator(self):
         return "k3"
 

@@ -37,11 +37,6 @@ class ReinforcePP(Algorithm):
                                                kl_coef)
         return experience._replace(advantages=ppo.whiten(returns, mask)), kl
 
-    def loss(self, forward, minibatch):
-        per_token, metrics = self.policy_terms(forward, minibatch)
-        metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
-        return loss, metrics
-
 
 @register
 class ReinforcePPBaseline(ReinforcePP):

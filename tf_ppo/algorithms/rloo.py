@@ -34,8 +34,3 @@ class RLOO(Algorithm):
             rewards = rewards - kl_coef * ppo.masked_sum(kl, mask, axis=1)
         advantages = estimators.leave_one_out_advantages(rewards, self.num_generations)
         return experience._replace(advantages=estimators.sequence_to_tokens(advantages, mask)), kl
-
-    def loss(self, forward, minibatch):
-        per_token, metrics = self.policy_terms(forward, minibatch)
-        metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
-        return loss, metrics
