@@ -124,7 +124,6 @@ class PPOTrainer:
         self.config = config = config or PPOConfig()
         self.algorithm = algorithms.create(config)
         self.reward_fns = _reward_functions(reward_fn, config)
-        self.reward_fn = self.reward_fns[0] if len(self.reward_fns) == 1 else self.reward_fns
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimising = False
         self.callbacks, keras_callbacks = _split_callbacks(callbacks)
@@ -143,7 +142,7 @@ class PPOTrainer:
 
         if config.value_from_reward_model and not hasattr(self.reward_fns[0], "backbone"):
             raise ConfigError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
-                             f"got {type(self.reward_fn).__name__}")
+                             f"got {type(self.reward_fns[0]).__name__}")
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
         self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
                                          config.collective_timeout)
@@ -307,8 +306,7 @@ class PPOTrainer:
             step = trainer.train_step(experience.rows(tf.range(16)))
             bool(step["applied"])
         """
-        present = {name: getattr(minibatch, name) for name in minibatch.present()}
-        return self._train_step(split_batch(self.strategy, present))
+        return self._train_step(split_batch(self.strategy, minibatch.present()))
 
     def _apply(self, gradients, grad_norm):
         """Clip the summed gradients (`grad_norm` measured before clipping) and take the optimiser step."""
@@ -391,8 +389,9 @@ class PPOTrainer:
         c = self.config
         metrics = self.algorithm.metrics + ("grad_norm",)
         epochs = self.algorithm.num_epochs
+        present = experience.present()
         non_finite = [name for name in ("scores", "logprobs", "ref_logprobs", "values", "advantages", "returns")
-                      if name in experience.present() and not np.all(np.isfinite(getattr(experience, name)))]
+                      if name in present and not np.all(np.isfinite(present[name]))]
         if non_finite or reward_failure:
             reason = reward_failure or f"non-finite {', '.join(non_finite)} in the rollout"
             self._skipped(update, reason)

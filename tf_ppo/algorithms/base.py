@@ -42,12 +42,12 @@ class Experience(typing.NamedTuple):
         return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, indices), self)
 
     def present(self):
-        """The names of the fields that hold a tensor.
+        """The fields that hold a tensor, by name (what crosses into a compiled step: None cannot).
 
         Example:
             "values" in experience.present()
         """
-        return [name for name in self._fields if getattr(self, name) is not None]
+        return {name: value for name, value in self._asdict().items() if value is not None}
 
 
 class Forward(typing.NamedTuple):
