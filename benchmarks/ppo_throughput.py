@@ -62,6 +62,10 @@ def parse_args(argv=None):
     parser.add_argument("--scaling", default="", help="comma-separated response lengths: time generation only")
     parser.add_argument("--compare-trl", metavar="PYTHON",
                         help="a Python with torch and trl==1.12.0: run trl_ppo_baseline.py at the same shape first")
+    parser.add_argument("--compare-ppo", action="store_true",
+                        help="also time tf_ppo's own PPO at the same rollouts and optimiser steps (same process)")
+    parser.add_argument("--target-ppo-ratio", type=float, metavar="Q",
+                        help="assert the algorithm's seconds per update <= Q x PPO's (needs --compare-ppo)")
     parser.add_argument("--compare-keras-hub", action="store_true",
                         help="also time keras-hub's CausalLM.generate (XLA) at the same shape")
     parser.add_argument("--target-trl-ratio", type=float, metavar="R",
@@ -165,16 +169,27 @@ def keras_hub_generate_tokens_per_second(trainer, args, response_length):
     return args.batch * response_length / median_seconds(lambda: policy.generate(inputs, stop_token_ids=None))
 
 
+TRL_BASELINES = {"ppo": "trl_ppo_baseline.py", "grpo": "trl_grpo_baseline.py"}
+
+
 def trl_baseline(args):
-    """TRL's PPOTrainer at the same shape, in its own process and environment; its JSON figures."""
+    """TRL's trainer of `--algorithm` at the same shape, in its own process and environment; its JSON figures."""
+    if args.algorithm not in TRL_BASELINES:
+        raise SystemExit(f"--compare-trl: no TRL baseline for --algorithm {args.algorithm} "
+                         f"(one of {', '.join(TRL_BASELINES)})")
     flags = ["--layers", args.layers, "--hidden", args.hidden, "--heads", args.heads, "--batch", args.batch,
              "--prompt-length", args.prompt_length, "--response-length", args.response_length,
              "--updates", args.updates, "--warmup", args.warmup, "--temperature", args.temperature,
-             "--ppo-epochs", args.ppo_epochs, "--mini-batches", args.mini_batches, "--threads", args.threads]
-    script = pathlib.Path(__file__).with_name("trl_ppo_baseline.py")
+             "--mini-batches", args.mini_batches, "--threads", args.threads]
+    if args.algorithm == "ppo":
+        flags += ["--ppo-epochs", args.ppo_epochs]
+    else:  # GRPO: the same generation batch, groups, KL coefficient and passes
+        flags += ["--num-generations", args.num_generations, "--num-iterations", args.ppo_epochs,
+                  "--beta", 0.0 if args.beta is None else args.beta]
+    script = pathlib.Path(__file__).with_name(TRL_BASELINES[args.algorithm])
     completed = subprocess.run([args.compare_trl, str(script), *map(str, flags)], capture_output=True, text=True)
     if completed.returncode:
-        raise SystemExit(f"trl_ppo_baseline.py failed:\n{completed.stderr[-2000:]}")
+        raise SystemExit(f"{script.name} failed:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -195,6 +210,10 @@ def target_checks(result, args):
         if "tf_ppo_over_trl" not in result:
             raise SystemExit("--target-trl-ratio needs --compare-trl")
         checks["tf_ppo_over_trl <="] = (result["tf_ppo_over_trl"], args.target_trl_ratio)
+    if args.target_ppo_ratio is not None:
+        if "over_own_ppo" not in result:
+            raise SystemExit("--target-ppo-ratio needs --compare-ppo")
+        checks["over_own_ppo <="] = (result["over_own_ppo"], args.target_ppo_ratio)
     if args.target_fraction_of_peak is not None:
         checks["fraction_of_peak >="] = (result["fraction_of_peak"], args.target_fraction_of_peak)
     if args.target_keras_hub_ratio is not None:
@@ -205,6 +224,43 @@ def target_checks(result, args):
             args.target_keras_hub_ratio)
     return {name: (value, target, value <= target if name.endswith("<=") else value >= target)
             for name, (value, target) in checks.items()}
+
+
+def timed_updates(trainer, reward_model, args, peak):
+    """Warm-up, then timed updates of `trainer`: the result figures (seconds per phase, FLOP/s, peak RSS)."""
+    run_updates(trainer, args.warmup)
+    logs = run_updates(trainer, args.updates, first_update=args.warmup + 1)
+    # The peak moves by 10% between measurements on a shared machine: the higher of the two (before and after the
+    # timed updates) is the conservative denominator.
+    peak = max(peak, matmul_peak_gflops())
+    seconds = [row["seconds_update"] for row in logs]
+    median = statistics.median(seconds)
+    flops = flops_per_update(trainer, reward_model, args)
+    phase = {name: statistics.median(row[f"seconds_{name}"] for row in logs)
+             for name in ("generate", "score", "reward", "optimise")}
+    result = {
+        "algorithm": args.algorithm, "num_generations": trainer.algorithm.num_generations,
+        "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "batch": args.batch,
+                  "prompt_length": args.prompt_length, "response_length": args.response_length,
+                  "policy_parameters": trainer.policy.count_params(),
+                  "vocabulary": trainer.tokenizer.vocabulary_size(), "generation_jit": not args.no_generation_jit,
+                  "train_jit": not args.no_train_jit},
+        "seconds_per_update_median": round(median, 4), "seconds_per_update_min": round(min(seconds), 4),
+        "seconds_per_update_max": round(max(seconds), 4),
+        "rollouts_per_second": round(args.batch / median, 1),
+        "generated_tokens_per_second": round(args.batch * args.response_length / phase["generate"]),
+        "seconds_generation": round(phase["generate"], 4),
+        "seconds_scoring_forwards": round(phase["score"] + phase["reward"], 4),
+        "seconds_optimisation": round(phase["optimise"], 4),
+        "gflop_per_update": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
+        "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
+        "value_model_parameters": trainer.value_model.count_params() if trainer.value_model is not None else 0,
+        "reference_parameters": trainer.reference.count_params() if trainer.reference is not None else 0,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "traces": {name: getattr(trainer, name).experimental_get_tracing_count()
+                   for name in ("_generate", "_score", "_advantages", "_train_step")},
+    }
+    return result
 
 
 def set_threads(threads):
@@ -246,52 +302,42 @@ def main(argv=None):
         return
 
     trainer, reward_model = build_trainer(args, args.response_length, args.warmup + args.updates)
-    run_updates(trainer, args.warmup)
-    logs = run_updates(trainer, args.updates, first_update=args.warmup + 1)
-    # The peak moves by 10% between measurements on a shared machine: the higher of the two (before and after the
-    # timed updates) is the conservative denominator.
-    peak = max(peak, matmul_peak_gflops())
-    seconds = [row["seconds_update"] for row in logs]
-    median = statistics.median(seconds)
-    flops = flops_per_update(trainer, reward_model, args)
-    phase = {name: statistics.median(row[f"seconds_{name}"] for row in logs)
-             for name in ("generate", "score", "reward", "optimise")}
-    result = {
-        "algorithm": args.algorithm, "num_generations": trainer.algorithm.num_generations,
-        "shape": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "batch": args.batch,
-                  "prompt_length": args.prompt_length, "response_length": args.response_length,
-                  "policy_parameters": trainer.policy.count_params(),
-                  "vocabulary": trainer.tokenizer.vocabulary_size(), "generation_jit": not args.no_generation_jit,
-                  "train_jit": not args.no_train_jit},
-        "seconds_per_update_median": round(median, 4), "seconds_per_update_min": round(min(seconds), 4),
-        "seconds_per_update_max": round(max(seconds), 4),
-        "rollouts_per_second": round(args.batch / median, 1),
-        "generated_tokens_per_second": round(args.batch * args.response_length / phase["generate"]),
-        "seconds_generation": round(phase["generate"], 4),
-        "seconds_scoring_forwards": round(phase["score"] + phase["reward"], 4),
-        "seconds_optimisation": round(phase["optimise"], 4),
-        "gflop_per_update": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
-        "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "traces": {name: getattr(trainer, name).experimental_get_tracing_count()
-                   for name in ("_generate", "_score", "_advantages", "_train_step")},
-    }
+    result = timed_updates(trainer, reward_model, args, peak)
     if args.compare_keras_hub:
         result["keras_hub_generate_tokens_per_second"] = round(
             keras_hub_generate_tokens_per_second(trainer, args, args.response_length))
         result["rollout_with_logprobs_tokens_per_second"] = round(
-            args.batch * args.response_length / (phase["generate"] + policy_logprobs_seconds(trainer, args)))
+            args.batch * args.response_length / (result["seconds_generation"] + policy_logprobs_seconds(trainer, args)))
     if trl:
-        result.update(trl, tf_ppo_over_trl=round(median / trl["trl_seconds_per_update_median"], 3))
+        result.update(trl, tf_ppo_over_trl=round(result["seconds_per_update_median"]
+                                                 / trl["trl_seconds_per_update_median"], 3))
+    if args.compare_ppo:
+        del trainer, reward_model  # PPO's peak memory is then (mostly) its own
+        ppo_args = argparse.Namespace(**{**vars(args), "algorithm": "ppo", "num_generations": 1, "beta": None})
+        ppo_trainer, ppo_reward_model = build_trainer(ppo_args, args.response_length, args.warmup + args.updates)
+        ppo = timed_updates(ppo_trainer, ppo_reward_model, ppo_args, peak)
+        result["ppo"] = {key: ppo[key] for key in ("seconds_per_update_median", "seconds_generation",
+                                                    "seconds_scoring_forwards", "seconds_optimisation",
+                                                    "value_model_parameters", "reference_parameters", "peak_rss_mb")}
+        result["over_own_ppo"] = round(result["seconds_per_update_median"] / ppo["seconds_per_update_median"], 3)
     print(f"{'phase':28s}{'seconds (median)':>18s}")
     for name, key in [("generation", "seconds_generation"), ("scoring forwards + reward", "seconds_scoring_forwards"),
                       ("optimisation", "seconds_optimisation"), ("whole update", "seconds_per_update_median")]:
         print(f"{name:28s}{result[key]:>18.4f}")
     print(f"{result['gflop_per_update']} GFLOP per update, {result['achieved_gflops']} GFLOP/s achieved, "
           f"{result['fraction_of_peak']:.1%} of the {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak")
+    models = (f"value model {result['value_model_parameters']:,} parameters" if result["value_model_parameters"]
+              else "no value model") + (f", reference {result['reference_parameters']:,}"
+                                        if result["reference_parameters"] else ", no reference model")
+    print(f"{args.algorithm}: {models}; peak RSS {result['peak_rss_mb']} MB")
     if trl:
-        print(f"TRL 1.12 PPOTrainer: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "
+        trainer_name = "PPOTrainer" if args.algorithm == "ppo" else "GRPOTrainer"
+        print(f"TRL 1.12 {trainer_name}: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "
               f"{trl['trl_seconds_generation']:.3f} s); tf_ppo takes {result['tf_ppo_over_trl']:.2f} of that")
+    if args.compare_ppo:
+        print(f"tf_ppo PPO at the same rollouts and steps: {result['ppo']['seconds_per_update_median']:.3f} s per "
+              f"update (peak RSS {result['ppo']['peak_rss_mb']} MB); {args.algorithm} takes "
+              f"{result['over_own_ppo']:.2f} of that")
     checks = target_checks(result, args)
     for name, (value, target, met) in checks.items():
         print(f"target {name} {target}: {value} -> {'met' if met else 'NOT MET'}")

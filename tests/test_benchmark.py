@@ -16,8 +16,16 @@ import response_logits_memory  # noqa: E402
 
 def test_benchmark_runs_on_a_tiny_shape_and_reports_every_figure(capsys):
     ppo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--prompt-length", "8",
-                         "--response-length", "4", "--updates", "2", "--ppo-epochs", "1", "--compare-keras-hub"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                         "--response-length", "4", "--updates", "2", "--ppo-epochs", "1", "--compare-keras-hub",
+                         "--algorithm", "grpo", "--num-generations", "2", "--beta", "0", "--compare-ppo"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    # GRPO with beta 0 holds neither a critic nor a reference; PPO at the same shape holds both.
+    assert (result["value_model_parameters"], result["reference_parameters"]) == (0, 0)
+    assert result["ppo"]["value_model_parameters"] > 0 and result["ppo"]["reference_parameters"] > 0
+    assert "grpo: no value model, no reference model" in out
+    assert result["over_own_ppo"] == round(result["seconds_per_update_median"]
+                                           / result["ppo"]["seconds_per_update_median"], 3)
     for key in ("seconds_per_update_median", "seconds_per_update_min", "seconds_per_update_max", "rollouts_per_second",
                 "generated_tokens_per_second", "seconds_generation", "seconds_scoring_forwards",
                 "seconds_optimisation", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak", "peak_rss_mb",
