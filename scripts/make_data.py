@@ -120,14 +120,15 @@ def split_by_opening(rng, pairs):
     return train, test
 
 
-def train_tokenizer(corpus_path):
+def train_tokenizer(corpus_path, prefix=None, vocab_size=VOCAB_SIZE):
+    """Byte-level BPE on `corpus_path`: `data/vocab.json` and `merges.txt` (`<prefix>-vocab.json`, ... with a prefix)."""
     from tokenizers import ByteLevelBPETokenizer
 
     tokenizer = ByteLevelBPETokenizer()
-    tokenizer.train([str(corpus_path)], vocab_size=VOCAB_SIZE, min_frequency=2,
+    tokenizer.train([str(corpus_path)], vocab_size=vocab_size, min_frequency=2,
                     special_tokens=[END_OF_TEXT])
-    tokenizer.save_model(str(DATA_DIR))
-    move_end_of_text_last(DATA_DIR / "vocab.json")
+    tokenizer.save_model(str(DATA_DIR), prefix)
+    move_end_of_text_last(DATA_DIR / (f"{prefix}-vocab.json" if prefix else "vocab.json"))
 
 
 def move_end_of_text_last(vocab_path):

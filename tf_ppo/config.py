@@ -176,6 +176,10 @@ class PPOConfig(_Checked):
     8
     """
 
+    # --- the task: its data, rewards and evaluation
+    task: str = _field("sentiment", '"sentiment" (VADER on movie-review openings) or "arithmetic" (word '
+                                    'problems, exact-match reward, accuracy and pass@k); sets the data fields '
+                                    'left at their defaults')
     # --- data and models
     prompts: str = _field(str(DATA_DIR / "train_data.csv"), 'prompts: a CSV (column input_text) or '
                                                             '"tfds:NAME[:SPLIT]" (e.g. "tfds:imdb_reviews", its '
@@ -274,12 +278,17 @@ class PPOConfig(_Checked):
     checkpoint_every: int = _field(10, "updates between checkpoints")
     eval_every: int = _field(0, "updates between evaluations; 0 = only before and after training")
     eval_size: int = _field(128, "held-out prompts scored at each evaluation")
+    eval_pass_k: int = _field(0, "> 0: evaluations also report the task's greedy accuracy and pass@k from k "
+                                 "samples per prompt at `temperature` (a task with a checkable answer)")
     overoptimisation_window: int = _field(10, "updates; warn when the proxy reward rises while the gold score falls")
 
     def __post_init__(self):
+        _check_type(self, "task", str)  # the task decides other fields' defaults: checked before them
+        _check_choice(self, "task", tuple(TASK_DEFAULTS))
         for name, section in NESTED.items():
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, section(**getattr(self, name)))
+        _apply_task_defaults(self)
         if isinstance(self.reward_weights, list):  # JSON and Python users write lists
             object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
         if not isinstance(self.model, ModelConfig):  # PPOConfig(model="gpt2_base_en" | "/path" | causal_lm)
@@ -293,7 +302,7 @@ class PPOConfig(_Checked):
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:
                 _check_positive(self, name)
-        for name in ("kl_coef", "vf_coef", "entropy_coef", "top_k", "eval_every",
+        for name in ("kl_coef", "vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k",
                      "lora_rank", "prompt_tokens_min", "prompt_tokens_max"):
             if getattr(self, name) < 0:
                 _fail(self, name, f"must be >= 0, got {getattr(self, name)!r}")
@@ -407,11 +416,41 @@ class PPOConfig(_Checked):
 
 SYNONYMS = {"cliprange": "epsilon", "epsilon": "cliprange", "kl_coef": "beta", "beta": "kl_coef",
             "num_ppo_epochs": "num_iterations", "num_iterations": "num_ppo_epochs"}  # PPO's name, GRPO's name
+# What each task sets: the fields (and section fields) it gives other values than the sentiment defaults.
+TASK_DEFAULTS = {
+    "sentiment": {},
+    "arithmetic": {
+        "prompts": str(DATA_DIR / "arithmetic_train.csv"), "eval_prompts_csv": str(DATA_DIR / "arithmetic_heldout.csv"),
+        "vocabulary": str(DATA_DIR / "arithmetic-vocab.json"), "merges": str(DATA_DIR / "arithmetic-merges.txt"),
+        "fluency_corpus": None, "max_prompt_length": 28, "response_length": 12, "eval_pass_k": 4,
+        "sft": {"train_csv": str(DATA_DIR / "arithmetic_train.csv"), "max_length": 40},
+    },
+}
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig}  # PPOConfig fields that are sections
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
 
 
 # --- validation
+
+def _apply_task_defaults(config):
+    """Give the fields the task sets its values, where the config left them at their defaults.
+
+    A field given explicitly (any value but the default) is kept, so flags and
+    keyword arguments override the task.
+    """
+    for name, value in TASK_DEFAULTS[config.task].items():
+        if name in NESTED:
+            section = getattr(config, name)
+            defaults = {field.name: field.default for field in dataclasses.fields(section)}
+            changes = {key: item for key, item in value.items() if getattr(section, key) == defaults[key]}
+            object.__setattr__(config, name, dataclasses.replace(section, **changes))
+        elif getattr(config, name) == _default(type(config), name):
+            object.__setattr__(config, name, value)
+
+
+def _default(cls, name):
+    return next(field.default for field in dataclasses.fields(cls) if field.name == name)
+
 
 def _fail(config, name, message):
     raise ConfigError(f"{type(config).__name__}.{name} {message}")

@@ -13,6 +13,7 @@ References:
   REINFORCE++: Hu 2025, "REINFORCE++", sec. 3 (global-batch normalisation); OpenRLHF's definitions.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tf_ppo import ppo
@@ -182,3 +183,30 @@ def overlong_penalty(lengths, response_length, overlong_buffer, penalty=1.0):
     """
     excess = tf.cast(lengths, tf.float32) - float(response_length - overlong_buffer)
     return 0.0 - penalty * tf.clip_by_value(excess / float(overlong_buffer), 0.0, 1.0)  # 0.0, not -0.0
+
+
+def pass_at_k(num_samples, num_correct, k):
+    """Unbiased pass@k per problem (Chen et al. 2021, eq. 1): `1 - C(n - c, k) / C(n, k)`, float64 NumPy.
+
+    The chance that at least one of k samples drawn without replacement from
+    the n sampled ones is correct; computed as a product, never with factorials.
+
+    Args:
+        num_samples: n, samples per problem (an int or `[problems]`), n >= k.
+        num_correct: c, correct samples per problem, `[problems]`.
+
+    Example:
+    >>> pass_at_k(4, [0, 1, 4], 1).tolist()
+    [0.0, 0.25, 1.0]
+    >>> round(float(pass_at_k(10, [3], 4)[0]), 4)  # 1 - C(7, 4) / C(10, 4)
+    0.8333
+    """
+    num_correct = np.asarray(num_correct, np.int64)
+    num_samples = np.broadcast_to(np.asarray(num_samples, np.int64), num_correct.shape)
+    if np.any(num_samples < k) or np.any(num_correct < 0) or np.any(num_correct > num_samples):
+        raise ValueError(f"pass_at_k needs 0 <= correct <= samples and samples >= k={k}")
+    result = np.ones(num_correct.shape, np.float64)
+    for index, (n, c) in enumerate(zip(num_samples.ravel(), num_correct.ravel())):
+        if n - c >= k:  # else every draw of k holds a correct one
+            result.flat[index] = 1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64))
+    return result

@@ -18,7 +18,8 @@ UPDATE_LABEL = "PPO update"
 PLOTTED = (("score_mean", "reward (score)", "mean score per response"),
            ("kl", "KL to reference", "KL (nats per response)"),
            ("fluency", "fluent completions", "fraction of responses"),
-           ("kl_coef", "kl_coef (beta)", "beta (reward per nat)"))
+           ("kl_coef", "kl_coef (beta)", "beta (reward per nat)"),
+           ("heldout_accuracy", "held-out accuracy", "fraction of problems solved"))
 
 
 class RunLog:
@@ -135,7 +136,7 @@ def _keep_rows(csv_path, last_update):
 
 
 def curves_figure(history):
-    """A matplotlib `Figure`: reward, KL, fluency (and kl_coef when it changes) against the update number.
+    """A matplotlib `Figure`: reward, KL, fluency, kl_coef (when it changes), held-out accuracy, against updates.
 
     Each panel plots the rows that have its metric. The Figure is built without
     pyplot, so making it never changes the backend a notebook draws with.
@@ -155,6 +156,8 @@ def curves_figure(history):
         axis.set(title=title, xlabel=UPDATE_LABEL, ylabel=ylabel)
     if shown and shown[0][0] == "score_mean" and _series(history, "gold_score_mean")[0]:
         _add_gold(axes[0], history)
+    if shown and shown[-1][0] == "heldout_accuracy":
+        _add_pass_at_k(axes[-1], history)
     figure.tight_layout()
     return figure
 
@@ -182,6 +185,14 @@ def _series(history, key):
     """`(updates, values)` of the rows that have `key`."""
     rows = [row for row in history if key in row]
     return [row["update"] for row in rows], [row[key] for row in rows]
+
+
+def _add_pass_at_k(axis, history):
+    """pass@k beside greedy accuracy on the accuracy panel: RL should lift greedy without lowering pass@k."""
+    axis.lines[0].set_label("greedy")
+    for key in sorted({key for row in history for key in row if key.startswith("heldout_pass@")}):
+        axis.plot(*_series(history, key), label=key[len("heldout_"):])
+    axis.legend(loc="lower right")
 
 
 def _add_gold(axis, history):

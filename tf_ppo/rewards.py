@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from tf_ppo.arithmetic import exact_match_reward, format_reward  # noqa: F401  (the verifiable rewards, here too)
+
 _WORD = re.compile(r"[a-z']+|[.,!?]")
 
 

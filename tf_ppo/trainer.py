@@ -15,6 +15,7 @@ wires it together and never looks at which algorithm runs.
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -42,11 +43,12 @@ from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            policy_from_config, tokenizer_for)
 from tf_ppo.reporting import RunLog, plot_curves, read_history
-from tf_ppo.estimators import frac_reward_zero_std, overlong_penalty
+from tf_ppo.estimators import frac_reward_zero_std, overlong_penalty, pass_at_k
 from tf_ppo.rewards import (RewardFunctionFailed, combined_scores, compute_scores, corpus_bigrams, is_fluent,
-                            proxy_rises_gold_falls, reward_names, sentiment_reward)
+                            proxy_rises_gold_falls, reward_names)
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
+from tf_ppo.tasks import TASKS
 
 
 EVALUATION_BEFORE = "evaluation_before.json"  # the starting policy's held-out figures, written once
@@ -120,10 +122,15 @@ class PPOTrainer:
     """
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
-                 resume=False, show_progress=True, gold_reward_fn=None, strategy=None):
+                 resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None):
         self.config = config = config or PPOConfig()
         self.algorithm = algorithms.create(config)
-        self.reward_fns = _reward_functions(reward_fn, config)
+        self.reward_fns, self.reward_weights = _reward_functions(reward_fn, config)
+        self.accuracy_fn = accuracy_fn or TASKS[config.task].accuracy_fn  # 1/0 per response: accuracy, pass@k
+        if config.eval_pass_k and self.accuracy_fn is None:
+            raise ConfigError(f"PPOConfig.eval_pass_k={config.eval_pass_k} needs answers to check: "
+                              f"task='arithmetic', or train(..., accuracy_fn=fn) with fn(prompts, responses) "
+                              f"-> 1.0 / 0.0 each")
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimising = False
         self.callbacks, keras_callbacks = _split_callbacks(callbacks)
@@ -209,6 +216,11 @@ class PPOTrainer:
         self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
         self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
         self._generate = tf.function(self._generate_all)
+        self._generate_greedy_replica = tf.function(functools.partial(self._generate_fn, greedy=True),
+                                                    jit_compile=config.generation_jit and replicas == 1)
+        self._generate_greedy = tf.function(
+            lambda batch, seed: gather(self.strategy, self.strategy.run(self._generate_greedy_replica,
+                                                                          args=(batch, seed))))
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self.algorithm.advantages)
         # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
@@ -219,12 +231,13 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- compiled phases
 
-    def _generate_fn(self, batch, seed):
-        """One replica: sample responses for its share of the prompts."""
+    def _generate_fn(self, batch, seed, greedy=False):
+        """One replica: sample responses for its share of the prompts (greedy: the most likely token each step)."""
         c = self.config
         row_offset, total_rows = replica_rows(tf.shape(batch["prompt_ids"])[0])
+        top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
         return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
-                        c.temperature, c.top_k, c.top_p, row_offset, total_rows)
+                        c.temperature, top_k, top_p, row_offset, total_rows)
 
     def _generate_all(self, batch, seed):
         return gather(self.strategy, self.strategy.run(self._generate_replica, args=(batch, seed)))
@@ -368,9 +381,8 @@ class PPOTrainer:
         A reward function that raises gives NaN scores, so the non-finite guard
         skips the update (and says which function failed) instead of ending the run.
         """
-        weights = self.config.reward_weights or (1.0,) * len(self.reward_fns)
         try:
-            scores, each = combined_scores(self.reward_fns, weights, texts, prompt_texts)
+            scores, each = combined_scores(self.reward_fns, self.reward_weights, texts, prompt_texts)
         except RewardFunctionFailed as error:
             return np.full(len(texts), np.nan), {}, str(error)
         return scores, (each if len(self.reward_fns) > 1 else {}), None
@@ -458,6 +470,10 @@ class PPOTrainer:
             while int(self.update.numpy()) < c.total_updates and not self.stop_training:
                 update = int(self.update.numpy()) + 1
                 logs = self.run_update(next(prompts), update)
+                if c.eval_every and update % c.eval_every == 0:
+                    evaluation = self.evaluate()
+                    logs.update(_heldout_metrics(evaluation))  # into the history, CSV, TensorBoard and curves
+                    tqdm.write(f"update {update}: held-out {_summary(evaluation)}")
                 self.update.assign(update)
                 history.append({"update": update, **logs})
                 log.write(update, logs)
@@ -466,8 +482,6 @@ class PPOTrainer:
                     tqdm.write(_metrics_line(update, c.total_updates, logs, self.algorithm.kl_estimator))
                 if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
                     self.checkpoints.save(checkpoint_number=update)
-                if c.eval_every and update % c.eval_every == 0:
-                    tqdm.write(f"update {update}: held-out {_summary(self.evaluate())}")
                 self._warn_if_overoptimising(history)
                 for callback in self.callbacks:
                     callback.on_update_end(update, logs)
@@ -585,7 +599,35 @@ class PPOTrainer:
             evaluation["fluency"] = float(np.mean([is_fluent(p + t, self.bigrams) for p, t in samples]))
         if gold:
             evaluation["gold_score_mean"] = float(np.mean(gold[:n]))
+        if self.config.eval_pass_k:
+            evaluation.update(self._accuracy(prompts, token_ids[:n], lengths[:n], seed))
         return evaluation
+
+    def _accuracy(self, prompts, token_ids, lengths, seed):
+        """Greedy exact-match accuracy, pass@k from k samples per prompt, and the greedy answers."""
+        k = self.config.eval_pass_k
+        greedy = self._completions(token_ids, lengths, seed, greedy=True)
+        correct = np.asarray(self.accuracy_fn(prompts, greedy), np.float64)  # [prompts]
+        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed)
+        sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, k).tolist(), sampled), np.float64)
+        counts = sampled_correct.reshape(len(prompts), k).sum(axis=1).astype(np.int64)  # [prompts] correct of k
+        return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(k, counts, k))),
+                "greedy_samples": list(zip(prompts, greedy))}
+
+    def _completions(self, token_ids, lengths, seed, greedy=False):
+        """Decoded responses of these prompts (greedy, or sampled as in training), in batch_size chunks."""
+        c = self.config
+        rows = np.arange(-(-len(token_ids) // c.batch_size) * c.batch_size) % len(token_ids)  # whole batches
+        generate_fn = self._generate_greedy if greedy else self._generate
+        texts = []
+        for start in range(0, len(rows), c.batch_size):
+            chunk = rows[start: start + c.batch_size]
+            prompts = split_batch(self.strategy, {"prompt_ids": tf.gather(token_ids, chunk),
+                                                  "prompt_lengths": tf.gather(lengths, chunk)})
+            sequence_ids = generate_fn(prompts, tf.constant([seed, start], tf.int32))
+            end_token = self.tokenizer.end_token_id if c.stop_at_eos else None
+            texts += self.decode(response_view(sequence_ids, tf.gather(lengths, chunk), c.response_length, end_token))
+        return texts[: len(token_ids)]
 
     def save_artifacts(self, history):
         """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
@@ -709,7 +751,7 @@ class PPOTrainer:
 
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
-          gold_reward_fn=None, strategy=None):
+          gold_reward_fn=None, strategy=None, accuracy_fn=None):
     """Fine-tune a policy with the algorithm `config.algorithm` names (PPO by default); usable from notebooks.
 
     Args:
@@ -731,6 +773,8 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
             (`gold_score_mean`, `proxy_gold_correlation`); a warning when the
             reward rises while it falls (`config.overoptimisation_window`).
         strategy: a `tf.distribute.Strategy` instance (default: from `config.strategy`).
+        accuracy_fn: `(prompts, responses) -> 1.0 / 0.0 each`, the correctness
+            check behind `eval_pass_k`'s accuracy and pass@k (default: the task's).
 
     Returns:
         `TrainResult` with the policy, history, held-out evaluations and run directory.
@@ -741,20 +785,26 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
         result.history[-1]["score_mean"]
         train(PPOConfig(algorithm="grpo", num_generations=4, beta=0.04))  # no critic; 16 prompts x 4 samples
+        train(PPOConfig(task="arithmetic", algorithm="grpo", num_generations=4))  # exact-match reward, pass@4
     """
-    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy)
+    trainer = PPOTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy,
+                         accuracy_fn)
     return trainer.train()
 
 
 def _reward_functions(reward_fn, config):
-    """The reward functions as a list (one function, a RewardModel, or a list of them), weights checked."""
-    reward_fns = list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn or sentiment_reward]
+    """`(reward functions, their weights)`: the given ones (one, a RewardModel, or a list), else the task's."""
+    task = TASKS[config.task]
+    if reward_fn is None:
+        reward_fns, weights = list(task.reward_fns), task.reward_weights
+    else:
+        reward_fns, weights = (list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]), None
     if not reward_fns:
         raise ConfigError("reward_fn: an empty list of reward functions")
     if config.reward_weights is not None and len(config.reward_weights) != len(reward_fns):
         raise ConfigError(f"PPOConfig.reward_weights has {len(config.reward_weights)} weights for "
                           f"{len(reward_fns)} reward functions")
-    return reward_fns
+    return reward_fns, config.reward_weights or weights or (1.0,) * len(reward_fns)
 
 
 def _split_callbacks(callbacks):
@@ -781,3 +831,8 @@ def _metrics_line(update, total_updates, logs, kl_estimator):
 
 def _summary(evaluation):
     return json.dumps({k: round(v, 3) for k, v in evaluation.items() if isinstance(v, float)})
+
+
+def _heldout_metrics(evaluation):
+    """An evaluation's figures as history columns: `heldout_score_mean`, `heldout_accuracy`, `heldout_pass@4`, ..."""
+    return {f"heldout_{name}": value for name, value in evaluation.items() if isinstance(value, float)}
