@@ -31,7 +31,7 @@ from tf_ppo.arithmetic import GAIN_VERBS, LOSS_VERBS, MARKER, START_VERBS, solve
 SEED = 0
 NUM_TRAIN = 8000
 NUM_HELDOUT = 500
-LARGEST = 50  # every number of a problem is 1..LARGEST
+LARGEST = 12  # every number of a problem is 1..LARGEST: a table RL can cover, from 1-2 digit numbers
 VOCAB_SIZE = 600
 NAMES = {"tom": "he", "sam": "he", "ben": "he", "max": "he", "leo": "he", "jack": "he",
          "ann": "she", "mia": "she", "eva": "she", "lily": "she", "zoe": "she", "kate": "she"}

@@ -20,8 +20,8 @@ LOSS_VERBS = ("gives away", "sells", "loses", "eats", "drops", "uses")
 # Longest first, so "gives away" is not read as "gives"; each number comes right after its verb.
 _VERB = "|".join(sorted(map(re.escape, START_VERBS + GAIN_VERBS + LOSS_VERBS), key=len, reverse=True))
 _STEP = re.compile(rf"\b({_VERB}) ([0-9]+)\b")
-# One marker, then an ASCII integer (Unicode digits such as "٤١" are not an answer), then nothing but spaces.
-_ANSWER = re.compile(rf"{MARKER}[ \t]*(-?[0-9]+)[ \t]*", re.ASCII)
+# One marker, then an ASCII integer (Unicode digits such as "٤١" are not an answer).
+_ANSWER = re.compile(rf"{MARKER}[ \t]*(-?[0-9]+)(?!\.?[0-9])", re.ASCII)  # "41.5" is not 41
 _WELL_FORMED = re.compile(rf"[^#]*{MARKER}[ \t]*-?[0-9]+", re.ASCII)
 
 
