@@ -31,6 +31,14 @@ def sft_policy_path():
     return os.environ["TF_PPO_CACHE"]
 
 
+@pytest.fixture(scope="session")
+def arithmetic_sft_path():
+    """The arithmetic task's SFT policy, trained once per run (tests and tutorial 09 share it)."""
+    with filelock.FileLock(os.path.join(os.environ["TF_PPO_CACHE"], ".sft-arithmetic.lock")):
+        default_policy(PPOConfig(task="arithmetic"), show_progress=False)
+    return os.environ["TF_PPO_CACHE"]
+
+
 @pytest.fixture
 def sft_policy(sft_policy_path):
     """A fresh, trainable copy of the session's SFT policy."""

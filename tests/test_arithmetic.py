@@ -152,10 +152,10 @@ def test_pass_at_k_without_a_checkable_answer_is_an_error_naming_the_field(tmp_p
         PPOConfig(task="maths")
 
 
-# --- a short RL run on the task, through the demo command: accuracy rises, and it is in the history and curves
+# --- the task from one command (the accuracy rising over a short GRPO run is asserted by tutorial 09)
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, sft_policy_path):
+def demo_run(tmp_path_factory, arithmetic_sft_path):
     import os
     import subprocess
     import sys
@@ -163,26 +163,35 @@ def demo_run(tmp_path_factory, sft_policy_path):
     run_dir = tmp_path_factory.mktemp("arithmetic") / "demo"
     completed = subprocess.run(
         [sys.executable, "-m", "tf_ppo.cli", "demo", "--task", "arithmetic", "--algorithm", "grpo",
-         "--total_updates", "30", "--eval_every", "15", "--eval_size", "128", "--run_dir", str(run_dir)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "TF_PPO_CACHE": sft_policy_path})
+         "--total_updates", "2", "--eval_every", "1", "--eval_size", "32", "--batch_size", "64",
+         "--run_dir", str(run_dir)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "TF_PPO_CACHE": arithmetic_sft_path})
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout, run_dir
 
 
-def test_a_short_grpo_run_raises_heldout_accuracy(demo_run):
+def test_the_demo_prints_accuracy_before_and_after_answers_and_a_json_line(demo_run):
     out, _ = demo_run
     summary = json.loads(out.strip().splitlines()[-1])
     assert {"accuracy_before", "accuracy_after", "pass_at_k_before", "pass_at_k_after", "kl", "seconds"} <= set(summary)
-    assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.05, summary
-    assert summary["k"] == 4 and summary["kl"] > 0
-    assert "SFT:" in out and "GRPO:" in out and "####" in out
+    assert summary["k"] == 4 and summary["algorithm"] == "grpo" and summary["kl"] >= 0
+    assert 0.2 <= summary["accuracy_before"] <= 0.7  # the short SFT leaves headroom
+    assert summary["pass_at_k_before"] >= summary["accuracy_before"]
+    assert "SFT:" in out and "GRPO:" in out and "####" in out and "pass@4" in out
 
 
 def test_heldout_accuracy_and_pass_at_k_are_in_the_history_and_the_curves(demo_run):
     _, run_dir = demo_run
     history = pd.read_csv(run_dir / "metrics.csv")
-    evaluated = history.dropna(subset=["heldout_accuracy"])
-    assert evaluated["update"].tolist() == [15, 30]
-    assert evaluated["heldout_pass@4"].between(0, 1).all() and evaluated.heldout_accuracy.between(0, 1).all()
+    assert history["update"].tolist() == [1, 2]
+    assert history["heldout_pass@4"].between(0, 1).all() and history["heldout_accuracy"].between(0, 1).all()
     assert {"rewards/exact_match_reward/mean", "rewards/format_reward/mean"} <= set(history.columns)
     assert (run_dir / "curves.png").stat().st_size > 0
+
+
+def test_the_demo_settings_per_algorithm_are_valid_configs():
+    from tf_ppo.cli import demo_defaults
+
+    for algorithm in ("ppo", "grpo", "rloo", "reinforce_pp"):
+        config = PPOConfig(task="arithmetic", algorithm=algorithm, **demo_defaults("arithmetic", algorithm))
+        assert config.total_updates == 300 and config.eval_size == 500

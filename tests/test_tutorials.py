@@ -14,8 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_eight_chapters_linked_from_the_readme_in_order():
-    assert [path.stem[:2] for path in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 9)]
+def test_the_eight_chapters_then_the_notebooks_beyond_the_article_are_linked_from_the_readme_in_order():
+    assert [path.stem[:2] for path in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 10)]
     linked = re.findall(r"\(tutorials/(\d\d_\w+)\.ipynb\)", (ROOT / "README.md").read_text())
     assert linked == [path.stem for path in NOTEBOOKS]
 
@@ -35,7 +35,7 @@ LONG = {"05_project", "07_scale_and_export", "08_faq"}
 
 class TestNotebooksWithTheArticlesCode:
     @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem not in LONG], ids=lambda path: path.stem)
-    def test_notebook_runs_from_a_fresh_kernel(self, path, sft_policy_path, monkeypatch):
+    def test_notebook_runs_from_a_fresh_kernel(self, path, sft_policy_path, arithmetic_sft_path, monkeypatch):
         run_notebook(path, monkeypatch)
 
 
@@ -71,6 +71,8 @@ ARTICLE_HEADINGS = {
 # The article's sections each notebook follows (07 covers two; the article's 10, further reading, has none).
 CHAPTER_SECTIONS = {"01": ["1"], "02": ["2"], "03": ["3"], "04": ["4"], "05": ["5"], "06": ["6"],
                     "07": ["7", "8"], "08": ["9"]}
+CHAPTERS = [path for path in NOTEBOOKS if path.stem[:2] in CHAPTER_SECTIONS]
+BEYOND = [path for path in NOTEBOOKS if path.stem[:2] not in CHAPTER_SECTIONS]  # 09: verifiable rewards
 
 
 def markdown_headings(path):
@@ -83,7 +85,7 @@ def section_number(number):
     return tuple(int(part) for part in number.split("."))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda path: path.stem)
 def test_chapter_title_is_the_articles_section_with_an_english_translation(path):
     title = markdown_headings(path)[0]
     sections = CHAPTER_SECTIONS[path.stem[:2]]
@@ -91,7 +93,14 @@ def test_chapter_title_is_the_articles_section_with_an_english_translation(path)
     assert re.fullmatch(rf"# {re.escape(expected)} \([A-Z][^()]+\)", title), title
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", BEYOND, ids=lambda path: path.stem)
+def test_a_notebook_beyond_the_article_says_so_and_numbers_no_heading(path):
+    headings = markdown_headings(path)
+    assert headings[0].startswith("# Beyond the article: "), headings[0]
+    assert not [line for line in headings if re.match(r"#+ \d", line)]  # numbers name the article's sections
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda path: path.stem)
 def test_numbered_headings_are_the_articles_own_in_its_order(path):
     # A heading that starts with a number names an article section by it ("1.1 ..." was the notebook's own).
     numbered = [re.match(r"#+ (\d+(?:\.\d+)*)\.? (.*)", line).groups() for line in markdown_headings(path)
@@ -110,7 +119,8 @@ def cell_drawing(path, marker):
     return cells[0]
 
 
-@pytest.mark.parametrize("stem, marker", [("05_project", "curves = {"), ("08_faq", "axis.bar(")])
+@pytest.mark.parametrize("stem, marker", [("05_project", "curves = {"), ("08_faq", "axis.bar("),
+                                          ("09_verifiable_rewards", "figure = curves_figure(")])
 def test_stored_notebook_shows_its_figure(stem, marker):
     # The saved file, not a re-execution: what a reader sees on opening it (or on GitHub).
     cell = cell_drawing(ROOT / "tutorials" / f"{stem}.ipynb", marker)
