@@ -1,10 +1,10 @@
 """Generate the arithmetic word-problem task in `data/`, deterministically.
 
-Problems add and subtract numbers of 1-2 digits, in one or two steps, in
-several sentence orders with varied names, objects and verbs:
+Problems add and subtract numbers of 1-2 digits (1 to 12), in one or two
+steps, in several sentence orders with varied names, objects and verbs:
 
-    tom has 23 apples and buys 18 more . how many apples does he have now ?
-    -> 23 + 18 = 41 #### 41
+    tom has 12 apples and buys 9 more . how many apples does he have now ?
+    -> 12 + 9 = 21 #### 21
 
 The target is one line of working, then the answer after GSM8K's marker.
 Held-out problems never occur in training (the texts are disjoint). The

@@ -43,8 +43,8 @@ def test_the_shipped_vocabulary_loads_in_keras_hub_and_keeps_numbers_whole():
 
     tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=str(DATA_DIR / "arithmetic-vocab.json"),
                                                merges=str(DATA_DIR / "arithmetic-merges.txt"))
-    ids = tokenizer(" 23 + 18 = 41 #### 41")
-    assert [tokenizer.id_to_token(int(i)) for i in ids] == ["Ġ23", "Ġ+", "Ġ18", "Ġ=", "Ġ41", "Ġ####", "Ġ41"]
+    ids = tokenizer(" 12 + 9 = 21 #### 21")
+    assert [tokenizer.id_to_token(int(i)) for i in ids] == ["Ġ12", "Ġ+", "Ġ9", "Ġ=", "Ġ21", "Ġ####", "Ġ21"]
     vocab = json.loads((DATA_DIR / "arithmetic-vocab.json").read_text())
     assert vocab["<|endoftext|>"] == len(vocab) - 1  # never id 0, the padding id
 
