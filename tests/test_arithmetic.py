@@ -194,4 +194,4 @@ def test_the_demo_settings_per_algorithm_are_valid_configs():
 
     for algorithm in ("ppo", "grpo", "rloo", "reinforce_pp"):
         config = PPOConfig(task="arithmetic", algorithm=algorithm, **demo_defaults("arithmetic", algorithm))
-        assert config.total_updates == 300 and config.eval_size == 500
+        assert config.total_updates == (200 if algorithm == "ppo" else 300) and config.eval_size == 500
