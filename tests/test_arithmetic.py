@@ -164,6 +164,7 @@ def demo_run(tmp_path_factory, arithmetic_sft_path):
     completed = subprocess.run(
         [sys.executable, "-m", "tf_ppo.cli", "demo", "--task", "arithmetic", "--algorithm", "grpo",
          "--total_updates", "2", "--eval_every", "1", "--eval_size", "32", "--batch_size", "64",
+         "--generation_jit", "False", "--train_jit", "False",  # 2 updates: compiling would cost more than it saves
          "--run_dir", str(run_dir)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "TF_PPO_CACHE": arithmetic_sft_path})
     assert completed.returncode == 0, completed.stderr[-3000:]
