@@ -574,7 +574,7 @@ class PPOTrainer:
         prompts = prompts or self.eval_prompts
         c = self.config
         token_ids, lengths = self._encode(prompts, seed)
-        rows = np.arange(-(-len(prompts) // c.batch_size) * c.batch_size) % len(prompts)  # whole batches, cycled
+        rows = _whole_batches(len(prompts), c.batch_size)
         token_ids, lengths = token_ids[rows], lengths[rows]
         scores, kls, texts, prompt_texts, gold = [], [], [], [], []
         for start in range(0, len(token_ids), c.batch_size):
@@ -608,7 +608,8 @@ class PPOTrainer:
         k = self.config.eval_pass_k
         greedy = self._completions(token_ids, lengths, seed, greedy=True)
         correct = np.asarray(self.accuracy_fn(prompts, greedy), np.float64)  # [prompts]
-        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed)
+        # Their own seed: not the samples the evaluation's score and KL were measured on.
+        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed + 1)
         sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, k).tolist(), sampled), np.float64)
         counts = sampled_correct.reshape(len(prompts), k).sum(axis=1).astype(np.int64)  # [prompts] correct of k
         return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(k, counts, k))),
@@ -617,15 +618,15 @@ class PPOTrainer:
     def _completions(self, token_ids, lengths, seed, greedy=False):
         """Decoded responses of these prompts (greedy, or sampled as in training), in batch_size chunks."""
         c = self.config
-        rows = np.arange(-(-len(token_ids) // c.batch_size) * c.batch_size) % len(token_ids)  # whole batches
+        rows = _whole_batches(len(token_ids), c.batch_size)
         generate_fn = self._generate_greedy if greedy else self._generate
+        end_token = self.tokenizer.end_token_id if c.stop_at_eos else None
         texts = []
         for start in range(0, len(rows), c.batch_size):
             chunk = rows[start: start + c.batch_size]
             prompts = split_batch(self.strategy, {"prompt_ids": tf.gather(token_ids, chunk),
                                                   "prompt_lengths": tf.gather(lengths, chunk)})
             sequence_ids = generate_fn(prompts, tf.constant([seed, start], tf.int32))
-            end_token = self.tokenizer.end_token_id if c.stop_at_eos else None
             texts += self.decode(response_view(sequence_ids, tf.gather(lengths, chunk), c.response_length, end_token))
         return texts[: len(token_ids)]
 
@@ -831,6 +832,16 @@ def _metrics_line(update, total_updates, logs, kl_estimator):
 
 def _summary(evaluation):
     return json.dumps({k: round(v, 3) for k, v in evaluation.items() if isinstance(v, float)})
+
+
+def _whole_batches(count, batch_size):
+    """Row indices `0..count-1` cycled up to whole batches, so evaluation reuses the compiled batch shape.
+
+    Example:
+    >>> _whole_batches(5, 4).tolist()
+    [0, 1, 2, 3, 4, 0, 1, 2]
+    """
+    return np.arange(-(-count // batch_size) * batch_size) % count
 
 
 def _heldout_metrics(evaluation):
