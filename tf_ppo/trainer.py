@@ -608,8 +608,7 @@ class PPOTrainer:
         k = self.config.eval_pass_k
         greedy = self._completions(token_ids, lengths, seed, greedy=True)
         correct = np.asarray(self.accuracy_fn(prompts, greedy), np.float64)  # [prompts]
-        # Their own seed: not the samples the evaluation's score and KL were measured on.
-        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed + 1)
+        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed)
         sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, k).tolist(), sampled), np.float64)
         counts = sampled_correct.reshape(len(prompts), k).sum(axis=1).astype(np.int64)  # [prompts] correct of k
         return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(k, counts, k))),
