@@ -186,17 +186,16 @@ def test_algorithm_flags_and_json_round_trip():
 
 def test_several_reward_functions_are_weighted_and_logged_by_name(finished):
     _, trainer, _ = finished
-    good = trainer.reward_fns
+    good = trainer.reward_fns, trainer.reward_weights
 
     def length(texts):
         return [len(text) for text in texts]
 
-    trainer.reward_fns = [varied_reward, length]
-    trainer.config = trainer.config.replace(reward_weights=(1.0, 0.5))
+    trainer.reward_fns, trainer.reward_weights = [varied_reward, length], (1.0, 0.5)
     try:
         rollout = trainer.rollout(trainer.prompt_ids[:16], trainer.prompt_lengths[:16], tf.constant([7, 8]))
     finally:
-        trainer.reward_fns, trainer.config = good, trainer.config.replace(reward_weights=None)
+        trainer.reward_fns, trainer.reward_weights = good
     each = rollout.reward_scores
     np.testing.assert_allclose(rollout.experience.scores.numpy(), each["varied_reward"] + 0.5 * each["length"],
                                rtol=1e-6)

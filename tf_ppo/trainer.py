@@ -215,12 +215,10 @@ class PPOTrainer:
         # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
         self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
         self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
-        self._generate = tf.function(self._generate_all)
         self._generate_greedy_replica = tf.function(functools.partial(self._generate_fn, greedy=True),
                                                     jit_compile=config.generation_jit and replicas == 1)
-        self._generate_greedy = tf.function(
-            lambda batch, seed: gather(self.strategy, self.strategy.run(self._generate_greedy_replica,
-                                                                          args=(batch, seed))))
+        self._generate = tf.function(functools.partial(self._generate_all, self._generate_replica))
+        self._generate_greedy = tf.function(functools.partial(self._generate_all, self._generate_greedy_replica))
         self._score = tf.function(self._score_all)
         self._advantages = tf.function(self.algorithm.advantages)
         # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
@@ -239,8 +237,8 @@ class PPOTrainer:
         return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
                         c.temperature, top_k, top_p, row_offset, total_rows)
 
-    def _generate_all(self, batch, seed):
-        return gather(self.strategy, self.strategy.run(self._generate_replica, args=(batch, seed)))
+    def _generate_all(self, replica_fn, batch, seed):
+        return gather(self.strategy, self.strategy.run(replica_fn, args=(batch, seed)))
 
     def response_logprobs(self, model, sequence_ids, responses):
         """Log-probs `[batch, R]` and logits `[batch, R, V]` of the response tokens, logits / temperature.
