@@ -18,7 +18,7 @@ demo: $(STAMP)
 # Two workers, one per core (most of a test's time is single-threaded tracing and XLA compilation);
 # --dist loadscope keeps each module on one worker, so a module's shared fixture is built once.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadscope
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadscope --durations=25
 
 # JupyterLab is for reading the tutorials, not for running the package: installed on first use only
 # (order-only on the stamp: a reinstalled package does not reinstall it).

@@ -138,7 +138,8 @@ def test_the_arithmetic_task_sets_its_data_fields_and_flags_override_them():
     config = PPOConfig(task="arithmetic", response_length=10)
     assert config.prompts.endswith("arithmetic_train.csv") and config.sft.train_csv.endswith("arithmetic_train.csv")
     assert config.vocabulary.endswith("arithmetic-vocab.json") and config.fluency_corpus is None
-    assert config.eval_pass_k == 4 and config.response_length == 10  # the explicit value is kept
+    assert config.eval_pass_k == 4 and config.eval_pass_samples == 16
+    assert config.response_length == 10  # the explicit value is kept
     assert PPOConfig.from_json(config.to_json()) == config
     assert PPOConfig().prompts.endswith("train_data.csv")  # the sentiment task is unchanged
 
@@ -159,6 +160,29 @@ def test_pass_at_k_without_a_checkable_answer_is_an_error_naming_the_field(tmp_p
         PPOTrainer(PPOConfig(eval_pass_k=4, run_dir=str(tmp_path)), show_progress=False)
     with pytest.raises(ConfigError, match="PPOConfig.task must be one of"):
         PPOConfig(task="maths")
+    with pytest.raises(ConfigError, match=r"PPOConfig.eval_pass_samples must be >= eval_pass_k=4"):
+        PPOConfig(task="arithmetic", eval_pass_samples=3)
+
+
+def test_pass_at_k_is_estimated_from_eval_pass_samples_completions_per_problem(tmp_path, arithmetic_sft_path):
+    from tf_ppo.trainer import PPOTrainer
+
+    calls = []  # (problems, responses) of each call: the greedy answers, then the samples
+
+    def parity_check(problems, responses):  # a stand-in correctness check, right on about half the samples
+        calls.append((list(problems), list(responses)))
+        return [float(len(response) % 2 == 0) for response in responses]
+
+    config = PPOConfig(task="arithmetic", eval_pass_k=2, eval_pass_samples=6, eval_size=8, batch_size=8,
+                       generation_jit=False, train_jit=False, run_dir=str(tmp_path))
+    trainer = PPOTrainer(config, accuracy_fn=parity_check, show_progress=False)
+    evaluation = trainer.evaluate()
+    (greedy_problems, greedy), (sampled_problems, sampled) = calls
+    assert len(greedy) == 8 and len(sampled) == 8 * 6  # 6 samples per problem, in one block each
+    assert sampled_problems == [problem for problem in greedy_problems for _ in range(6)]
+    correct = np.array(parity_check(sampled_problems, sampled)).reshape(8, 6).sum(axis=1)
+    assert evaluation["pass@2"] == pytest.approx(np.mean(pass_at_k(6, correct, 2)), abs=1e-12)
+    assert evaluation["accuracy"] == pytest.approx(np.mean(parity_check(greedy_problems, greedy)), abs=1e-12)
 
 
 # --- the task from one command (the accuracy rising over a short GRPO run is asserted by tutorial 09)

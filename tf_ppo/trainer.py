@@ -602,14 +602,15 @@ class PPOTrainer:
         return evaluation
 
     def _accuracy(self, prompts, token_ids, lengths, seed):
-        """Greedy exact-match accuracy, pass@k from k samples per prompt, and the greedy answers."""
+        """Greedy exact-match accuracy, pass@k from n >= k samples per prompt, and the greedy answers."""
         k = self.config.eval_pass_k
+        n = self.config.eval_pass_samples or k
         greedy = self._completions(token_ids, lengths, seed, greedy=True)
         correct = np.asarray(self.accuracy_fn(prompts, greedy), np.float64)  # [prompts]
-        sampled = self._completions(np.repeat(token_ids, k, axis=0), np.repeat(lengths, k), seed)
-        sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, k).tolist(), sampled), np.float64)
-        counts = sampled_correct.reshape(len(prompts), k).sum(axis=1).astype(np.int64)  # [prompts] correct of k
-        return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(k, counts, k))),
+        sampled = self._completions(np.repeat(token_ids, n, axis=0), np.repeat(lengths, n), seed)
+        sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, n).tolist(), sampled), np.float64)
+        counts = sampled_correct.reshape(len(prompts), n).sum(axis=1).astype(np.int64)  # [prompts] correct of n
+        return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(n, counts, k))),
                 "greedy_samples": list(zip(prompts, greedy))}
 
     def _completions(self, token_ids, lengths, seed, greedy=False):
