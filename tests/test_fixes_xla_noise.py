@@ -55,3 +55,22 @@ def test_sample_next_token_draws_the_same_tokens_with_and_without_xla():
     for seed in SEEDS:
         plain, compiled = without_and_with_xla(lambda s: sample_next_token(logits, s), seed)
         np.testing.assert_array_equal(plain, compiled)
+
+
+@pytest.mark.parametrize("row_offset", [0, 1, 3, 6, 13])  # 4099 x offset: every place in a block of 4
+def test_rows_drawn_from_an_offset_are_those_rows_of_the_whole_batch_with_and_without_xla(row_offset):
+    from tf_ppo.rollout import gumbel_noise as rows_of_noise
+
+    seed = tf.random.experimental.stateless_fold_in(SEEDS[1], 5)
+    whole = gumbel_noise([16, 4099], seed).numpy()[row_offset: row_offset + 3]
+    plain, compiled = without_and_with_xla(lambda s: rows_of_noise([3, 4099], s, row_offset), seed)
+    np.testing.assert_array_equal(plain.view(np.uint32), whole.view(np.uint32))
+    np.testing.assert_array_equal(compiled.view(np.uint32), whole.view(np.uint32))
+
+
+def test_a_chunk_of_rows_samples_what_the_whole_batch_samples_for_those_rows():
+    logits = tf.random.stateless_normal([8, 300], [5, 6]) * 2.0
+    whole = sample_next_token(logits, SEEDS[2], top_k=50).numpy()
+    chunks = [sample_next_token(logits[start: start + 2], SEEDS[2], top_k=50, row_offset=start).numpy()
+              for start in range(0, 8, 2)]
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)

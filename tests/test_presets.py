@@ -47,7 +47,7 @@ def test_padded_batch_matches_each_prompt_alone(preset_dirs, architecture):
     for row, length in enumerate(lengths):
         # The same global row of the sampling noise, but no padding at all: the prompt's own length.
         alone = generate(policy, tf.constant(prompt_ids[row:row + 1, :length]), tf.constant([length]), seed,
-                         response_length, row_offset=row, total_rows=len(prompts))
+                         response_length, row_offset=row)
         tokens, logprobs = response_logprobs(policy, alone, tf.constant([length]), response_length)
         np.testing.assert_array_equal(tokens[0], batch_tokens[row])
         np.testing.assert_allclose(logprobs[0], batch_logprobs[row], atol=1e-5)

@@ -29,23 +29,23 @@ SEGMENT_LENGTH = 16
 Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
 
 
-def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_offset=0, total_rows=None):
+def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_offset=0):
     """Sample one token per row from `logits / temperature`, optionally top-k / top-p.
 
     Sampling is Gumbel-max (argmax of logits + Gumbel noise, an exact
-    categorical sample) with the noise drawn for `total_rows` rows and this
-    batch's rows taken from `row_offset`: a row's sample depends only on the
-    seed and its global row, so a batch split over replicas samples exactly
-    what one device would. Top-k and top-p sample among the sorted top values
-    and gather the id, much cheaper than masking the whole vocabulary.
+    categorical sample). Row i of this batch takes the noise of global row
+    `row_offset + i` (`gumbel_noise`): a row's sample depends only on the seed
+    and its global row, so a batch split over replicas, or generated in chunks,
+    samples exactly what one whole batch would. Top-k and top-p sample among
+    the sorted top values and gather the id, much cheaper than masking the
+    whole vocabulary.
 
     Args:
         logits: float `[batch, vocab]`.
         seed: int32 `[2]`, a stateless seed (same seed, same samples).
         top_k: keep the k most likely tokens; 0 = all.
         top_p: keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = all.
-        row_offset, total_rows: where this batch sits in the global batch
-            (default: it is the whole batch).
+        row_offset: the global row of this batch's first row (int or int32 scalar tensor).
 
     Returns:
         int32 `[batch]` token ids.
@@ -65,36 +65,69 @@ def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_off
             # The first token always survives: its probability_before is 0.
             logits = tf.where(probability_before < top_p, logits, float("-inf"))
     batch, width = tf.shape(logits)[0], tf.shape(logits)[1]
-    gumbel = gumbel_noise([batch if total_rows is None else total_rows, width], seed)
-    choice = tf.argmax(logits + tf.cast(gumbel[row_offset: row_offset + batch], logits.dtype), axis=-1,
-                       output_type=tf.int32)  # [batch]
+    gumbel = gumbel_noise([batch, width], seed, row_offset)
+    choice = tf.argmax(logits + tf.cast(gumbel, logits.dtype), axis=-1, output_type=tf.int32)  # [batch]
     return choice if ids is None else tf.gather(ids, choice, batch_dims=1)
 
 
-def gumbel_noise(shape, seed):
-    """Standard Gumbel noise, float32 `shape`, bit-identical with and without XLA for the same stateless seed.
+def gumbel_noise(shape, seed, row_offset=0):
+    """Standard Gumbel noise `[rows, width]`: rows `row_offset ...` of the noise for this stateless seed.
 
-    A float `stateless_uniform` gives other numbers under XLA on CPU, whatever
-    algorithm is pinned (XLA turns the random bits into floats its own way),
-    so one replica (compiled) and several (not) would sample different tokens.
-    Philox's integer bits agree, so the uniform is made from 23 of them with
-    exact arithmetic, in [2^-24, 1 - 2^-24] (never 0 or 1: the logs stay
-    finite), and the two logs run in float64 (XLA's float32 log differs in the
-    last bit; rounded from float64 both agree).
+    Row r's noise is the same whatever batch it is drawn in (`gumbel_noise([n, w], seed)[r]` ==
+    `gumbel_noise([1, w], seed, r)[0]`), and drawing it costs only its own rows: Philox is a
+    counter-mode generator (4 uint32 per counter value), so the draw starts at the counter of
+    element `row_offset * width`.
+
+    The numbers are bit-identical with and without XLA. A float `stateless_uniform` gives other
+    numbers under XLA on CPU, whatever algorithm is pinned (XLA turns the random bits into floats
+    its own way). Philox's integer bits agree, so the uniform is made from 23 of them with exact
+    arithmetic, in [2^-24, 1 - 2^-24] (never 0 or 1: the logs stay finite), and the two logs run in
+    float64 (XLA's float32 log differs in the last bit; rounded from float64 both agree).
 
     Example:
     >>> noise = gumbel_noise([2, 3], tf.constant([1, 2]))
     >>> bool(tf.reduce_all(noise == tf.function(gumbel_noise, jit_compile=True)([2, 3], tf.constant([1, 2]))))
     True
+    >>> bool(tf.reduce_all(noise[1] == gumbel_noise([1, 3], tf.constant([1, 2]), row_offset=1)[0]))
+    True
     """
-    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+    rows, width = shape[0], shape[1]
+    key, counter = philox_key_counter(seed)
+    first = tf.cast(row_offset, tf.int64) * tf.cast(width, tf.int64)  # the first element drawn
+    skip = tf.cast(first % 4, tf.int32)  # its place inside its counter's block of 4
+    low = counter[0] + tf.cast(first // 4, tf.uint64)  # the 128-bit counter, low word first
+    counter = tf.stack([low, counter[1] + tf.cast(low < counter[0], tf.uint64)])  # carry into the high word
+    bits = tf.raw_ops.StatelessRandomUniformFullIntV2(shape=[rows * width + skip], key=key, counter=counter,
+                                                      alg=1, dtype=tf.uint32)  # alg 1: Philox
+    bits = tf.reshape(bits[skip:], [rows, width])
     mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32)), tf.float64)  # < 2^23: exact
     uniform = (mantissa + 0.5) * 2.0 ** -23
     return tf.cast(-tf.math.log(-tf.math.log(uniform)), tf.float32)
 
 
+def philox_key_counter(seed):
+    """Philox's key `[1]` and counter `[2]` (uint64, low word first) for a stateless seed, as TF derives them.
+
+    The recipe of `tf.random.stateless_uniform(..., alg="philox")` (TF's `random_ops_util`), so the bits
+    are the ones it draws. The raw `StatelessRandomGetKeyCounter` op is not used: compiled with XLA it
+    gives another counter for negative seeds, which `stateless_fold_in` produces.
+
+    Example:
+    >>> key, counter = philox_key_counter(tf.constant([1, 2]))
+    >>> key.shape, counter.shape
+    (TensorShape([1]), TensorShape([2]))
+    """
+    def as_uint64(words):  # two uint32 -> one uint64, low word first
+        return tf.bitwise.bitwise_or(tf.cast(words[0], tf.uint64),
+                                     tf.bitwise.left_shift(tf.cast(words[1], tf.uint64), tf.constant(32, tf.uint64)))
+
+    mix = tf.raw_ops.StatelessRandomUniformFullIntV2(shape=[4], key=tf.constant([0x02461E293EC8F720], tf.uint64),
+                                                     counter=tf.cast(seed, tf.uint64), alg=1, dtype=tf.uint32)
+    return tf.reshape(as_uint64(mix[:2]), [1]), tf.stack([tf.constant(0, tf.uint64), as_uint64(mix[2:])])
+
+
 def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
-             temperature=1.0, top_k=0, top_p=1.0, row_offset=0, total_rows=None):
+             temperature=1.0, top_k=0, top_p=1.0, row_offset=0):
     """Sample `response_length` new tokens after each prompt, decoding with a cache.
 
     Wrap it in `tf.function` (the trainer does, with `jit_compile`); the loop
@@ -107,8 +140,8 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         prompt_lengths: int32 `[batch]`, real tokens per prompt.
         seed: int32 `[2]` stateless seed; step t samples with `fold_in(seed, t)`.
         response_length: R, new tokens per row.
-        row_offset, total_rows: this batch's place in a global batch split
-            over replicas (see `sample_next_token`).
+        row_offset: the global row of this batch's first row, when it is one
+            replica's share or one chunk of a larger batch (see `sample_next_token`).
 
     Returns:
         int32 `[batch, P + R]` buffer: each prompt, then its R sampled tokens
@@ -131,7 +164,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
         logits, cache = decoder.step(previous, index - 1, cache)
         sampled = sample_next_token(tf.cast(logits[:, 0, :], tf.float32), tf.random.experimental.stateless_fold_in(seed, index),
-                                    temperature, top_k, top_p, row_offset, total_rows)
+                                    temperature, top_k, top_p, row_offset)
         # Rows whose prompt is longer than `index` keep their own prompt token.
         in_prompt = index < prompt_lengths
         current = tf.where(in_prompt, buffer[:, index], tf.cast(sampled, buffer.dtype))
