@@ -195,9 +195,9 @@ def trl_baseline(args):
 
 def policy_logprobs_seconds(trainer, args):
     """One compiled policy forward for the per-token log-probs of a generated batch (what sampling lacks)."""
-    prompts = {"prompt_ids": trainer.prompt_ids[: args.batch], "prompt_lengths": trainer.prompt_lengths[: args.batch]}
-    sequence_ids = trainer._generate(prompts, tf.constant([0, 1]))
-    responses = response_view(sequence_ids, prompts["prompt_lengths"], args.response_length)
+    prompt_lengths = trainer.prompt_lengths[: args.batch]
+    sequence_ids = trainer.sample(trainer.prompt_ids[: args.batch], prompt_lengths, tf.constant([0, 1]))
+    responses = response_view(sequence_ids, prompt_lengths, args.response_length)
     logprobs = tf.function(lambda ids: trainer.response_logprobs(trainer.policy, ids, responses)[0],
                            jit_compile=not args.no_train_jit)
     return median_seconds(lambda: logprobs(sequence_ids).numpy())
@@ -282,9 +282,8 @@ def main(argv=None):
         rows = []
         for length in (int(r) for r in args.scaling.split(",")):
             trainer, _ = build_trainer(args, length, 1)
-            generate = lambda: trainer._generate(  # noqa: E731
-                {"prompt_ids": trainer.prompt_ids[: args.batch], "prompt_lengths": trainer.prompt_lengths[: args.batch]},
-                tf.constant([0, 1])).numpy()
+            generate = lambda: trainer.sample(  # noqa: E731
+                trainer.prompt_ids[: args.batch], trainer.prompt_lengths[: args.batch], tf.constant([0, 1])).numpy()
             seconds = median_seconds(generate)
             rows.append({"response_length": length, "seconds_generate": round(seconds, 4),
                          "tokens_per_second": round(args.batch * length / seconds)})

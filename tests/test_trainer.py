@@ -70,12 +70,20 @@ def test_compiled_steps_trace_once(great_run):
         assert fn.experimental_get_tracing_count() == 1, fn
 
 
-def test_same_seed_same_run(tmp_path, sft_policy_path):
-    runs = [train(tiny_config(tmp_path / str(i), total_updates=2), show_progress=False) for i in range(2)]
+def test_same_seed_same_run_and_rollouts_in_chunks_give_the_same_update(tmp_path, sft_policy_path):
+    # The third run samples and scores its 32 rollouts 8 at a time: the same samples, the same update.
+    changes = [{}, {}, {"rollout_batch_size": 8}]
+    runs = [train(tiny_config(tmp_path / str(i), total_updates=2, **change), show_progress=False)
+            for i, change in enumerate(changes)]
     strip = [[{k: v for k, v in row.items() if not k.startswith("seconds")} for row in r.history] for r in runs]
     assert strip[0] == strip[1]
     for a, b in zip(runs[0].policy.get_weights(), runs[1].policy.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert [run.evaluation_before["samples"] for run in runs[1:]] == [runs[0].evaluation_before["samples"]] * 2
+    assert [row["score_mean"] for row in strip[2]] == [row["score_mean"] for row in strip[0]]  # the same texts
+    for model in ("policy", "value_model"):
+        for a, b in zip(getattr(runs[0], model).get_weights(), getattr(runs[2], model).get_weights()):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_callback_can_stop_training(tmp_path, sft_policy):

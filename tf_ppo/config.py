@@ -228,6 +228,9 @@ class PPOConfig(_Checked):
     # --- rollout
     total_updates: int = _field(100, "PPO updates (rollout, scoring, optimisation) in the run")
     batch_size: int = _field(64, "rollouts (prompts) per update")
+    rollout_batch_size: int = _field(0, "rollouts sampled and scored at once, a divisor of batch_size (TRL's "
+                                        "local_rollout_forward_batch_size): only one chunk's KV caches and logits "
+                                        "are held; the same samples and update; 0 = batch_size")
     max_prompt_length: int = _field(16, "prompts are right-padded to this many tokens (BOS included)")
     truncate_prompts: bool = _field(False, "longer prompts: False = error naming the row, True = keep their last "
                                            "tokens (warns)")
@@ -305,7 +308,7 @@ class PPOConfig(_Checked):
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:
                 _check_positive(self, name)
-        for name in ("kl_coef", "vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples",
+        for name in ("kl_coef", "vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples", "rollout_batch_size",
                      "lora_rank", "prompt_tokens_min", "prompt_tokens_max"):
             if getattr(self, name) < 0:
                 _fail(self, name, f"must be >= 0, got {getattr(self, name)!r}")
@@ -326,6 +329,9 @@ class PPOConfig(_Checked):
                                              f"or 0, got {self.eval_pass_samples!r}")
         if self.clip_mode == "value" and self.max_grad_norm is None:
             _fail(self, "max_grad_norm", "clip_mode='value' needs a clip threshold, got None")
+        if self.rollout_batch_size and self.batch_size % self.rollout_batch_size:
+            _fail(self, "rollout_batch_size", f"must divide batch_size={self.batch_size} (chunks of equal size), "
+                                              f"got {self.rollout_batch_size}")
         if self.batch_size % self.num_mini_batches:
             _fail(self, "batch_size", f"must be divisible by num_mini_batches={self.num_mini_batches}, "
                                       f"got {self.batch_size}")

@@ -99,10 +99,9 @@ def reduce_sum(strategy, per_replica):
                                  per_replica)
 
 
-def replica_rows(local_rows):
-    """`(row_offset, total_rows)`: where this replica's `local_rows` rows sit in the global batch."""
-    context = tf.distribute.get_replica_context()
-    return context.replica_id_in_sync_group * local_rows, local_rows * context.num_replicas_in_sync
+def replica_row_offset(local_rows):
+    """The global row of this replica's first row, when each replica holds `local_rows` rows."""
+    return tf.distribute.get_replica_context().replica_id_in_sync_group * local_rows
 
 
 def is_chief(strategy):

@@ -37,7 +37,7 @@ from tf_ppo.checkpoints import CheckpointError, restore_latest
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
-from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_rows, resolve_strategy, split_batch,
+from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_row_offset, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
@@ -157,6 +157,9 @@ class PPOTrainer:
         if config.mini_batch_size % replicas:
             raise ConfigError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
                              f"minibatch must be divisible by the {replicas} replicas")
+        if (config.rollout_batch_size or config.batch_size) % replicas:
+            raise ConfigError(f"PPOConfig.rollout_batch_size={config.rollout_batch_size} rollouts per chunk must "
+                             f"be divisible by the {replicas} replicas")
         if config.dtype == "mixed_float16" and replicas > 1:  # Keras' LossScaleOptimizer applies per replica only
             raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
                              f"use 'mixed_bfloat16' (no loss scaling needed)")
@@ -229,16 +232,45 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- compiled phases
 
-    def _generate_fn(self, batch, seed, greedy=False):
-        """One replica: sample responses for its share of the prompts (greedy: the most likely token each step)."""
+    def _generate_fn(self, batch, seed, chunk_start, greedy=False):
+        """One replica: sample responses for its share of the prompts (greedy: the most likely token each step).
+
+        `chunk_start` is the batch row of the chunk's first row: every row draws its own noise, whatever
+        chunk and replica it is sampled in.
+        """
         c = self.config
-        row_offset, total_rows = replica_rows(tf.shape(batch["prompt_ids"])[0])
+        row_offset = chunk_start + replica_row_offset(tf.shape(batch["prompt_ids"])[0])
         top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
         return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
-                        c.temperature, top_k, top_p, row_offset, total_rows)
+                        c.temperature, top_k, top_p, row_offset)
 
-    def _generate_all(self, replica_fn, batch, seed):
-        return gather(self.strategy, self.strategy.run(replica_fn, args=(batch, seed)))
+    def _generate_all(self, replica_fn, batch, seed, chunk_start):
+        return gather(self.strategy, self.strategy.run(replica_fn, args=(batch, seed, chunk_start)))
+
+    def _in_chunks(self, run_chunk, tensors):
+        """`run_chunk(chunk, chunk_start)` on `rollout_batch_size` rows at a time; the outputs concatenated.
+
+        A chunk is split over the replicas. One chunk (the default) is the whole batch, run as is.
+        """
+        rows = len(next(iter(tensors.values())))
+        size = self.config.rollout_batch_size or rows
+        outputs = [run_chunk(split_batch(self.strategy, {name: value[start: start + size]
+                                                         for name, value in tensors.items()}),
+                             tf.constant(start, tf.int32))
+                   for start in range(0, rows, size)]
+        if len(outputs) == 1:
+            return outputs[0]
+        return tf.nest.map_structure(lambda *chunks: tf.concat(chunks, axis=0), *outputs)
+
+    def sample(self, prompt_ids, prompt_lengths, seed, greedy=False):
+        """Prompt + response token ids `[rows, P + R]`, sampled (or greedy) in `rollout_batch_size` chunks.
+
+        Example:
+            sequence_ids = trainer.sample(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([0, 1]))
+        """
+        generate_fn = self._generate_greedy if greedy else self._generate
+        return self._in_chunks(lambda chunk, chunk_start: generate_fn(chunk, seed, chunk_start),
+                               {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
 
     def response_logprobs(self, model, sequence_ids, responses):
         """Log-probs `[batch, R]` and logits `[batch, R, V]` of the response tokens, logits / temperature.
@@ -343,11 +375,10 @@ class PPOTrainer:
         """
         c = self.config
         started = time.perf_counter()
-        prompts = split_batch(self.strategy, {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
-        sequence_ids = self._generate(prompts, seed)
+        sequence_ids = self.sample(prompt_ids, prompt_lengths, seed)
         generated = time.perf_counter()
-        scored = self._score(split_batch(self.strategy, {"sequence_ids": sequence_ids,
-                                                          "prompt_lengths": prompt_lengths}))
+        scored = self._in_chunks(lambda chunk, _: self._score(chunk),
+                                 {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths})
         responses = scored["responses"]
         entropy = float(ppo.masked_mean(scored["entropy"], responses.mask))
         scoring_done = time.perf_counter()
@@ -617,15 +648,14 @@ class PPOTrainer:
         """Decoded responses of these prompts (greedy, or sampled as in training), in batch_size chunks."""
         c = self.config
         rows = _whole_batches(len(token_ids), c.batch_size)
-        generate_fn = self._generate_greedy if greedy else self._generate
         end_token = self.tokenizer.end_token_id if c.stop_at_eos else None
         texts = []
         for start in range(0, len(rows), c.batch_size):
             chunk = rows[start: start + c.batch_size]
-            prompts = split_batch(self.strategy, {"prompt_ids": tf.gather(token_ids, chunk),
-                                                  "prompt_lengths": tf.gather(lengths, chunk)})
-            sequence_ids = generate_fn(prompts, tf.constant([seed, start], tf.int32))
-            texts += self.decode(response_view(sequence_ids, tf.gather(lengths, chunk), c.response_length, end_token))
+            chunk_lengths = tf.gather(lengths, chunk)
+            sequence_ids = self.sample(tf.gather(token_ids, chunk), chunk_lengths, tf.constant([seed, start], tf.int32),
+                                        greedy)
+            texts += self.decode(response_view(sequence_ids, chunk_lengths, c.response_length, end_token))
         return texts[: len(token_ids)]
 
     def save_artifacts(self, history):
