@@ -37,6 +37,8 @@ from tf_ppo.data import prompt_dataset, read_prompt_csv
 from tf_ppo.models import build_backbone, build_policy, load_tokenizer
 from tf_ppo.rollout import response_view
 
+from padded_vocabulary import padded_vocabulary  # noqa: E402  (benchmarks/ is on the path: run as a script)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +59,12 @@ def parse_args(argv=None):
                         help="KL coefficient of the critic-free algorithms (default: the algorithm's)")
     parser.add_argument("--mini-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="pad the vocabulary to N ids with unused tokens (e.g. 50257), so the head costs as much")
+    parser.add_argument("--rollout-batch-size", type=int, default=0,
+                        help="sample and score the batch this many rollouts at a time (0: all at once)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each transformer block's activations in the backward pass")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
     parser.add_argument("--no-train-jit", action="store_true", help="score and train without XLA")
     parser.add_argument("--scaling", default="", help="comma-separated response lengths: time generation only")
@@ -114,6 +122,8 @@ def build_trainer(args, response_length, total_updates):
         response_length=response_length, temperature=args.temperature, stop_at_eos=False,
         num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
+        rollout_batch_size=args.rollout_batch_size, gradient_checkpointing=args.gradient_checkpointing,
+        **({"vocabulary": str(padded_vocabulary(args.vocab))} if args.vocab else {}),
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     # Whole training sentences, cut to their last prompt_length - 1 tokens: every prompt has exactly that length.
@@ -127,6 +137,49 @@ def build_trainer(args, response_length, total_updates):
         warnings.simplefilter("ignore")  # "prompts cut to their last tokens": intended here
         trainer = PPOTrainer(config, reward_fn=reward_model, prompts=prompts, policy=policy, show_progress=False)
     return trainer, reward_model
+
+
+class PhasePeaks:
+    """Peak resident memory (MB) of each phase of an update, from Linux's VmHWM reset as each phase starts.
+
+    It wraps the trainer's phase methods on this one instance. Where /proc/self/clear_refs cannot reset
+    the peak (not Linux), the figures are None.
+    """
+
+    METHODS = {"generation": "sample", "scoring": "_score", "reward": "_rewards", "optimisation": "optimise"}
+
+    def __init__(self, trainer):
+        self.peaks_mb = dict.fromkeys(self.METHODS, 0)
+        self.supported = self._reset()
+        for phase, method in self.METHODS.items():
+            setattr(trainer, method, self._tracked(phase, getattr(trainer, method)))
+
+    def _tracked(self, phase, method):
+        def tracked(*args, **kwargs):
+            self._reset()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.peaks_mb[phase] = max(self.peaks_mb[phase], self._peak_mb())
+        return tracked
+
+    @staticmethod
+    def _reset():
+        try:
+            pathlib.Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _peak_mb():
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+        return 0
+
+    def figures(self):
+        return {f"peak_rss_mb_{phase}": (peak if self.supported else None) for phase, peak in self.peaks_mb.items()}
 
 
 def algorithm_fields(args):
@@ -180,7 +233,7 @@ def trl_baseline(args):
     flags = ["--layers", args.layers, "--hidden", args.hidden, "--heads", args.heads, "--batch", args.batch,
              "--prompt-length", args.prompt_length, "--response-length", args.response_length,
              "--updates", args.updates, "--warmup", args.warmup, "--temperature", args.temperature,
-             "--mini-batches", args.mini_batches, "--threads", args.threads]
+             "--mini-batches", args.mini_batches, "--threads", args.threads, "--vocab", args.vocab]
     if args.algorithm == "ppo":
         flags += ["--ppo-epochs", args.ppo_epochs]
     else:  # GRPO: the same generation batch, groups, KL coefficient and passes
@@ -228,6 +281,8 @@ def target_checks(result, args):
 
 def timed_updates(trainer, reward_model, args, peak):
     """Warm-up, then timed updates of `trainer`: the result figures (seconds per phase, FLOP/s, peak RSS)."""
+    whole_run_peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the resets
+    phase_peaks = PhasePeaks(trainer)
     run_updates(trainer, args.warmup)
     logs = run_updates(trainer, args.updates, first_update=args.warmup + 1)
     # The peak moves by 10% between measurements on a shared machine: the higher of the two (before and after the
@@ -256,7 +311,10 @@ def timed_updates(trainer, reward_model, args, peak):
         "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
         "value_model_parameters": trainer.value_model.count_params() if trainer.value_model is not None else 0,
         "reference_parameters": trainer.reference.count_params() if trainer.reference is not None else 0,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # The phases' VmHWM resets also reset ru_maxrss: the process's peak is the highest of all three.
+        "peak_rss_mb": max(whole_run_peak_mb, *phase_peaks.peaks_mb.values(),
+                           round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
+        **phase_peaks.figures(),
         "traces": {name: getattr(trainer, name).experimental_get_tracing_count()
                    for name in ("_generate", "_score", "_advantages", "_train_step")},
     }
@@ -329,6 +387,9 @@ def main(argv=None):
               else "no value model") + (f", reference {result['reference_parameters']:,}"
                                         if result["reference_parameters"] else ", no reference model")
     print(f"{args.algorithm}: {models}; peak RSS {result['peak_rss_mb']} MB")
+    if result["peak_rss_mb_generation"] is not None:
+        print("peak RSS per phase: " + ", ".join(f"{phase} {result[f'peak_rss_mb_{phase}']} MB"
+                                                 for phase in PhasePeaks.METHODS))
     if trl:
         trainer_name = "PPOTrainer" if args.algorithm == "ppo" else "GRPOTrainer"
         print(f"TRL 1.12 {trainer_name}: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "

@@ -28,6 +28,7 @@ import time
 import pandas as pd
 import torch
 from datasets import Dataset
+from padded_vocabulary import padded_vocabulary
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast,
                           TrainerCallback)
 from trl import GRPOConfig, GRPOTrainer
@@ -51,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-iterations", type=int, default=1)
     parser.add_argument("--mini-batches", type=int, default=2, help="optimiser steps per generation batch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=0, help="pad the vocabulary to N ids (padded_vocabulary.py)")
     return parser.parse_args(argv)
 
 
@@ -105,10 +107,11 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tokenizer = GPT2TokenizerFast(vocab=str(DATA / "vocab.json"), merges=str(DATA / "merges.txt"))  # ids as keras-hub
+    vocabulary = padded_vocabulary(args.vocab) if args.vocab else DATA / "vocab.json"
+    tokenizer = GPT2TokenizerFast(vocab=str(vocabulary), merges=str(DATA / "merges.txt"))  # ids as keras-hub
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    reward_tokenizer = TruncatingTokenizer(vocab=str(DATA / "vocab.json"), merges=str(DATA / "merges.txt"),
+    reward_tokenizer = TruncatingTokenizer(vocab=str(vocabulary), merges=str(DATA / "merges.txt"),
                                            model_max_length=args.prompt_length + args.response_length)
     reward_tokenizer.pad_token = reward_tokenizer.eos_token
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.prompt_length + args.response_length,

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_trainer
 from datasets import Dataset
+from padded_vocabulary import padded_vocabulary
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast,
                           TrainerCallback)
 from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -47,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--mini-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=0, help="pad the vocabulary to N ids (padded_vocabulary.py)")
     return parser.parse_args(argv)
 
 
@@ -88,7 +90,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tokenizer = GPT2TokenizerFast(vocab=str(DATA / "vocab.json"), merges=str(DATA / "merges.txt"))  # ids as keras-hub
+    vocabulary = padded_vocabulary(args.vocab) if args.vocab else DATA / "vocab.json"
+    tokenizer = GPT2TokenizerFast(vocab=str(vocabulary), merges=str(DATA / "merges.txt"))  # ids as keras-hub
     tokenizer.pad_token = tokenizer.eos_token
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.prompt_length + args.response_length,
                         n_embd=args.hidden, n_layer=args.layers, n_head=args.heads, n_inner=4 * args.hidden,

@@ -10,6 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import einsum_gradients  # noqa: E402
+import padded_vocabulary  # noqa: E402
 import ppo_throughput  # noqa: E402
 import response_logits_memory  # noqa: E402
 
@@ -19,10 +20,12 @@ TINY = ["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--pr
 
 def test_benchmark_reports_every_figure_and_exits_1_when_a_target_is_missed(capsys):
     # One run serves both checks (each run builds and traces two trainers): no run reaches 150% of peak.
+    # It also runs the options of the real-sizes issue: a padded vocabulary, chunked rollouts, checkpointing.
     with pytest.raises(SystemExit) as stopped:
         ppo_throughput.main(TINY + ["--response-length", "4", "--updates", "2", "--ppo-epochs", "1",
                                     "--compare-keras-hub", "--algorithm", "grpo", "--num-generations", "2",
-                                    "--beta", "0", "--compare-ppo", "--target-fraction-of-peak", "1.5"])
+                                    "--beta", "0", "--compare-ppo", "--target-fraction-of-peak", "1.5",
+                                    "--vocab", "1500", "--rollout-batch-size", "4", "--gradient-checkpointing"])
     assert stopped.value.code == 1
     out = capsys.readouterr().out
     assert "fraction_of_peak >= 1.5: " in out and "NOT MET" in out
@@ -41,7 +44,9 @@ def test_benchmark_reports_every_figure_and_exits_1_when_a_target_is_missed(caps
                 "seconds_optimisation", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak", "peak_rss_mb",
                 "keras_hub_generate_tokens_per_second", "rollout_with_logprobs_tokens_per_second"):
         assert result[key] > 0, key
-    assert result["shape"]["response_length"] == 4
+    for phase in ("generation", "scoring", "reward", "optimisation"):
+        assert 0 < result[f"peak_rss_mb_{phase}"] <= result["peak_rss_mb"], phase
+    assert result["shape"]["response_length"] == 4 and result["shape"]["vocabulary"] == 1500
     assert result["traces"] == {"_generate": 1, "_score": 1, "_advantages": 1, "_train_step": 1}
 
 
@@ -51,6 +56,19 @@ def test_benchmark_scaling_times_generation_per_response_length(capsys):
     assert [row["response_length"] for row in rows] == [4, 20]
     assert rows[0]["time_ratio_to_shortest"] == 1.0
     assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 for row in rows)
+
+
+def test_a_padded_vocabulary_has_n_ids_and_tokenises_text_as_the_shipped_one():
+    from tf_ppo.config import DATA_DIR
+    from tf_ppo.models import load_tokenizer
+
+    shipped = load_tokenizer(str(DATA_DIR / "vocab.json"), str(DATA_DIR / "merges.txt"))
+    padded = load_tokenizer(str(padded_vocabulary.padded_vocabulary(5000)), str(DATA_DIR / "merges.txt"))
+    assert padded.vocabulary_size() == 5000
+    text = ["the film was a long and slow story about the actor"]
+    assert padded(text).to_list() == shipped(text).to_list()
+    with pytest.raises(SystemExit, match="smaller than the shipped vocabulary"):
+        padded_vocabulary.padded_vocabulary(10)
 
 
 def test_logits_memory_benchmark_measures_both_ways_in_their_own_processes(capsys):

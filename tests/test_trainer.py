@@ -70,9 +70,11 @@ def test_compiled_steps_trace_once(great_run):
         assert fn.experimental_get_tracing_count() == 1, fn
 
 
-def test_same_seed_same_run_and_rollouts_in_chunks_give_the_same_update(tmp_path, sft_policy_path):
-    # The third run samples and scores its 32 rollouts 8 at a time: the same samples, the same update.
-    changes = [{}, {}, {"rollout_batch_size": 8}]
+def test_same_seed_same_run_and_chunked_rollouts_with_gradient_checkpointing_give_the_same_update(
+        tmp_path, sft_policy_path):
+    # The third run samples and scores its 32 rollouts 8 at a time, and recomputes every block's
+    # activations in the backward pass: the same samples, the same update.
+    changes = [{}, {}, {"rollout_batch_size": 8, "gradient_checkpointing": True}]
     runs = [train(tiny_config(tmp_path / str(i), total_updates=2, **change), show_progress=False)
             for i, change in enumerate(changes)]
     strip = [[{k: v for k, v in row.items() if not k.startswith("seconds")} for row in r.history] for r in runs]

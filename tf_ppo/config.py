@@ -193,6 +193,9 @@ class PPOConfig(_Checked):
                                                          "/ CausalLM (flags --model and --model.FIELD)")
     dtype: str = _field("float32", '"float32", or "mixed_bfloat16" / "mixed_float16" (loss scaling); the '
                                    'PPO maths stays float32')
+    gradient_checkpointing: bool = _field(False, "recompute each transformer block's activations in the backward "
+                                                 "pass (PPO, SFT, reward model, every algorithm): less memory, one "
+                                                 "more forward pass per step")
     lora_rank: int = _field(0, "> 0: train LoRA adapters only; the reference is the policy with its adapters off")
     value_from_reward_model: bool = _field(False, "start the value model from the RewardModel used as reward "
                                                   "(as TRL)")
@@ -319,6 +322,11 @@ class PPOConfig(_Checked):
         _check_choice(self, "strategy", ("auto", "default", "mirrored", "multi_worker"))
         _check_choice(self, "clip_mode", ("global_norm", "value"))
         _check_choice(self, "dtype", ("float32", "mixed_bfloat16", "mixed_float16"))
+        if self.gradient_checkpointing and self.model.architecture == "bigram" and self.model.preset is None:
+            _fail(self, "gradient_checkpointing", "needs a transformer policy; the bigram model has no blocks")
+        if self.gradient_checkpointing and self.model.dropout:
+            _fail(self, "gradient_checkpointing", f"needs model.dropout=0 (a recomputed block would draw other "
+                                                  f"dropout masks), got dropout={self.model.dropout}")
         if self.lora_rank and self.model.architecture == "bigram" and self.model.preset is None:
             _fail(self, "lora_rank", "needs a transformer policy; the bigram model has no attention to adapt")
         if self.prompt_tokens_max < self.prompt_tokens_min or (self.prompt_tokens_min == 0) != (self.prompt_tokens_max == 0):

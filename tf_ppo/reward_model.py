@@ -31,6 +31,7 @@ from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, p
                          prompt_token_counts, start_token_ids)
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
+from tf_ppo.remat import recomputed_blocks
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_tokens, response_view
 
@@ -334,10 +335,11 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
 
     def replica_gradients(batch):
         token_ids, padding_mask, best = batch
-        with tf.GradientTape() as tape, einsum_as_tensordot():
-            loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
-            loss /= strategy.num_replicas_in_sync  # equal rows per replica: its share of the global mean
-        return tape.gradient(loss, model.trainable_variables), loss
+        with einsum_as_tensordot(), recomputed_blocks(model, enabled=config.gradient_checkpointing):
+            with tf.GradientTape() as tape:
+                loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
+                loss /= strategy.num_replicas_in_sync  # equal rows per replica: its share of the global mean
+            return tape.gradient(loss, model.trainable_variables), loss
 
     @tf.function
     def train_step(batch):

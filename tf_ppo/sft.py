@@ -22,6 +22,7 @@ from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
+from tf_ppo.remat import recomputed_blocks
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
 
@@ -91,9 +92,10 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
 
     def replica_gradients(batch):
         token_ids, padding_mask = batch
-        with tf.GradientTape() as tape, einsum_as_tensordot():
-            loss = next_token_loss(policy, token_ids, padding_mask, training=True)  # this replica's share
-        return tape.gradient(loss, policy.trainable_variables), loss
+        with einsum_as_tensordot(), recomputed_blocks(policy, enabled=config.gradient_checkpointing):
+            with tf.GradientTape() as tape:
+                loss = next_token_loss(policy, token_ids, padding_mask, training=True)  # this replica's share
+            return tape.gradient(loss, policy.trainable_variables), loss
 
     @tf.function
     def train_step(batch):

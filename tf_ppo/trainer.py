@@ -40,6 +40,7 @@ from tf_ppo.export import save_preset
 from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_row_offset, resolve_strategy, split_batch,
                                weights_fingerprint, writable_dir)
 from tf_ppo.einsum import einsum_as_tensordot
+from tf_ppo.remat import recomputed_blocks
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            policy_from_config, tokenizer_for)
 from tf_ppo.reporting import RunLog, plot_curves, read_history
@@ -310,16 +311,19 @@ class PPOTrainer:
         c = self.config
         minibatch = Experience(**tensors)
         responses = minibatch.responses
-        with tf.GradientTape() as tape, einsum_as_tensordot():
-            logprobs, logits = self.response_logprobs(self.policy, minibatch.sequence_ids, responses)
-            values = None
-            if self.value_model is not None:
-                values = response_logits(self.value_model, minibatch.sequence_ids, responses.positions)
-            loss, stats = self.algorithm.loss(Forward(logprobs, logits, values), minibatch)
-            if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
-                loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), minibatch.loss_mask)
-            scaled_loss = self.optimizer.scale_loss(loss)  # x loss scale under mixed_float16, else the loss
-        return tape.gradient(scaled_loss, self.variables), {"loss": loss, **stats}
+        # The gradient is taken inside both contexts: with checkpointing, the backward pass reruns the forward.
+        with einsum_as_tensordot(), recomputed_blocks(self.policy, self.value_model, enabled=c.gradient_checkpointing):
+            with tf.GradientTape() as tape:
+                logprobs, logits = self.response_logprobs(self.policy, minibatch.sequence_ids, responses)
+                values = None
+                if self.value_model is not None:
+                    values = response_logits(self.value_model, minibatch.sequence_ids, responses.positions)
+                loss, stats = self.algorithm.loss(Forward(logprobs, logits, values), minibatch)
+                if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
+                    loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), minibatch.loss_mask)
+                scaled_loss = self.optimizer.scale_loss(loss)  # x loss scale under mixed_float16, else the loss
+            gradients = tape.gradient(scaled_loss, self.variables)
+        return gradients, {"loss": loss, **stats}
 
     def _train_step_fn(self, batch):
         """One optimiser step on a minibatch: sum the replicas' gradients, then clip and apply once.
