@@ -161,6 +161,7 @@ class PhasePeaks:
                 return method(*args, **kwargs)
             finally:
                 self.peaks_mb[phase] = max(self.peaks_mb[phase], self._peak_mb())
+        tracked.method = method  # the trainer's own (compiled) function, for its tracing count
         return tracked
 
     @staticmethod
@@ -180,6 +181,12 @@ class PhasePeaks:
 
     def figures(self):
         return {f"peak_rss_mb_{phase}": (peak if self.supported else None) for phase, peak in self.peaks_mb.items()}
+
+
+def compiled(trainer, name):
+    """The trainer's compiled function `name`, under the PhasePeaks wrapper if it has one."""
+    function = getattr(trainer, name)
+    return getattr(function, "method", function)
 
 
 def algorithm_fields(args):
@@ -315,7 +322,7 @@ def timed_updates(trainer, reward_model, args, peak):
         "peak_rss_mb": max(whole_run_peak_mb, *phase_peaks.peaks_mb.values(),
                            round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
         **phase_peaks.figures(),
-        "traces": {name: getattr(trainer, name).experimental_get_tracing_count()
+        "traces": {name: compiled(trainer, name).experimental_get_tracing_count()
                    for name in ("_generate", "_score", "_advantages", "_train_step")},
     }
     return result
