@@ -44,7 +44,7 @@ from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.models import tokenizer_for
 from tf_ppo.pipeline import pipeline
-from tf_ppo.reward_model import save_atomically, train_reward_model
+from tf_ppo.reward_model import read_preferences, save_atomically, train_reward_model
 from tf_ppo.rewards import RewardError
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.trainer import train
@@ -321,6 +321,7 @@ def run_accuracy_demo(config):
 def run_reward(config):
     """Train a reward model from the default SFT policy's backbone, normalised on its samples."""
     run_dir = pathlib.Path(config.run_dir or f"runs/reward-{time.strftime('%Y%m%d-%H%M%S')}")
+    read_preferences(config.reward.preferences_csv)  # a bad file is named now, not after the SFT stage
     policy = default_policy(config)
     result = train_reward_model(config, policy.backbone, run_dir, policy=policy)
     print(f"reward model written to {result.path}")
