@@ -21,6 +21,7 @@ table and, last, one JSON line.
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import statistics
@@ -143,13 +144,18 @@ class PhasePeaks:
     """Peak resident memory (MB) of each phase of an update, from Linux's VmHWM reset as each phase starts.
 
     It wraps the trainer's phase methods on this one instance. Where /proc/self/clear_refs cannot reset
-    the peak (not Linux), the figures are None.
+    the peak (not Linux), the figures are None. The resident memory only falls when freed memory goes back
+    to the system: glibc keeps freed blocks below its mmap threshold, which grows with each large block
+    freed, so a phase's figure also holds what earlier phases left. `MALLOC_MMAP_THRESHOLD_=1048576` in
+    the environment pins it (every block of 1 MB or more is returned when freed), and each phase's peak
+    is then its own.
     """
 
     METHODS = {"generation": "sample", "scoring": "_score", "reward": "_rewards", "optimisation": "optimise"}
 
     def __init__(self, trainer):
         self.peaks_mb = dict.fromkeys(self.METHODS, 0)
+        self.added_mb = dict.fromkeys(self.METHODS, 0)  # the peak above the resident memory at the phase's start
         self.supported = self._reset()
         for phase, method in self.METHODS.items():
             setattr(trainer, method, self._tracked(phase, getattr(trainer, method)))
@@ -157,10 +163,13 @@ class PhasePeaks:
     def _tracked(self, phase, method):
         def tracked(*args, **kwargs):
             self._reset()
+            start_mb = self._status_mb("VmRSS:")
             try:
                 return method(*args, **kwargs)
             finally:
-                self.peaks_mb[phase] = max(self.peaks_mb[phase], self._peak_mb())
+                peak_mb = self._status_mb("VmHWM:")
+                self.peaks_mb[phase] = max(self.peaks_mb[phase], peak_mb)
+                self.added_mb[phase] = max(self.added_mb[phase], peak_mb - start_mb)
         tracked.method = method  # the trainer's own (compiled) function, for its tracing count
         return tracked
 
@@ -173,14 +182,15 @@ class PhasePeaks:
             return False
 
     @staticmethod
-    def _peak_mb():
+    def _status_mb(field):
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return round(int(line.split()[1]) / 1024)
         return 0
 
     def figures(self):
-        return {f"peak_rss_mb_{phase}": (peak if self.supported else None) for phase, peak in self.peaks_mb.items()}
+        return {**{f"peak_rss_mb_{phase}": (peak if self.supported else None) for phase, peak in self.peaks_mb.items()},
+                **{f"added_rss_mb_{phase}": (added if self.supported else None) for phase, added in self.added_mb.items()}}
 
 
 def compiled(trainer, name):
@@ -395,8 +405,11 @@ def main(argv=None):
                                         if result["reference_parameters"] else ", no reference model")
     print(f"{args.algorithm}: {models}; peak RSS {result['peak_rss_mb']} MB")
     if result["peak_rss_mb_generation"] is not None:
-        print("peak RSS per phase: " + ", ".join(f"{phase} {result[f'peak_rss_mb_{phase}']} MB"
-                                                 for phase in PhasePeaks.METHODS))
+        print("peak RSS per phase (above the phase's start): " + ", ".join(
+            f"{phase} {result[f'peak_rss_mb_{phase}']} MB (+{result[f'added_rss_mb_{phase}']})"
+            for phase in PhasePeaks.METHODS)
+              + ("" if "MALLOC_MMAP_THRESHOLD_" in os.environ else
+                 " (with what earlier phases left: set MALLOC_MMAP_THRESHOLD_=1048576 for each phase's own)"))
     if trl:
         trainer_name = "PPOTrainer" if args.algorithm == "ppo" else "GRPOTrainer"
         print(f"TRL 1.12 {trainer_name}: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "

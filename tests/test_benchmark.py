@@ -47,6 +47,7 @@ def test_benchmark_reports_every_figure_and_exits_1_when_a_target_is_missed(caps
         assert result[key] > 0, key
     for phase in ("generation", "scoring", "reward", "optimisation"):
         assert 0 < result[f"peak_rss_mb_{phase}"] <= result["peak_rss_mb"], phase
+        assert 0 <= result[f"added_rss_mb_{phase}"] <= result[f"peak_rss_mb_{phase}"], phase
     assert result["shape"]["response_length"] == 4 and result["shape"]["vocabulary"] == 1500
     assert result["traces"] == {"_generate": 1, "_score": 1, "_advantages": 1, "_train_step": 1}
 
