@@ -298,9 +298,9 @@ def target_checks(result, args):
 
 def timed_updates(trainer, reward_model, args, peak):
     """Warm-up, then timed updates of `trainer`: the result figures (seconds per phase, FLOP/s, peak RSS)."""
-    whole_run_peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the resets
-    phase_peaks = PhasePeaks(trainer)
     run_updates(trainer, args.warmup)
+    whole_run_peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the resets
+    phase_peaks = PhasePeaks(trainer)  # after the warm-up: XLA's compilation memory is not a phase's own
     logs = run_updates(trainer, args.updates, first_update=args.warmup + 1)
     # The peak moves by 10% between measurements on a shared machine: the higher of the two (before and after the
     # timed updates) is the conservative denominator.
