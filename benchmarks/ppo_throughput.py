@@ -156,25 +156,25 @@ class PhasePeaks:
     def __init__(self, trainer):
         self.peaks_mb = dict.fromkeys(self.METHODS, 0)
         self.added_mb = dict.fromkeys(self.METHODS, 0)  # the peak above the resident memory at the phase's start
-        self.supported = self._reset()
+        self.supported = self.reset_peak()
         for phase, method in self.METHODS.items():
             setattr(trainer, method, self._tracked(phase, getattr(trainer, method)))
 
     def _tracked(self, phase, method):
         def tracked(*args, **kwargs):
-            self._reset()
-            start_mb = self._status_mb("VmRSS:")
+            self.reset_peak()
+            start_mb = self.status_mb("VmRSS:")
             try:
                 return method(*args, **kwargs)
             finally:
-                peak_mb = self._status_mb("VmHWM:")
+                peak_mb = self.status_mb("VmHWM:")
                 self.peaks_mb[phase] = max(self.peaks_mb[phase], peak_mb)
                 self.added_mb[phase] = max(self.added_mb[phase], peak_mb - start_mb)
         tracked.method = method  # the trainer's own (compiled) function, for its tracing count
         return tracked
 
     @staticmethod
-    def _reset():
+    def reset_peak():
         try:
             pathlib.Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
             return True
@@ -182,7 +182,7 @@ class PhasePeaks:
             return False
 
     @staticmethod
-    def _status_mb(field):
+    def status_mb(field):
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field):
                 return round(int(line.split()[1]) / 1024)
@@ -359,9 +359,11 @@ def main(argv=None):
             trainer, _ = build_trainer(args, length, 1)
             generate = lambda: trainer.sample(  # noqa: E731
                 trainer.prompt_ids[: args.batch], trainer.prompt_lengths[: args.batch], tf.constant([0, 1])).numpy()
+            resettable = PhasePeaks.reset_peak()  # the peak while generating at this length (weights included)
             seconds = median_seconds(generate)
             rows.append({"response_length": length, "seconds_generate": round(seconds, 4),
-                         "tokens_per_second": round(args.batch * length / seconds)})
+                         "tokens_per_second": round(args.batch * length / seconds),
+                         "peak_rss_mb": PhasePeaks.status_mb("VmHWM:") if resettable else None})
             if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
                 rows[-1]["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
         for row in rows:

@@ -57,7 +57,7 @@ def test_benchmark_scaling_times_generation_per_response_length(capsys):
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scaling"]
     assert [row["response_length"] for row in rows] == [4, 20]
     assert rows[0]["time_ratio_to_shortest"] == 1.0
-    assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 for row in rows)
+    assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
 
 
 def test_a_padded_vocabulary_has_n_ids_and_tokenises_text_as_the_shipped_one():
