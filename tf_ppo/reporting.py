@@ -27,24 +27,26 @@ class RunLog:
 
     `keep_updates=n` first drops CSV rows after update n: a resumed run redoes
     the updates after its checkpoint, and their rows must not appear twice.
+    `index` names the first column ("update"; the supervised loop's is "step").
 
     The CSV's columns are the existing file's header, widened when a row brings
     a new metric: the file is then rewritten (atomically) with the new column,
     left empty in the earlier rows. A metric a row lacks gets an empty cell.
     """
 
-    def __init__(self, run_dir, keep_updates=None):
+    def __init__(self, run_dir, keep_updates=None, index="update"):
         self.run_dir = pathlib.Path(run_dir)
+        self.index = index
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "metrics.csv"
         if keep_updates is not None and self.csv_path.exists():
-            _keep_rows(self.csv_path, keep_updates)
+            _keep_rows(self.csv_path, keep_updates, index)
         self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
         self._csv_file = None
         self._csv = None
 
     def write(self, update, logs):
-        row = {"update": update, **logs}
+        row = {self.index: update, **logs}
         self._open_for(row)
         self._csv.writerow(row)
         self._csv_file.flush()  # a crash loses at most the update in flight
@@ -127,11 +129,11 @@ def _rewrite(csv_path, fieldnames, rows):
     os.replace(partial, csv_path)
 
 
-def _keep_rows(csv_path, last_update):
-    """Rewrite `csv_path` (atomically) with only its complete rows up to `last_update`."""
+def _keep_rows(csv_path, last_update, index="update"):
+    """Rewrite `csv_path` (atomically) with only its complete rows up to `last_update` (in column `index`)."""
     # A row cut by a crash has missing cells (None): drop it with the rows after the checkpoint.
     rows = [row for row in _rows(csv_path)
-            if None not in row and None not in row.values() and float(row["update"]) <= last_update]
+            if None not in row and None not in row.values() and float(row[index]) <= last_update]
     _rewrite(csv_path, _header(csv_path), rows)
 
 

@@ -24,16 +24,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
                          prompt_token_counts, start_token_ids)
-from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
-from tf_ppo.einsum import einsum_as_tensordot
-from tf_ppo.remat import recomputed_blocks
+from tf_ppo.distribute import resolve_strategy
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
 from tf_ppo.rollout import generate, response_tokens, response_view
+from tf_ppo.supervised import SupervisedLoop, epoch_batches
 
 
 def join_texts(prompts, responses):
@@ -322,7 +319,6 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     with strategy.scope():
         model = RewardModel(_copy_backbone(backbone, config, tokenizer), tokenizer, settings.max_length, settings.clip)
         optimizer = keras.optimizers.Adam(settings.learning_rate)
-        optimizer.build(model.trainable_variables)
     encode = _encoder(tokenizer, settings.max_length)
     train_ids, train_mask, train_best = encode(*train_set)
     heldout_ids, heldout_mask, heldout_best = encode(*heldout_set)
@@ -333,38 +329,26 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                 "padding_mask": tf.reshape(padding_mask, [-1, settings.max_length])}
         return tf.reshape(model(flat), [-1, n])
 
-    def replica_gradients(batch):
+    def loss_fn(batch):
         token_ids, padding_mask, best = batch
-        with einsum_as_tensordot(), recomputed_blocks(model, enabled=config.gradient_checkpointing):
-            with tf.GradientTape() as tape:
-                loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
-                loss /= strategy.num_replicas_in_sync  # equal rows per replica: its share of the global mean
-            return tape.gradient(loss, model.trainable_variables), loss
+        loss, _ = preference_loss(candidate_scores(token_ids, padding_mask), best)
+        return loss / strategy.num_replicas_in_sync, {}  # equal rows per replica: its share of the global mean
 
-    @tf.function
-    def train_step(batch):
-        gradients, loss = reduce_sum(strategy, strategy.run(replica_gradients, args=(batch,)))
-        gradients, _ = ppo.clip_gradients(gradients, "global_norm", settings.max_grad_norm)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
-
+    loop = SupervisedLoop("reward model", [model], loss_fn, optimizer, strategy, "global_norm",
+                          settings.max_grad_norm, config.gradient_checkpointing)
     heldout_metrics = tf.function(lambda: preference_loss(candidate_scores(heldout_ids, heldout_mask), heldout_best))
 
     def evaluate():
         loss, accuracy = heldout_metrics()
         return {"heldout_loss": float(loss), "heldout_accuracy": float(accuracy)}
 
-    def epoch_batches(epoch):
-        dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask, train_best))
-        # Several replicas need equal shares: then the last, partial batch of an epoch is dropped.
-        dataset = dataset.shuffle(len(train_ids), seed=settings.seed + epoch).batch(
-            settings.batch_size, drop_remainder=strategy.num_replicas_in_sync > 1)
-        return [split_batch(strategy, batch) for batch in dataset]
-
     directory = pathlib.Path(directory) if directory is not None else None
-    history = run_epochs("reward model", train_step, epoch_batches, settings.epochs, evaluate,
-                         directory / "checkpoints" if directory else None, {"model": model, "optimizer": optimizer},
-                         show_progress)
+    # Several replicas need equal shares: then the last, partial batch of an epoch is dropped.
+    history = loop.fit(lambda epoch: epoch_batches((train_ids, train_mask, train_best), settings.batch_size,
+                                                   settings.seed, epoch, strategy,
+                                                   drop_remainder=strategy.num_replicas_in_sync > 1),
+                       settings.epochs, evaluate, directory / "checkpoints" if directory else None,
+                       show_progress=show_progress)
     normalisation = None
     if policy is not None and settings.normalise_samples:
         prompts = load_prompts(prompts if prompts is not None else config.prompts)  # the trainer's sources too

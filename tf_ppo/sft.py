@@ -18,13 +18,11 @@ import keras
 import tensorflow as tf
 
 from tf_ppo import ppo
-from tf_ppo.checkpoints import run_epochs
 from tf_ppo.config import ConfigError, PPOConfig
-from tf_ppo.distribute import reduce_sum, resolve_strategy, split_batch
-from tf_ppo.einsum import einsum_as_tensordot
-from tf_ppo.remat import recomputed_blocks
+from tf_ppo.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
+from tf_ppo.supervised import SupervisedLoop, epoch_batches
 
 
 @dataclasses.dataclass
@@ -88,34 +86,18 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         source = policy if policy is not None else policy_from_config(config, tokenizer)
         policy = source if built_here and source.dtype_policy.name == dtype else copy_model(source, dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
-        optimizer.build(policy.trainable_variables)
 
-    def replica_gradients(batch):
+    def loss_fn(batch):
         token_ids, padding_mask = batch
-        with einsum_as_tensordot(), recomputed_blocks(policy, enabled=config.gradient_checkpointing):
-            with tf.GradientTape() as tape:
-                loss = next_token_loss(policy, token_ids, padding_mask, training=True)  # this replica's share
-            return tape.gradient(loss, policy.trainable_variables), loss
+        return next_token_loss(policy, token_ids, padding_mask, training=True), {}  # this replica's share
 
-    @tf.function
-    def train_step(batch):
-        # Sum the replicas' gradients, then clip (clipping per replica is not the same), then apply once.
-        gradients, loss = reduce_sum(strategy, strategy.run(replica_gradients, args=(batch,)))
-        gradients, _ = ppo.clip_gradients(gradients, config.sft.clip_mode, config.sft.max_grad_norm)
-        optimizer.apply_gradients(zip(gradients, policy.trainable_variables))
-        return loss
-
+    loop = SupervisedLoop("SFT", [policy], loss_fn, optimizer, strategy, config.sft.clip_mode,
+                          config.sft.max_grad_norm, config.gradient_checkpointing)
     heldout_loss = tf.function(lambda: next_token_loss(policy, heldout_ids, heldout_mask))
-
-    def epoch_batches(epoch):
-        dataset = tf.data.Dataset.from_tensor_slices((train_ids, train_mask))
-        dataset = dataset.shuffle(len(train_ids), seed=config.sft.seed + epoch).batch(config.sft.batch_size,
-                                                                                      drop_remainder=True)
-        return [split_batch(strategy, batch) for batch in dataset]
-
-    history = run_epochs("SFT", train_step, epoch_batches, config.sft.epochs,
-                         lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,
-                         {"policy": policy, "optimizer": optimizer}, show_progress)
+    history = loop.fit(lambda epoch: epoch_batches((train_ids, train_mask), config.sft.batch_size, config.sft.seed,
+                                                   epoch, strategy),
+                       config.sft.epochs, lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,
+                       show_progress=show_progress)
     return SFTResult(policy, history)
 
 

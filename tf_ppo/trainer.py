@@ -12,7 +12,6 @@ the maths lives in `tf_ppo.ppo` and `tf_ppo.estimators`; this module only
 wires it together and never looks at which algorithm runs.
 """
 
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -20,8 +19,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import threading
 import time
 import warnings
 
@@ -49,15 +46,12 @@ from tf_ppo.rewards import (RewardFunctionFailed, combined_scores, compute_score
                             proxy_rises_gold_falls, reward_names)
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
+from tf_ppo.supervised import NonFiniteError, guarded_apply, sigterm_stops
 from tf_ppo.tasks import TASKS
 
 
 EVALUATION_BEFORE = "evaluation_before.json"  # the starting policy's held-out figures, written once
 EVALUATION_AFTER = "evaluation_after.json"  # the trained policy's; written last, so it marks a finished run
-
-
-class NonFiniteError(RuntimeError):
-    """Too many updates in a row were skipped because of NaN or inf; the message says where it came from."""
 
 
 class OveroptimisationWarning(UserWarning):
@@ -332,18 +326,9 @@ class PPOTrainer:
         non-finite loss or gradient skips the step; returns the step's metrics.
         """
         gradients, stats = reduce_sum(self.strategy, self.strategy.run(self._gradients_fn, args=(batch,)))
-        stats = dict(stats)
-        if self._loss_scaled:
-            gradients = [g / self.optimizer.dynamic_scale for g in gradients]
-        grad_norm = tf.linalg.global_norm(gradients)
-        finite = tf.math.is_finite(stats["loss"]) & tf.math.is_finite(grad_norm)
-        if self._loss_scaled:
-            # The LossScaleOptimizer skips non-finite steps itself and halves its scale on them (float16
-            # overflow is routine, not an error), so it sees every step.
-            self._apply(gradients, grad_norm)
-            applied = finite
-        else:
-            applied = tf.cond(finite, lambda: self._apply(gradients, grad_norm), lambda: tf.constant(False))
+        c = self.config
+        grad_norm, applied = guarded_apply(self.optimizer, self.variables, gradients, stats["loss"], c.clip_mode,
+                                           c.max_grad_norm)
         return {**stats, "grad_norm": grad_norm, "applied": applied}
 
     def train_step(self, minibatch):
@@ -354,19 +339,6 @@ class PPOTrainer:
             bool(step["applied"])
         """
         return self._train_step(split_batch(self.strategy, minibatch.present()))
-
-    def _apply(self, gradients, grad_norm):
-        """Clip the summed gradients (`grad_norm` measured before clipping) and take the optimiser step."""
-        c = self.config
-        gradients, _ = ppo.clip_gradients(gradients, c.clip_mode, c.max_grad_norm, global_norm=grad_norm)
-        if self._loss_scaled:
-            gradients = [g * self.optimizer.dynamic_scale for g in gradients]  # it unscales them again
-        self.optimizer.apply_gradients(zip(gradients, self.variables))
-        return tf.constant(True)
-
-    @property
-    def _loss_scaled(self):
-        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
     # ----------------------------------------------------------------- one update, in steps
 
@@ -499,7 +471,8 @@ class PPOTrainer:
                        .skip(restored))  # a resumed run continues where the data left off
         progress = tqdm(total=c.total_updates, initial=restored, desc=c.algorithm.upper(),
                         disable=not self.show_progress)
-        with self._stop_on_sigterm():
+        self.preempted = False
+        with sigterm_stops(self._request_stop):
             while int(self.update.numpy()) < c.total_updates and not self.stop_training:
                 update = int(self.update.numpy()) + 1
                 logs = self.run_update(next(prompts), update)
@@ -535,23 +508,8 @@ class PPOTrainer:
         return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before,
                            evaluation_after, self.run_dir, c)
 
-    @contextlib.contextmanager
-    def _stop_on_sigterm(self):
-        """While training, SIGTERM asks the loop to checkpoint and stop after the update in flight."""
-        self.preempted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-
-        def request_stop(signum, frame):
-            self.preempted = self.stop_training = True
-            tqdm.write("SIGTERM: saving a checkpoint after the current update, then stopping")
-
-        previous = signal.signal(signal.SIGTERM, request_stop)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    def _request_stop(self):
+        self.preempted = self.stop_training = True
 
     def run_update(self, prompt_batch, update):
         """One update on a batch of prompts (each sampled `num_generations` times); returns its metrics."""
