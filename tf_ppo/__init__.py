@@ -1,4 +1,4 @@
-"""tf_ppo: RL fine-tuning (RLHF: PPO, GRPO, RLOO, REINFORCE++) of Keras / keras-hub language models.
+"""tf_ppo: RL fine-tuning (RLHF: PPO, GRPO, RLOO, REINFORCE++; offline DPO) of Keras / keras-hub language models.
 
 Example:
     import tf_ppo
@@ -6,8 +6,9 @@ Example:
 """
 
 from tf_ppo import algorithms, estimators, ppo
-from tf_ppo.config import ConfigError, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
+from tf_ppo.config import ConfigError, DPOConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
 from tf_ppo.data import DataError, load_prompts
+from tf_ppo.dpo import DPOResult, DPOTrainer, dpo
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
 from tf_ppo.pipeline import PipelineResult, pipeline
@@ -26,6 +27,10 @@ __all__ = [
     "PPOConfig",
     "RewardConfig",
     "SFTConfig",
+    "DPOConfig",
+    "DPOResult",
+    "DPOTrainer",
+    "dpo",
     "DataError",
     "ExportError",
     "export",

@@ -162,6 +162,42 @@ class RewardConfig(_Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOConfig(_Checked):
+    """Offline preference optimisation (`tf_ppo.dpo`, `tf-ppo dpo`, `tf-ppo pipeline --method dpo`).
+
+    Trains on the preference file of `RewardConfig.preferences_csv` (its held-out rows too); names as in
+    TRL's `DPOConfig`.
+
+    Example:
+    >>> DPOConfig(loss_type="ipo").beta
+    0.1
+    """
+
+    beta: float = _field(0.1, "how far the policy may move from the reference (IPO: its tau)")
+    loss_type: str = _field("sigmoid", '"sigmoid" (DPO), "robust", "hinge" (SLiC) or "ipo" (per-token log-ratios)')
+    label_smoothing: float = _field(0.0, "chance a preference label is flipped: > 0 with sigmoid is cDPO, "
+                                         "with robust the robust DPO loss")
+    precompute_ref_log_probs: bool = _field(True, "the reference's log-probs of every pair computed once before "
+                                                  "training, in one compiled pass: no reference model is held; "
+                                                  "False = a live frozen reference")
+    epochs: int = _field(2, "passes over the training pairs")
+    batch_size: int = _field(32, "preference pairs per step")
+    learning_rate: float = _field(5e-4, "Adam learning rate")
+    max_grad_norm: float = _field(1.0, "global-norm gradient clip threshold")
+    max_length: int = _field(32, "tokens per sequence (start + prompt + response + end); longer ones lose their end")
+    checkpoint_every: int = _field(20, "steps between checkpoints (and one after every epoch)")
+    seed: int = _field(0, "seed of shuffling and the held-out split")
+
+    def __post_init__(self):
+        _check_fields(self)
+        for name in ("beta", "epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length",
+                     "checkpoint_every"):
+            _check_positive(self, name)
+        _check_choice(self, "loss_type", ("sigmoid", "robust", "hinge", "ipo"))
+        _check_range(self, "label_smoothing", 0.0, 0.5, include_high=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOConfig(_Checked):
     """Stage 2: PPO with a KL penalty against the frozen reference policy.
 
@@ -201,6 +237,7 @@ class PPOConfig(_Checked):
                                                   "(as TRL)")
     sft: SFTConfig = _field(factory=SFTConfig, doc="stage 1, supervised fine-tuning (flags --sft.FIELD)")
     reward: RewardConfig = _field(factory=RewardConfig, doc="the learned reward model (flags --reward.FIELD)")
+    dpo: DPOConfig = _field(factory=DPOConfig, doc="offline preference optimisation (flags --dpo.FIELD)")
     fluency_corpus: str | None = _field(str(DATA_DIR / "corpus.txt"), "word bigrams that count as fluent; None = "
                                                                        "skip the metric")
     run_dir: str | None = _field(None, "where the run's artefacts go; None = runs/ppo-<date>-<time>")
@@ -448,8 +485,8 @@ TASK_DEFAULTS = {
         "sft": {"train_csv": str(DATA_DIR / "arithmetic_train.csv"), "max_length": 40, "epochs": 2},
     },
 }
-NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig}  # PPOConfig fields that are sections
-SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
+NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}  # PPOConfig fields that are sections
+SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)
 
 
 # --- validation
@@ -653,6 +690,7 @@ SECTION_TITLES = {
     ModelConfig: "`ModelConfig` (`PPOConfig.model`): flags `--model.FIELD`",
     SFTConfig: "`SFTConfig` (`PPOConfig.sft`): flags `--sft.FIELD`",
     RewardConfig: "`RewardConfig` (`PPOConfig.reward`): flags `--reward.FIELD`",
+    DPOConfig: "`DPOConfig` (`PPOConfig.dpo`): flags `--dpo.FIELD`",
 }
 
 

@@ -20,6 +20,15 @@ PLOTTED = (("score_mean", "reward (score)", "mean score per response"),
            ("fluency", "fluent completions", "fraction of responses"),
            ("kl_coef", "kl_coef (beta)", "beta (reward per nat)"),
            ("heldout_accuracy", "held-out accuracy", "fraction of problems solved"))
+# DPO's panels, per optimiser step: the implicit rewards are beta x log(policy / reference) of each response.
+DPO_PANELS = (("loss", "DPO loss", "loss per pair"),
+              ("rewards/margins", "reward margin", "chosen - rejected (beta x nats)"),
+              ("rewards/accuracies", "reward accuracy", "fraction of pairs, chosen above rejected"),
+              ("rewards/chosen", "implicit rewards", "beta x log-ratio (nats)"),
+              ("logps/chosen", "log-probs", "summed log-prob per response (nats)"),
+              ("heldout_accuracy", "held-out preference accuracy", "fraction of held-out pairs"))
+# A second line on a panel: panel key -> the other key it is drawn with.
+COMPANIONS = {"rewards/chosen": "rewards/rejected", "logps/chosen": "logps/rejected"}
 
 
 class RunLog:
@@ -137,8 +146,9 @@ def _keep_rows(csv_path, last_update, index="update"):
     _rewrite(csv_path, _header(csv_path), rows)
 
 
-def curves_figure(history):
-    """A matplotlib `Figure`: reward, KL, fluency, kl_coef (when it changes), held-out accuracy, against updates.
+def curves_figure(history, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL):
+    """A matplotlib `Figure` of `panels` against `index`: by default PPO's reward, KL, fluency, kl_coef
+    (when it changes) and held-out accuracy against updates; `DPO_PANELS` against steps for DPO.
 
     Each panel plots the rows that have its metric. The Figure is built without
     pyplot, so making it never changes the backend a notebook draws with.
@@ -150,22 +160,25 @@ def curves_figure(history):
     """
     from matplotlib.figure import Figure
 
-    shown = [(key, title, ylabel) for key, title, ylabel in PLOTTED if _worth_a_panel(history, key)]
+    shown = [(key, title, ylabel) for key, title, ylabel in panels if _worth_a_panel(history, key, index)]
     figure = Figure(figsize=(4 * max(len(shown), 1), 3))
     axes = figure.subplots(1, max(len(shown), 1), squeeze=False)[0]
     for axis, (key, title, ylabel) in zip(axes, shown):
-        axis.plot(*_series(history, key), label="proxy (the reward)")
-        axis.set(title=title, xlabel=UPDATE_LABEL, ylabel=ylabel)
+        axis.plot(*_series(history, key, index), label="proxy (the reward)" if key == "score_mean" else key)
+        axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if key in COMPANIONS:
+            axis.plot(*_series(history, COMPANIONS[key], index), label=COMPANIONS[key])
+            axis.legend(loc="best")
     if shown and shown[0][0] == "score_mean" and _series(history, "gold_score_mean")[0]:
         _add_gold(axes[0], history)
-    if shown and shown[-1][0] == "heldout_accuracy":
+    if shown and shown[-1][0] == "heldout_accuracy" and panels is PLOTTED:
         _add_pass_at_k(axes[-1], history)
     figure.tight_layout()
     return figure
 
 
-def plot_curves(history, path):
-    """Save `curves_figure(history)` as a PNG.
+def plot_curves(history, path, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL):
+    """Save `curves_figure(history, panels, index, xlabel)` as a PNG.
 
     Example:
     >>> import tempfile, os
@@ -174,19 +187,19 @@ def plot_curves(history, path):
     >>> os.path.getsize(path) > 0
     True
     """
-    curves_figure(history).savefig(path, dpi=80)
+    curves_figure(history, panels, index, xlabel).savefig(path, dpi=80)
 
 
-def _worth_a_panel(history, key):
+def _worth_a_panel(history, key, index="update"):
     """A metric gets a panel if some row has it; kl_coef only if it changes (a fixed beta is a flat line)."""
-    values = _series(history, key)[1]
+    values = _series(history, key, index)[1]
     return bool(values) and (key != "kl_coef" or len(set(values)) > 1)
 
 
-def _series(history, key):
-    """`(updates, values)` of the rows that have `key`."""
+def _series(history, key, index="update"):
+    """`(updates or steps, values)` of the rows that have `key`."""
     rows = [row for row in history if key in row]
-    return [row["update"] for row in rows], [row[key] for row in rows]
+    return [row[index] for row in rows], [row[key] for row in rows]
 
 
 def _add_pass_at_k(axis, history):

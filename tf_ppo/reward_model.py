@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig, RewardConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
                          prompt_token_counts, start_token_ids)
 from tf_ppo.distribute import resolve_strategy
@@ -311,7 +311,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     settings = config.reward
     keras.utils.set_random_seed(settings.seed)
     tokenizer = tokenizer_for(config, policy)
-    train_set, heldout_set = _split(read_preferences(settings.preferences_csv), settings)
+    train_set, heldout_set = split_rows(read_preferences(settings.preferences_csv), settings)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if settings.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"RewardConfig.batch_size {settings.batch_size} must be divisible by the "
@@ -402,14 +402,23 @@ def save_atomically(model, path):
     os.replace(partial, path)
 
 
-def _split(preferences, settings):
-    """Train and held-out rows: the CSV's `split` column, else a seeded random fraction."""
+def split_rows(preferences, settings, seed=None):
+    """Train and held-out `(prompts, responses, best)`: the CSV's `split` column, else a seeded random fraction.
+
+    `settings` is the `RewardConfig` (its `heldout_fraction`, `preferences_csv`
+    and, unless `seed` is given, `seed`).
+
+    Example:
+    >>> (train, _, _), (heldout, _, _) = split_rows(read_preferences(PPOConfig().reward.preferences_csv), RewardConfig())
+    >>> len(train) > len(heldout) > 0
+    True
+    """
     prompts, responses, best, split = preferences
     if split is not None:
         heldout = np.array([s == "heldout" for s in split])
     else:
         heldout = np.zeros(len(prompts), bool)
-        order = np.random.default_rng(settings.seed).permutation(len(prompts))
+        order = np.random.default_rng(settings.seed if seed is None else seed).permutation(len(prompts))
         heldout[order[: int(round(len(prompts) * settings.heldout_fraction))]] = True
     if heldout.all() or not heldout.any():
         raise DataError(f"{settings.preferences_csv}: need both train and held-out rows, got "

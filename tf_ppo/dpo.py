@@ -1,0 +1,340 @@
+"""Offline preference optimisation: DPO, IPO, hinge (SLiC) and cDPO on the files `tf-ppo reward` reads.
+
+No rollout, reward model or critic: the policy's summed log-probs of each
+pair's chosen and rejected response, against the reference's, give the
+`preference_losses.preference_loss`. Best-of-n rows become n - 1 pairs
+(best, each other). By default the reference's log-probs of every pair are
+computed once, by the starting policy itself in one compiled pass, and kept
+(`reference_logps.npz` in the run directory, so a resumed run has them too):
+no reference model exists during training. `precompute_ref_log_probs=False`
+keeps a live frozen copy instead (LoRA: the policy with its adapters off).
+
+Sequence layout: `start + prompt + " " + response + end`, the prompt and the
+response tokenised apart so the response's tokens are exactly known.
+
+Layout of `run_dir`:
+    config.json, reference_logps.npz, checkpoints/, metrics.csv (per step), tensorboard/
+    policy.keras, preset/, curves.png, evaluation.json   when finished
+
+Example:
+    result = tf_ppo.dpo(PPOConfig(run_dir="runs/dpo", dpo={"beta": 0.1}))
+    result.history[-1]["heldout_accuracy"]
+"""
+
+import dataclasses
+import datetime
+import functools
+import json
+import pathlib
+import shutil
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from tf_ppo import ppo
+from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.data import DataError, start_token_ids
+from tf_ppo.distribute import resolve_strategy
+from tf_ppo.export import save_preset
+from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, policy_from_config,
+                           tokenizer_for)
+from tf_ppo.preference_losses import preference_loss
+from tf_ppo.reporting import DPO_PANELS, plot_curves, read_history
+from tf_ppo.reward_model import read_preferences, split_rows
+from tf_ppo.sft import default_policy
+from tf_ppo.supervised import SupervisedLoop, epoch_batches
+
+EVALUATION = "evaluation.json"
+PAIR_KEYS = ("chosen_ids", "chosen_padding", "chosen_response", "rejected_ids", "rejected_padding", "rejected_response")
+
+
+@dataclasses.dataclass
+class DPOResult:
+    """What `dpo` returns."""
+
+    policy: keras.Model
+    tokenizer: object
+    history: list  # one row per epoch: train_loss and the held-out preference metrics
+    steps: list  # one row per optimiser step: loss, rewards/*, logps/*, grad_norm
+    run_dir: pathlib.Path
+    config: PPOConfig
+    parameter_report: str
+    preempted: bool = False  # stopped by SIGTERM: checkpoint saved, no final artefacts
+
+
+def preference_pairs(prompts, responses, best):
+    """(prompt, chosen, rejected) triples: a pairwise row as it is, a best-of-n row as n - 1 pairs.
+
+    Example:
+    >>> preference_pairs(["p"], [["a", "b", "c"]], [1])
+    (['p', 'p'], ['b', 'b'], ['a', 'c'])
+    """
+    pair_prompts, chosen, rejected = [], [], []
+    for prompt, row, winner in zip(prompts, responses, best):
+        for index, response in enumerate(row):
+            if index != winner:
+                pair_prompts.append(prompt)
+                chosen.append(row[winner])
+                rejected.append(response)
+    return pair_prompts, chosen, rejected
+
+
+def encode_responses(tokenizer, prompts, responses, max_length):
+    """Token ids of `start + prompt + " " + response + end` and the mask of the response's tokens.
+
+    Returns:
+        `(token_ids int32 [N, L], padding_mask bool [N, L], response_mask bool [N, L - 1])`;
+        `response_mask[:, t]` marks the positions whose NEXT token (t + 1) is a response token.
+
+    Example:
+    >>> from tf_ppo.models import load_tokenizer
+    >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    >>> ids, padding, response = encode_responses(tokenizer, ["the film was"], ["great."], 12)
+    >>> int(padding.sum()), int(response.sum())  # 1 + 3 prompt tokens; "great", ".", end
+    (7, 3)
+    """
+    start, end = start_token_ids(tokenizer), [tokenizer.end_token_id]
+    prompt_tokens = _token_lists(tokenizer, prompts)
+    response_tokens = _token_lists(tokenizer, [" " + response for response in responses])
+    token_ids = np.full([len(prompts), max_length], tokenizer.pad_token_id, np.int32)
+    padding_mask = np.zeros([len(prompts), max_length], bool)
+    is_response = np.zeros([len(prompts), max_length], bool)
+    for row, (prompt, response) in enumerate(zip(prompt_tokens, response_tokens)):
+        head = start + prompt
+        sequence = (head + response + end)[:max_length]
+        token_ids[row, : len(sequence)] = sequence
+        padding_mask[row, : len(sequence)] = True
+        is_response[row, len(head): len(sequence)] = True
+    return token_ids, padding_mask, is_response[:, 1:]
+
+
+def _token_lists(tokenizer, texts):
+    tokens = tokenizer(tf.constant(texts))
+    if isinstance(tokens, tf.RaggedTensor):
+        return [row.tolist() for row in tokens.numpy()]
+    return [list(row) for row in tokens]
+
+
+def sequence_logps(model, token_ids, padding_mask, response_mask, training=False):
+    """The summed log-probs of each sequence's response tokens, float32 `[N]`, and their count `[N]`.
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> ids = tf.constant([[1, 2, 3]]); mask = tf.constant([[True, True, True]])
+    >>> logps, count = sequence_logps(BigramLM(5, 2), ids, mask, tf.constant([[False, True]]))
+    >>> int(count[0]), bool(logps[0] < 0)
+    (1, True)
+    """
+    logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)  # [N, L, V]
+    logps = ppo.logprobs_from_logits(tf.cast(logits[:, :-1], tf.float32), token_ids[:, 1:])  # [N, L - 1]
+    mask = tf.cast(response_mask, tf.float32)
+    return tf.reduce_sum(logps * mask, axis=1), tf.reduce_sum(mask, axis=1)
+
+
+class DPOTrainer:
+    """The models, the encoded pairs and the compiled steps of one DPO run.
+
+    Most users call `dpo(config)`; the trainer is public for notebooks.
+
+    Example:
+        trainer = DPOTrainer(PPOConfig(run_dir="runs/dpo"))
+        result = trainer.train()
+    """
+
+    def __init__(self, config=None, policy=None, resume=False, show_progress=True, strategy=None):
+        self.config = config = config or PPOConfig()
+        settings = config.dpo
+        self.show_progress = show_progress
+        self.run_dir = pathlib.Path(config.run_dir or f"runs/dpo-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        if not resume and (self.run_dir / "checkpoints" / "checkpoint").exists():
+            raise ConfigError(f"{self.run_dir} already holds checkpoints of a run; resume it (resume=True, "
+                              f"tf-ppo dpo --resume {self.run_dir}) or choose a new run_dir")
+        keras.utils.set_random_seed(settings.seed)
+        self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
+                                         config.collective_timeout)
+        replicas = self.strategy.num_replicas_in_sync
+        if settings.batch_size % replicas:
+            raise ConfigError(f"DPOConfig.batch_size {settings.batch_size} must be divisible by the {replicas} "
+                              f"replicas")
+        if config.dtype == "mixed_float16" and replicas > 1:
+            raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
+                              f"use 'mixed_bfloat16' (no loss scaling needed)")
+        self.tokenizer = tokenizer_for(config, policy)
+        train_rows, heldout_rows = split_rows(read_preferences(config.reward.preferences_csv), config.reward,
+                                              settings.seed)
+        self.train_pairs = self._encode(*train_rows)
+        self.heldout_pairs = self._encode(*heldout_rows)
+        if len(self.train_pairs["chosen_ids"]) < settings.batch_size:
+            raise DataError(f"{config.reward.preferences_csv}: {len(self.train_pairs['chosen_ids'])} training "
+                            f"pairs, fewer than one batch of DPOConfig.batch_size={settings.batch_size}")
+        with self.strategy.scope():
+            if policy is None and config.model.preset is None:
+                policy = default_policy(config, show_progress=show_progress, strategy=self.strategy)
+            elif policy is None:
+                policy = policy_from_config(config, self.tokenizer)
+            self.policy = copy_model(policy, config.dtype)  # never changed in place; mirrored under the strategy
+            if config.lora_rank:
+                enable_lora(self.policy, config.lora_rank)
+            self.reference = None
+            if not settings.precompute_ref_log_probs:
+                self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
+            optimizer = keras.optimizers.Adam(settings.learning_rate)
+            if config.dtype == "mixed_float16":  # float16 gradients underflow without loss scaling
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        reference_note = ("none (log-probs precomputed once, before training)"
+                          if self.reference is None else self.reference)
+        self.parameter_report = parameter_report({"policy": self.policy, "reference": reference_note})
+        if show_progress:
+            print(self.parameter_report)
+        jit = config.train_jit and replicas == 1
+        self._policy_logps = tf.function(functools.partial(self._both_logps, self.policy), jit_compile=jit)
+        self._reference_logps = tf.function(functools.partial(self._both_logps, self.reference), jit_compile=jit)
+        self.loop = SupervisedLoop("DPO", [self.policy], self._loss_fn, optimizer, self.strategy, "global_norm",
+                                   settings.max_grad_norm, config.gradient_checkpointing, config.train_jit,
+                                   config.max_consecutive_skips)
+
+    # ----------------------------------------------------------------- data
+
+    def _encode(self, prompts, responses, best):
+        pair_prompts, chosen, rejected = preference_pairs(prompts, responses, best)
+        length = self.config.dpo.max_length
+        chosen_ids, chosen_padding, chosen_response = encode_responses(self.tokenizer, pair_prompts, chosen, length)
+        rejected_ids, rejected_padding, rejected_response = encode_responses(self.tokenizer, pair_prompts, rejected,
+                                                                             length)
+        return {"chosen_ids": chosen_ids, "chosen_padding": chosen_padding, "chosen_response": chosen_response,
+                "rejected_ids": rejected_ids, "rejected_padding": rejected_padding,
+                "rejected_response": rejected_response}
+
+    # ----------------------------------------------------------------- compiled parts
+
+    def _both_logps(self, model, batch, training=False):
+        """Chosen and rejected log-probs and token counts `[pairs]` each, in one forward pass of 2 x pairs rows."""
+        pairs = tf.shape(batch["chosen_ids"])[0]
+        logps, counts = sequence_logps(
+            model, tf.concat([batch["chosen_ids"], batch["rejected_ids"]], 0),
+            tf.concat([batch["chosen_padding"], batch["rejected_padding"]], 0),
+            tf.concat([batch["chosen_response"], batch["rejected_response"]], 0), training)
+        return logps[:pairs], logps[pairs:], counts[:pairs], counts[pairs:]
+
+    def pair_logps(self, pairs, model=None, batch_size=256):
+        """`(chosen, rejected, chosen_tokens, rejected_tokens)` `[N]` each (NumPy) of encoded pairs, in batches.
+
+        `model` is the policy (default) or the live reference. With
+        precomputed log-probs the reference is the starting policy: the
+        trainer computes them before the first step.
+        """
+        compute = self._policy_logps if model is None else self._reference_logps
+        rows = len(pairs["chosen_ids"])
+        parts = [compute({key: tf.constant(pairs[key][start: start + batch_size]) for key in PAIR_KEYS})
+                 for start in range(0, rows, batch_size)]
+        return tuple(np.concatenate([part[i].numpy() for part in parts]) for i in range(4))
+
+    def _loss_fn(self, batch):
+        """One replica's share of the mean preference loss over the global batch, and of each metric."""
+        settings = self.config.dpo
+        chosen, rejected, chosen_tokens, rejected_tokens = self._both_logps(self.policy, batch, training=True)
+        if self.reference is None:
+            ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
+        else:
+            ref_chosen, ref_rejected, _, _ = self._both_logps(self.reference, batch)
+        loss = preference_loss(chosen, rejected, ref_chosen, ref_rejected, settings.beta, settings.loss_type,
+                               settings.label_smoothing, chosen_tokens, rejected_tokens)
+        share = 1.0 / (tf.cast(tf.shape(chosen)[0], tf.float32) * self.strategy.num_replicas_in_sync)
+        metrics = {
+            "rewards/chosen": loss.chosen_rewards, "rewards/rejected": loss.rejected_rewards,
+            "rewards/margins": loss.chosen_rewards - loss.rejected_rewards,
+            "rewards/accuracies": tf.cast(loss.chosen_rewards > loss.rejected_rewards, tf.float32),
+            "logps/chosen": tf.stop_gradient(chosen), "logps/rejected": tf.stop_gradient(rejected),
+        }
+        return tf.reduce_sum(loss.losses) * share, {k: tf.reduce_sum(v) * share for k, v in metrics.items()}
+
+    # ----------------------------------------------------------------- the run
+
+    def train(self):
+        """Run `config.dpo.epochs` epochs (from the last checkpoint if resumed); returns a `DPOResult`.
+
+        SIGTERM ends the run after the step in flight, with a checkpoint (`result.preempted`).
+        """
+        c, settings = self.config, self.config.dpo
+        if (self.run_dir / EVALUATION).is_file():  # a rerun must not overwrite a finished run's figures
+            print(f"{self.run_dir}: already complete; nothing changed")
+            finished = json.loads((self.run_dir / EVALUATION).read_text())
+            return DPOResult(self.policy, self.tokenizer, finished["history"], read_history(self.run_dir / "metrics.csv"),
+                             self.run_dir, c, self.parameter_report)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(c.to_json())
+        train_set, heldout_set = dict(self.train_pairs), dict(self.heldout_pairs)
+        if self.reference is None:
+            for pairs, name in ((train_set, "train"), (heldout_set, "heldout")):
+                pairs["ref_chosen"], pairs["ref_rejected"] = self._precomputed(pairs, name)
+        history = self.loop.fit(
+            lambda epoch: epoch_batches({k: tf.constant(v) for k, v in train_set.items()}, settings.batch_size,
+                                        settings.seed, epoch, self.strategy),
+            settings.epochs, lambda: self.evaluate(heldout_set), self.run_dir / "checkpoints", settings.checkpoint_every,
+            self.run_dir, show_progress=self.show_progress)
+        steps = read_history(self.run_dir / "metrics.csv")
+        result = DPOResult(self.policy, self.tokenizer, history, steps, self.run_dir, c, self.parameter_report,
+                           self.loop.preempted)
+        if self.loop.preempted:
+            return result
+        self.policy.save(self.run_dir / "policy.keras")
+        if c.lora_rank:
+            self.policy.backbone.save_lora_weights(str(self.run_dir / "adapters.lora.h5"))
+        if isinstance(self.policy, keras_hub.models.CausalLM):
+            shutil.rmtree(self.run_dir / "preset", ignore_errors=True)
+            save_preset(self.policy, self.tokenizer, self.run_dir / "preset")
+        plot_curves(steps, self.run_dir / "curves.png", DPO_PANELS, index="step", xlabel="DPO step")
+        (self.run_dir / EVALUATION).write_text(json.dumps({"history": history}))  # last: marks the run finished
+        return result
+
+    def _precomputed(self, pairs, name):
+        """The reference log-probs of `pairs`, computed once and kept in the run directory."""
+        path = self.run_dir / "reference_logps.npz"
+        stored = dict(np.load(path)) if path.is_file() else {}
+        if f"{name}_chosen" not in stored:
+            if int(self.loop.step.numpy()):
+                raise DataError(f"{path}: the reference log-probs of the {name} pairs are missing, and the policy "
+                                f"has trained since; start the run afresh")
+            stored[f"{name}_chosen"], stored[f"{name}_rejected"], _, _ = self.pair_logps(pairs)
+            partial = path.with_name(".partial-" + path.name)
+            with partial.open("wb") as handle:
+                np.savez(handle, **stored)
+            partial.replace(path)
+        return stored[f"{name}_chosen"], stored[f"{name}_rejected"]
+
+    def evaluate(self, pairs):
+        """Held-out preference accuracy, loss and mean margin (`beta` x log-ratio) of the policy on encoded pairs."""
+        settings = self.config.dpo
+        chosen, rejected, chosen_tokens, rejected_tokens = self.pair_logps(pairs)
+        if self.reference is None:
+            ref_chosen, ref_rejected = pairs["ref_chosen"], pairs["ref_rejected"]
+        else:
+            ref_chosen, ref_rejected, _, _ = self.pair_logps(pairs, self.reference)
+        loss = preference_loss(chosen, rejected, ref_chosen, ref_rejected, settings.beta, settings.loss_type,
+                               settings.label_smoothing, chosen_tokens, rejected_tokens)
+        margins = (loss.chosen_rewards - loss.rejected_rewards).numpy()
+        return {"heldout_loss": float(tf.reduce_mean(loss.losses)), "heldout_accuracy": float(np.mean(margins > 0)),
+                "heldout_margin": float(np.mean(margins))}
+
+
+def dpo(config=None, policy=None, resume=False, show_progress=True, strategy=None):
+    """DPO (or IPO, hinge, cDPO: `config.dpo.loss_type`) of `policy` on `config.reward.preferences_csv`.
+
+    Args:
+        config: `PPOConfig`; uses `dpo`, `reward.preferences_csv` (and its
+            held-out split), `model`, `dtype`, `lora_rank`, `run_dir`.
+        policy: the starting policy and reference; default the cached SFT
+            policy (or the configured preset).
+        resume: continue the run in `config.run_dir` from its latest checkpoint.
+
+    Returns:
+        `DPOResult`; `history[-1]["heldout_accuracy"]` is the held-out
+        preference accuracy (chosen's implicit reward above rejected's).
+
+    Example:
+        result = dpo(PPOConfig(run_dir="runs/dpo", dpo={"epochs": 1}))
+        tf_ppo.export(result.run_dir, "exported/dpo")
+    """
+    return DPOTrainer(config, policy, resume, show_progress, strategy).train()
