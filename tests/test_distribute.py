@@ -23,7 +23,7 @@ from tf_ppo.reporting import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One PPO update, or one SFT step, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
+# One PPO update, one SFT step or two DPO steps, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
 # strategy), with XLA or not; weights to an .npz.
 TWO_DEVICES = """
 import json, pathlib, sys
@@ -31,6 +31,7 @@ import numpy as np, pandas as pd, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.conftest import tiny_config
+import tf_ppo
 from tf_ppo import PPOConfig, PPOTrainer, ppo, sft
 stage, name, out, tmp, xla = sys.argv[1:6]
 strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
@@ -62,6 +63,13 @@ if stage in ("ppo", "grpo"):
         per_replica = strategy.run(tf.function(lambda pair: ppo.whiten(pair[0], pair[1])), args=(shares,))
         distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
         report["whiten_max_difference"] = float(np.abs(distributed - ppo.whiten(values, mask).numpy()).max())
+elif stage == "dpo":  # 32 pairs, 2 steps, the reference log-probs precomputed under the strategy
+    frame = pd.read_csv(PPOConfig().reward.preferences_csv)
+    csv = tmp / "pairs.csv"
+    pd.concat([frame[frame.split == "train"].head(32), frame[frame.split == "heldout"].head(8)]).to_csv(csv, index=False)
+    config = PPOConfig(run_dir=str(tmp / "dpo"), reward={"preferences_csv": str(csv)}, train_jit=xla == "xla",
+                       dpo={"epochs": 1, "batch_size": 16})
+    weights = tf_ppo.dpo(config, strategy=strategy, show_progress=False).policy.get_weights()
 else:
     csv = tmp / "one_batch.csv"
     pd.read_csv(PPOConfig().sft.train_csv).head(32).to_csv(csv, index=False)
@@ -97,7 +105,7 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
     assert relative_difference(mirrored, single) <= 1e-5
 
 
-@pytest.mark.parametrize("stage", ["ppo", "grpo", "sft"])
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "sft", "dpo"])
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path):
     # Default settings (item 10): XLA compiles one device's steps, not the replicas'; the same noise either way.
     mirrored, report = run_two_device_script(stage, "mirrored", tmp_path, xla=True)

@@ -1,4 +1,4 @@
-"""The `tf-ppo` command: `demo`, `train`, `sft`, `reward`, `pipeline`, `export`, `generate`.
+"""The `tf-ppo` command: `demo`, `train`, `sft`, `reward`, `pipeline`, `dpo`, `export`, `generate`.
 
 Flags are derived from `PPOConfig`'s fields, so the CLI and the config never
 disagree: every top-level field is `--field_name VALUE`, nested ones
@@ -20,6 +20,8 @@ Example:
     tf-ppo train --model presets/my_llama --lora_rank 8 --dtype mixed_bfloat16 --prompts tfds:imdb_reviews
     tf-ppo reward --reward.epochs 2 --run_dir runs/rm
     tf-ppo pipeline --run_dir runs/rlhf           # SFT -> reward model -> PPO, proxy and gold scores
+    tf-ppo pipeline --method dpo --run_dir runs/dpo-rlhf   # SFT -> DPO, the same gold score and KL
+    tf-ppo dpo --dpo.loss_type ipo --run_dir runs/ipo
     tf-ppo export runs/ppo-20261128-120000 exported/sentiment
     tf-ppo generate exported/sentiment "the film was" --top_k 1
 """
@@ -41,6 +43,7 @@ from tf_ppo.checkpoints import CheckpointError
 from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
 from tf_ppo.data import DataError
 from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
+from tf_ppo.dpo import dpo
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.models import tokenizer_for
 from tf_ppo.pipeline import pipeline
@@ -84,7 +87,14 @@ def build_parser():
     train = _add_command(commands, "train", "PPO (the policy is SFT-trained first if not cached)")
     sft = _add_command(commands, "sft", "supervised fine-tuning only")
     reward = _add_command(commands, "reward", "train a reward model on preference pairs (--reward.* flags)")
-    pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO, with a gold score beside the proxy")
+    pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO (or --method dpo: SFT -> DPO), "
+                                                  "with a gold score")
+    pipeline.add_argument("--method", choices=("ppo", "dpo"), default="ppo",
+                          help="ppo: a reward model, then PPO against it; dpo: DPO on the same preference file")
+    dpo = _add_command(commands, "dpo", "DPO (--dpo.loss_type ipo / hinge / robust) on the preference file of "
+                                        "--reward.preferences_csv")
+    dpo.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue that run from its latest checkpoint, with its config.json (flags override)")
     train.add_argument("--workers", type=int, default=0,
                        help="start N local worker processes (MultiWorkerMirroredStrategy over 127.0.0.1)")
     train.add_argument("--resume", metavar="RUN_DIR",
@@ -99,11 +109,12 @@ def build_parser():
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--top_k", type=int, default=0, help="1 = greedy, 0 = sample from all tokens")
     generate.add_argument("--seed", type=int, default=0)
-    for command in (demo, train, sft, reward, pipeline):
+    for command in (demo, train, sft, reward, pipeline, dpo):
         command.add_argument("--config", metavar="FILE", help="a JSON file of PPOConfig fields; flags override it")
         _add_config_flags(command)
         # The generated usage would list all ~70 field flags; --help has them with their meaning.
-        own = " [--workers N] [--resume RUN_DIR]" if command is train else ""
+        own = {train: " [--workers N] [--resume RUN_DIR]", dpo: " [--resume RUN_DIR]",
+               pipeline: " [--method {ppo,dpo}]"}.get(command, "")
         command.usage = f"%(prog)s [-h]{own} [--config FILE] [--FIELD VALUE ...]  (--help lists the fields)"
     return parser
 
@@ -199,7 +210,7 @@ def parse_args(parser, argv):
     return args
 
 
-NOT_CONFIG = ("command", "parser", "config", "resume", "workers")  # parsed arguments that are not PPOConfig fields
+NOT_CONFIG = ("command", "parser", "config", "resume", "workers", "method")  # parsed arguments that are not PPOConfig fields
 
 
 def config_from_args(args, **defaults):
@@ -441,6 +452,17 @@ def run_train(args, config):
         print(json.dumps(train_summary(result)))
 
 
+def run_dpo(args, config):
+    """DPO; the last stdout line is the run directory and each epoch's held-out preference figures, as JSON."""
+    result = dpo(config, resume=bool(args.resume))
+    if result.preempted:
+        print(f"stopped by SIGTERM after step {len(result.steps)}; checkpoint saved. "
+              f"Continue with: tf-ppo dpo --resume {result.run_dir}")
+    else:
+        print(json.dumps({"run_dir": str(result.run_dir), **{k: round(v, 4) for k, v in result.history[-1].items()
+                                                             if k != "epoch"}}))
+
+
 def _config_of(args):
     """The config a command runs with (export: the run's own), or None (generate)."""
     if args.command == "demo":
@@ -486,7 +508,9 @@ def _run(args, config):
     elif args.command == "reward":
         run_reward(config)
     elif args.command == "pipeline":
-        print(json.dumps(pipeline(config).summary))
+        print(json.dumps(pipeline(config, method=args.method).summary))
+    elif args.command == "dpo":
+        run_dpo(args, config)
     else:
         run_sft(config)
 

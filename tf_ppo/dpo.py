@@ -62,6 +62,7 @@ class DPOResult:
     config: PPOConfig
     parameter_report: str
     preempted: bool = False  # stopped by SIGTERM: checkpoint saved, no final artefacts
+    evaluations: tuple | None = None  # set by `pipeline(method="dpo")`: held-out (before, after) evaluations
 
 
 def preference_pairs(prompts, responses, best):

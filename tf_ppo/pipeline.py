@@ -1,11 +1,19 @@
-"""The three stages of RLHF in one call: SFT -> reward model -> PPO, all in one run directory.
+"""The stages of RLHF in one call: SFT -> reward model -> PPO, or SFT -> DPO, all in one run directory.
 
 Layout of `run_dir`:
     config.json
     sft/policy.keras, sft/checkpoints/        stage 1
     reward/reward_model.keras, checkpoints/   stage 2 (normalised on the SFT policy's samples)
     ppo/...                                   stage 3 (a `tf_ppo.train` run directory)
+    dpo/...                                   method="dpo": stage 2 instead (a `tf_ppo.dpo` run directory)
     summary.json
+
+Both methods end with the same summary keys, so they compare line by line:
+the gold score (default VADER sentiment, which neither the reward model nor
+DPO ever saw) and the KL to the SFT policy, on sampled completions of the
+same held-out prompts with the same seed. DPO has no proxy reward to report
+(`proxy_*` are None); its `reward_model_heldout_accuracy` is the held-out
+preference accuracy of its implicit reward, beta x log(policy / SFT).
 
 Every stage is resumable: a finished stage is loaded, not redone; an
 interrupted one continues from its checkpoints. During PPO the learned reward
@@ -17,14 +25,16 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import time
 
 import keras
 
-from tf_ppo.config import PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.dpo import dpo
 from tf_ppo.reward_model import RewardModel, save_atomically, train_reward_model
 from tf_ppo.rewards import sentiment_reward
 from tf_ppo.sft import sft
-from tf_ppo.trainer import TrainResult, train
+from tf_ppo.trainer import PPOTrainer, TrainResult, train
 
 
 @dataclasses.dataclass
@@ -32,19 +42,20 @@ class PipelineResult:
     """What `pipeline` returns."""
 
     run_dir: pathlib.Path
-    reward_history: list  # per epoch of reward-model training (empty when loaded from an earlier run)
-    ppo: TrainResult
+    reward_history: list  # per epoch of reward-model (or DPO) training
+    ppo: TrainResult  # method "dpo": the DPOResult
     summary: dict  # the figures also written to summary.json
 
 
-def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_progress=True):
-    """SFT, then a reward model from `config.reward.preferences_csv`, then PPO against it.
+def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_progress=True, method="ppo"):
+    """SFT, then a reward model from `config.reward.preferences_csv` and PPO against it (or DPO on that file).
 
     Args:
         config: `PPOConfig`; `run_dir` holds every stage (default
             `runs/pipeline-<time>`).
         gold_reward_fn: the independent judge logged beside the reward model.
         policy: skip SFT and start from this policy (it is saved as the SFT stage).
+        method: "ppo" (reward model, then `config.algorithm`) or "dpo" (`config.dpo`).
 
     Returns:
         `PipelineResult`; `summary` has proxy and gold scores before and after
@@ -59,16 +70,25 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())
 
+    if method not in ("ppo", "dpo"):
+        raise ConfigError(f"pipeline: method must be 'ppo' or 'dpo', got {method!r}")
+    started = time.perf_counter()
     policy = _sft_stage(config, run_dir / "sft", policy, show_progress)
-    reward_model, reward_history = _reward_stage(config, run_dir / "reward", policy, show_progress)
-    ppo_dir = run_dir / "ppo"
-    result = train(config.replace(run_dir=str(ppo_dir)), reward_fn=reward_model, policy=policy,
-                   resume=(ppo_dir / "checkpoints" / "checkpoint").exists(), show_progress=show_progress,
-                   gold_reward_fn=gold_reward_fn)
-    summary = _summary(result, reward_history, run_dir)
+    if method == "dpo":
+        result = _dpo_stage(config, run_dir / "dpo", policy, gold_reward_fn, show_progress)
+        reward_history, evaluations = result.history, result.evaluations
+        steps = len(result.steps)
+    else:
+        reward_model, reward_history = _reward_stage(config, run_dir / "reward", policy, show_progress)
+        ppo_dir = run_dir / "ppo"
+        result = train(config.replace(run_dir=str(ppo_dir)), reward_fn=reward_model, policy=policy,
+                       resume=(ppo_dir / "checkpoints" / "checkpoint").exists(), show_progress=show_progress,
+                       gold_reward_fn=gold_reward_fn)
+        evaluations, steps = (result.evaluation_before, result.evaluation_after or {}), len(result.history)
+    summary = _summary(method, evaluations, reward_history, steps, time.perf_counter() - started, run_dir)
     summary_path = run_dir / "summary.json"
     text = json.dumps(summary, indent=2)
-    if not summary_path.is_file() or summary_path.read_text() != text:  # a finished rerun leaves the file alone
+    if _figures(summary_path) != _figures(summary):  # a finished rerun leaves the file (and its seconds) alone
         summary_path.write_text(text)
     return PipelineResult(run_dir, reward_history, result, summary)
 
@@ -92,13 +112,38 @@ def _reward_stage(config, directory, policy, show_progress):
     return result.model, result.history
 
 
-def _summary(result, reward_history, run_dir):
-    before, after = result.evaluation_before, result.evaluation_after or {}
+def _dpo_stage(config, directory, policy, gold_reward_fn, show_progress):
+    """DPO from the SFT policy, then the SFT and DPO policies' completions judged as the PPO route's are."""
+    result = dpo(config.replace(run_dir=str(directory)), policy=policy, show_progress=show_progress,
+                 resume=(directory / "checkpoints" / "checkpoint").exists())
+    # The PPO trainer's own evaluation, with the SFT policy as the reference: the same prompts, seed, gold
+    # judge and KL estimate as the PPO route. The proxy is left out: DPO has none.
+    judge = PPOTrainer(config.replace(run_dir=str(directory / "evaluation")), reward_fn=gold_reward_fn,
+                       policy=policy, gold_reward_fn=gold_reward_fn, show_progress=False)
+    before = judge.evaluate()
+    judge.policy.set_weights(result.policy.get_weights())
+    after = judge.evaluate()
+    before["score_mean"] = after["score_mean"] = None
+    return dataclasses.replace(result, evaluations=(before, after))
+
+
+def _figures(summary_or_path):
+    """The summary's figures without its seconds (None for a missing file)."""
+    if isinstance(summary_or_path, pathlib.Path):
+        if not summary_or_path.is_file():
+            return None
+        summary_or_path = json.loads(summary_or_path.read_text())
+    return {key: value for key, value in summary_or_path.items() if key != "seconds"}
+
+
+def _summary(method, evaluations, reward_history, steps, seconds, run_dir):
+    before, after = evaluations
     summary = {
+        "method": method,
         "reward_model_heldout_accuracy": reward_history[-1]["heldout_accuracy"] if reward_history else None,
         "proxy_before": before["score_mean"], "proxy_after": after.get("score_mean"),
         "gold_before": before.get("gold_score_mean"), "gold_after": after.get("gold_score_mean"),
         "heldout_kl": after.get("heldout_kl"), "fluency": after.get("fluency"),
-        "updates": len(result.history), "run_dir": str(run_dir),
+        "updates": steps, "seconds": seconds, "run_dir": str(run_dir),
     }
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in summary.items()}

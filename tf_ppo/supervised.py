@@ -161,7 +161,7 @@ class SupervisedLoop:
         return self._step(batch)
 
     def fit(self, dataset_fn, epochs, evaluate=None, checkpoint_dir=None, checkpoint_every=0, log_dir=None,
-            objects=None, show_progress=True):
+            show_progress=True):
         """Train `epochs` passes; resume from `checkpoint_dir` if it holds checkpoints.
 
         Args:
@@ -172,7 +172,7 @@ class SupervisedLoop:
             evaluate: `() -> dict` of held-out metrics after each epoch.
             checkpoint_dir: a checkpoint after every epoch (and every
                 `checkpoint_every` steps, if > 0), of the models, the optimizer
-                and the loop's counters (plus `objects`), with `history.json`.
+                and the loop's counters, with `history.json`.
             log_dir: if set, every step's metrics go to `metrics.csv` and
                 TensorBoard there (column `step`).
 
@@ -187,10 +187,13 @@ class SupervisedLoop:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             checkpoint = tf.train.Checkpoint(step=self.step, epoch_loss_sum=self.epoch_loss_sum,
                                              epoch_steps=self.epoch_steps, optimizer=self.optimizer,
-                                             **{f"model_{i}": m for i, m in enumerate(self.models)}, **(objects or {}))
+                                             **{f"model_{i}": m for i, m in enumerate(self.models)})
             manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-            if restore_latest(manager, checkpoint):
-                history = json.loads((checkpoint_dir / "history.json").read_text())
+        if manager is not None and restore_latest(manager, checkpoint):
+            # history.json is written just before each checkpoint, so a crash between the two leaves it ahead:
+            # keep only the epochs the restored checkpoint had finished.
+            epochs_done = int(self.step.numpy()) // len(dataset_fn(1))
+            history = json.loads((checkpoint_dir / "history.json").read_text())[:epochs_done]
         done = int(self.step.numpy())
         log = RunLog(log_dir, keep_updates=done, index="step") if log_dir is not None else None
         skips = 0
