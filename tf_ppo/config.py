@@ -180,7 +180,7 @@ class DPOConfig(_Checked):
     precompute_ref_log_probs: bool = _field(True, "the reference's log-probs of every pair computed once before "
                                                   "training, in one compiled pass: no reference model is held; "
                                                   "False = a live frozen reference")
-    epochs: int = _field(2, "passes over the training pairs")
+    epochs: int = _field(1, "passes over the training pairs")
     batch_size: int = _field(32, "preference pairs per step")
     learning_rate: float = _field(5e-4, "Adam learning rate")
     max_grad_norm: float = _field(1.0, "global-norm gradient clip threshold")
