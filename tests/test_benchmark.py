@@ -10,6 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import dpo_throughput  # noqa: E402
 import einsum_gradients  # noqa: E402
 import padded_vocabulary  # noqa: E402
 import ppo_throughput  # noqa: E402
@@ -85,3 +86,16 @@ def test_einsum_benchmark_times_both_versions_of_the_gradient_step(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["ms_keras_einsum"] > 0 and result["ms_tensordot"] > 0
     assert result["ratio_tensordot_over_keras_einsum"] > 0
+
+
+def test_dpo_benchmark_times_both_reference_modes_at_exactly_the_asked_length(capsys):
+    dpo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--pairs", "4", "--length", "24",
+                         "--steps", "2", "--warmup", "1"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"live", "precomputed"}
+    assert result["live"]["reference_parameters"] > 0 and result["precomputed"]["reference_parameters"] == 0
+    assert all(row["seconds_per_step_median"] > 0 for row in result.values())
+    assert result["precomputed"]["precompute_seconds"] > 0
+    with pytest.raises(SystemExit, match="--target-trl-ratio needs --compare-trl"):
+        dpo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--pairs", "4", "--length", "24",
+                             "--steps", "1", "--warmup", "1", "--target-trl-ratio", "0.5"])

@@ -190,6 +190,8 @@ def test_bad_dpo_settings_name_the_field():
         PPOConfig(dpo={"loss_type": "kto"})
     with pytest.raises(tf_ppo.ConfigError, match="DPOConfig.label_smoothing"):
         PPOConfig(dpo={"label_smoothing": 0.5})
+    with pytest.raises(tf_ppo.ConfigError, match="DPOConfig.max_length 80 exceeds the model's context"):
+        PPOConfig(dpo={"max_length": 80})
     config = PPOConfig(dpo={"beta": 0.3, "precompute_ref_log_probs": False})
     assert PPOConfig.from_json(config.to_json()) == config
 
@@ -202,3 +204,11 @@ def test_pipeline_dpo_summary_has_the_ppo_pipeline_keys(tmp_path, pairs_csv, sft
     assert summary["updates"] == 3 and summary["heldout_kl"] > 0 and summary["gold_after"] is not None
     assert summary["reward_model_heldout_accuracy"] == result.reward_history[-1]["heldout_accuracy"]
 
+
+
+def test_pipeline_dpo_command_runs_cdpo_unless_a_flag_says_otherwise():
+    from tf_ppo.cli import _config_of, build_parser, parse_args
+    assert _config_of(parse_args(build_parser(), ["pipeline", "--method", "dpo"])).dpo.label_smoothing == 0.1
+    flagged = parse_args(build_parser(), ["pipeline", "--method", "dpo", "--dpo.label_smoothing", "0"])
+    assert _config_of(flagged).dpo.label_smoothing == 0.0
+    assert _config_of(parse_args(build_parser(), ["pipeline"])).dpo.label_smoothing == 0.0
