@@ -29,9 +29,11 @@ from tf_ppo.models import policy_from_config, tokenizer_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from long_pairs import long_pairs, write_pairs_csv  # noqa: E402
-from ppo_throughput import set_threads  # noqa: E402
+from ppo_throughput import PhasePeaks, set_threads  # noqa: E402
 
-MODES = {"live": False, "precomputed": True}  # name -> precompute_ref_log_probs
+# name -> precompute_ref_log_probs. Precomputed first: TensorFlow keeps the memory a run used, so the
+# second mode's peak RSS includes the first's; the precomputed mode's is then its own.
+MODES = {"precomputed": True, "live": False}
 
 
 def parse_args(argv=None):
@@ -74,7 +76,8 @@ def build_trainer(args, precompute, pairs_csv):
 
 
 def timed_mode(args, precompute, pairs_csv):
-    """Seconds per step (median, min, max) of one reference mode, and the precompute pass's seconds."""
+    """Seconds per step (median, min, max) of one reference mode, the precompute pass's seconds, peak RSS."""
+    resettable = PhasePeaks.reset_peak()
     trainer = build_trainer(args, precompute, pairs_csv)
     pairs = dict(trainer.train_pairs)
     started = time.perf_counter()
@@ -95,7 +98,9 @@ def timed_mode(args, precompute, pairs_csv):
     timed = seconds[args.warmup:]
     return {"seconds_per_step_median": round(statistics.median(timed), 4), "seconds_per_step_min": round(min(timed), 4),
             "seconds_per_step_max": round(max(timed), 4), "precompute_seconds": round(precompute_seconds, 3),
-            "reference_parameters": 0 if trainer.reference is None else trainer.reference.count_params()}
+            "reference_parameters": 0 if trainer.reference is None else trainer.reference.count_params(),
+            "parameter_report": trainer.parameter_report,
+            "peak_rss_mb": PhasePeaks.status_mb("VmHWM:") if resettable else None}
 
 
 def main(argv=None):
@@ -115,6 +120,8 @@ def main(argv=None):
     for name, row in result.items():
         print(f"{name:14s}{row['seconds_per_step_median']:>15.4f}" + (
             f"{row['trl']['trl_seconds_per_step_median']:>13.4f}{row['tf_ppo_over_trl']:>8.3f}" if trl else ""))
+    for name, row in result.items():
+        print(f"{name}: peak RSS {row['peak_rss_mb']} MB; " + row["parameter_report"].replace("\n", "; "))
     print(f"precompute pass over {args.pairs * (args.warmup + args.steps)} pairs: "
           f"{result['precomputed']['precompute_seconds']:.2f} s")
     failed = False
