@@ -191,7 +191,7 @@ def test_bad_dpo_settings_name_the_field():
     with pytest.raises(tf_ppo.ConfigError, match="DPOConfig.label_smoothing"):
         PPOConfig(dpo={"label_smoothing": 0.5})
     with pytest.raises(tf_ppo.ConfigError, match="DPOConfig.max_length 80 exceeds the model's context"):
-        PPOConfig(dpo={"max_length": 80})
+        DPOTrainer(PPOConfig(dpo={"max_length": 80}))
     config = PPOConfig(dpo={"beta": 0.3, "precompute_ref_log_probs": False})
     assert PPOConfig.from_json(config.to_json()) == config
 

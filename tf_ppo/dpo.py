@@ -162,6 +162,9 @@ class DPOTrainer:
         if config.dtype == "mixed_float16" and replicas > 1:
             raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
                               f"use 'mixed_bfloat16' (no loss scaling needed)")
+        if config.model.preset is None and settings.max_length > config.model.max_sequence_length:
+            raise ConfigError(f"DPOConfig.max_length {settings.max_length} exceeds the model's context "
+                              f"model.max_sequence_length={config.model.max_sequence_length}")
         self.tokenizer = tokenizer_for(config, policy)
         train_rows, heldout_rows = split_rows(read_preferences(config.reward.preferences_csv), config.reward,
                                               settings.seed)

@@ -87,9 +87,11 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
         evaluations, steps = (result.evaluation_before, result.evaluation_after or {}), len(result.history)
     summary = _summary(method, evaluations, reward_history, steps, time.perf_counter() - started, run_dir)
     summary_path = run_dir / "summary.json"
-    text = json.dumps(summary, indent=2)
-    if _figures(summary_path) != _figures(summary):  # a finished rerun leaves the file (and its seconds) alone
-        summary_path.write_text(text)
+    recorded = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if recorded is not None and _figures(recorded) == _figures(summary):
+        summary = recorded  # a finished rerun: the file, and the first run's seconds, stay as they were
+    else:
+        summary_path.write_text(json.dumps(summary, indent=2))
     return PipelineResult(run_dir, reward_history, result, summary)
 
 
@@ -127,13 +129,9 @@ def _dpo_stage(config, directory, policy, gold_reward_fn, show_progress):
     return dataclasses.replace(result, evaluations=(before, after))
 
 
-def _figures(summary_or_path):
-    """The summary's figures without its seconds (None for a missing file)."""
-    if isinstance(summary_or_path, pathlib.Path):
-        if not summary_or_path.is_file():
-            return None
-        summary_or_path = json.loads(summary_or_path.read_text())
-    return {key: value for key, value in summary_or_path.items() if key != "seconds"}
+def _figures(summary):
+    """The summary's figures without its seconds."""
+    return {key: value for key, value in summary.items() if key != "seconds"}
 
 
 def _summary(method, evaluations, reward_history, steps, seconds, run_dir):

@@ -259,7 +259,7 @@ def epoch_batches(tensors, batch_size, seed, epoch, strategy, drop_remainder=Tru
 
     Example:
     >>> [b.numpy().tolist() for b in epoch_batches(tf.range(4), 2, 0, 1, tf.distribute.get_strategy())]
-    [[0, 3], [2, 1]]
+    [[0, 3], [1, 2]]
     """
     rows = int(tf.nest.flatten(tensors)[0].shape[0])
     dataset = tf.data.Dataset.from_tensor_slices(tensors).shuffle(rows, seed=seed + epoch)
