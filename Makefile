@@ -16,9 +16,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tf-ppo demo
 
 # Two workers, one per core (most of a test's time is single-threaded tracing and XLA compilation);
-# --dist loadscope keeps each module on one worker, so a module's shared fixture is built once.
+# --dist loadscope keeps each module on one worker, so a module's shared fixture is built once;
+# --no-loadscope-reorder keeps the order tests/conftest.py gives (the longest scopes first).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadscope --durations=25
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 # JupyterLab is for reading the tutorials, not for running the package: installed on first use only
 # (order-only on the stamp: a reinstalled package does not reinstall it).

@@ -18,8 +18,9 @@ import time
 import torch
 from datasets import Dataset
 from long_pairs import DATA, long_pairs
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, TrainerCallback
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from trl import DPOConfig, DPOTrainer
+from trl_timing import StepTimer
 
 
 def parse_args(argv=None):
@@ -34,19 +35,6 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precompute", action="store_true", help="precompute_ref_log_probs=True")
     return parser.parse_args(argv)
-
-
-class StepTimer(TrainerCallback):
-    """Wall-clock time of every optimiser step."""
-
-    def __init__(self):
-        self.ends = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
 
 
 def main(argv=None):

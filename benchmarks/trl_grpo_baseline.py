@@ -23,15 +23,14 @@ import json
 import pathlib
 import statistics
 import tempfile
-import time
 
 import pandas as pd
 import torch
 from datasets import Dataset
 from padded_vocabulary import padded_vocabulary
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast,
-                          TrainerCallback)
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast
 from trl import GRPOConfig, GRPOTrainer
+from trl_timing import StepTimer, timed
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -54,32 +53,6 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=0, help="pad the vocabulary to N ids (padded_vocabulary.py)")
     return parser.parse_args(argv)
-
-
-class StepTimer(TrainerCallback):
-    """Wall-clock time at the start and after every optimiser step."""
-
-    def __init__(self):
-        self.ends = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-
-def timed(cls, method, seconds):
-    """Wrap `cls.method` to append each call's wall-clock seconds to `seconds`."""
-    original = getattr(cls, method)
-
-    def wrapper(self, *args, **kwargs):
-        started = time.perf_counter()
-        result = original(self, *args, **kwargs)
-        seconds.append(time.perf_counter() - started)
-        return result
-
-    setattr(cls, method, wrapper)
 
 
 class TruncatingTokenizer(GPT2TokenizerFast):

@@ -20,16 +20,15 @@ import json
 import pathlib
 import statistics
 import tempfile
-import time
 
 import pandas as pd
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_trainer
 from datasets import Dataset
 from padded_vocabulary import padded_vocabulary
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast,
-                          TrainerCallback)
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast
 from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl_timing import StepTimer, timed
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -50,32 +49,6 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=0, help="pad the vocabulary to N ids (padded_vocabulary.py)")
     return parser.parse_args(argv)
-
-
-class UpdateTimer(TrainerCallback):
-    """Wall-clock time of every PPO update (TRL calls on_step_end once per update)."""
-
-    def __init__(self):
-        self.ends = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-
-def timed_generation(seconds):
-    """Wrap TRL's rollout sampler (`batch_generation`) to add up its wall-clock time."""
-    original = ppo_trainer.batch_generation
-
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        result = original(*args, **kwargs)
-        seconds.append(time.perf_counter() - started)
-        return result
-
-    ppo_trainer.batch_generation = wrapper
 
 
 def prompts(tokenizer, count, length):
@@ -107,8 +80,8 @@ def main(argv=None):
         total_episodes=args.batch * updates, local_rollout_forward_batch_size=args.batch,
         num_sample_generations=0, report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False,
         disable_tqdm=True, logging_steps=10**6, seed=0)
-    timer, generation = UpdateTimer(), []
-    timed_generation(generation)
+    timer, generation = StepTimer(), []
+    timed(ppo_trainer, "batch_generation", generation)
     trainer = PPOTrainer(args=ppo_args, processing_class=tokenizer, model=policy, ref_model=reference,
                          reward_model=reward_model, value_model=value_model,
                          train_dataset=prompts(tokenizer, args.batch * updates, args.prompt_length),

@@ -9,12 +9,39 @@ _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 _CACHE = os.path.join(tempfile.gettempdir(), f"tf_ppo_cache_{_RUN}") if _RUN else tempfile.mkdtemp(prefix="tf_ppo_cache_")
 os.makedirs(_CACHE, exist_ok=True)
 os.environ.setdefault("TF_PPO_CACHE", _CACHE)
+# XLA's persistent compilation cache, shared by the workers and every process they start (CLI runs, notebook
+# kernels): most tests build a trainer of the same shapes, and each would otherwise compile the same programs.
+# Set before TensorFlow reads its flags.
+os.environ.setdefault("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={os.path.join(_CACHE, 'xla')}")
 
 import filelock  # noqa: E402
 import pytest  # noqa: E402
 
 from tf_ppo.config import PPOConfig  # noqa: E402
 from tf_ppo.sft import default_policy  # noqa: E402
+
+
+# The longest scopes first (module, or class for the notebooks; `make test` runs `--dist loadscope
+# --no-loadscope-reorder`), so the two workers end together: by default xdist starts the scopes with the most
+# tests, leaving the few long notebook runs to the end with one worker idle. The first two train the two SFT
+# policies (each trained once per run, under a lock) at the same time. About 3 to 8 worker-minutes each.
+LONGEST_SCOPES_FIRST = (
+    "tests/test_tutorials.py::TestNotebooksWithTheArticlesCode", "tests/test_arithmetic.py",
+    "tests/test_tutorials.py::TestNotebooksProjectScaleAndFAQ", "tests/test_distribute.py",
+    "tests/test_algorithms.py", "tests/test_reliability.py", "tests/test_trainer.py", "tests/test_presets.py",
+    "tests/test_first_hour.py", "tests/test_reward_model.py", "tests/test_benchmark.py", "tests/test_dpo.py",
+    "tests/test_export.py", "tests/test_precision.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {scope: i for i, scope in enumerate(LONGEST_SCOPES_FIRST)}
+    items.sort(key=lambda item: min(rank.get(scope, len(rank)) for scope in _scopes(item.nodeid)))  # stable
+
+
+def _scopes(nodeid):
+    """`a.py::Class::test[x]` -> (`a.py::Class`, `a.py`): the item's xdist scope and its module."""
+    return nodeid.rsplit("::", 1)[0], nodeid.split("::")[0]
 
 
 def tiny_config(tmp_path, **changes):

@@ -44,7 +44,7 @@ from tf_ppo.preference_losses import preference_loss
 from tf_ppo.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.reward_model import read_preferences, split_rows
 from tf_ppo.sft import default_policy
-from tf_ppo.supervised import SupervisedLoop, epoch_batches
+from tf_ppo.supervised import SupervisedLoop, adam_for, epoch_batches
 
 EVALUATION = "evaluation.json"
 PAIR_KEYS = ("chosen_ids", "chosen_padding", "chosen_response", "rejected_ids", "rejected_padding", "rejected_response")
@@ -159,9 +159,8 @@ class DPOTrainer:
         if settings.batch_size % replicas:
             raise ConfigError(f"DPOConfig.batch_size {settings.batch_size} must be divisible by the {replicas} "
                               f"replicas")
-        if config.dtype == "mixed_float16" and replicas > 1:
-            raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
-                              f"use 'mixed_bfloat16' (no loss scaling needed)")
+        with self.strategy.scope():
+            optimizer = adam_for(config.dtype, replicas, settings.learning_rate)
         if config.model.preset is None and settings.max_length > config.model.max_sequence_length:
             raise ConfigError(f"DPOConfig.max_length {settings.max_length} exceeds the model's context "
                               f"model.max_sequence_length={config.model.max_sequence_length}")
@@ -184,9 +183,6 @@ class DPOTrainer:
             self.reference = None
             if not settings.precompute_ref_log_probs:
                 self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
-            optimizer = keras.optimizers.Adam(settings.learning_rate)
-            if config.dtype == "mixed_float16":  # float16 gradients underflow without loss scaling
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         reference_note = ("none (log-probs precomputed once, before training)"
                           if self.reference is None else self.reference)
         self.parameter_report = parameter_report({"policy": self.policy, "reference": reference_note})

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from tf_ppo import ppo
 from tf_ppo.checkpoints import restore_latest, write_atomically
+from tf_ppo.config import ConfigError
 from tf_ppo.distribute import reduce_sum, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.remat import recomputed_blocks
@@ -76,6 +77,28 @@ def guarded_apply(optimizer, variables, gradients, loss, clip_mode="global_norm"
         apply()
         return grad_norm, finite
     return grad_norm, tf.cond(finite, apply, lambda: tf.constant(False))
+
+
+def adam_for(dtype, replicas, learning_rate, epsilon=1e-7):
+    """Adam for training in `dtype` (a `PPOConfig.dtype`) on `replicas` replicas; build it under the strategy.
+
+    Under "mixed_float16" it is wrapped in a `LossScaleOptimizer` (float16
+    gradients underflow without loss scaling). Keras scales per replica only,
+    so "mixed_float16" on several replicas is a ConfigError; "mixed_bfloat16"
+    needs no scaling.
+
+    Example:
+    >>> type(adam_for("mixed_float16", 1, 1e-3)).__name__
+    'LossScaleOptimizer'
+    >>> adam_for("mixed_float16", 2, 1e-3)
+    Traceback (most recent call last):
+    tf_ppo.config.ConfigError: PPOConfig.dtype='mixed_float16' supports one replica, not 2; use 'mixed_bfloat16' (no loss scaling needed)
+    """
+    if dtype == "mixed_float16" and replicas > 1:
+        raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
+                          f"use 'mixed_bfloat16' (no loss scaling needed)")
+    optimizer = keras.optimizers.Adam(learning_rate, epsilon=epsilon)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == "mixed_float16" else optimizer
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from tf_ppo.rewards import (RewardFunctionFailed, combined_scores, compute_score
                             proxy_rises_gold_falls, reward_names)
 from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
-from tf_ppo.supervised import NonFiniteError, guarded_apply, sigterm_stops
+from tf_ppo.supervised import NonFiniteError, adam_for, guarded_apply, sigterm_stops
 from tf_ppo.tasks import TASKS
 
 
@@ -155,9 +155,8 @@ class PPOTrainer:
         if (config.rollout_batch_size or config.batch_size) % replicas:
             raise ConfigError(f"PPOConfig.rollout_batch_size={config.rollout_batch_size} rollouts per chunk must "
                              f"be divisible by the {replicas} replicas")
-        if config.dtype == "mixed_float16" and replicas > 1:  # Keras' LossScaleOptimizer applies per replica only
-            raise ConfigError(f"PPOConfig.dtype='mixed_float16' supports one replica, not {replicas}; "
-                             f"use 'mixed_bfloat16' (no loss scaling needed)")
+        with self.strategy.scope():
+            self.optimizer = adam_for(config.dtype, replicas, config.learning_rate, config.adam_epsilon)
         self.output_dir = writable_dir(self.run_dir, self.strategy)  # only the chief writes into run_dir
         self.show_progress = show_progress and is_chief(self.strategy)
         with self.strategy.scope():
@@ -175,9 +174,6 @@ class PPOTrainer:
             # De-duplicated: with LoRA the value model shares the policy's adapters.
             self.variables = list({id(v): v for model in (self.policy, self.value_model) if model is not None
                                    for v in model.trainable_variables}.values())
-            self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon)
-            if config.dtype == "mixed_float16":  # float16 gradients underflow without loss scaling
-                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.variables)  # eagerly, so no slot is created inside a tf.function
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         # Keras callbacks see the policy as their `model` (EarlyStopping sets `model.stop_training`).
