@@ -82,7 +82,7 @@ def test_sft_and_reward_model_losses_get_the_same_gradients_with_each_block_reco
         assert (calls, calls_remat) == (2, 4)
         assert loss_remat == pytest.approx(loss, abs=1e-5)
         for plain, recomputed in zip(gradients, gradients_remat):
-            np.testing.assert_allclose(recomputed, plain, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-5)  # float32: entries reach ~30
 
 
 def test_gradient_checkpointing_needs_transformer_blocks_and_no_dropout():
