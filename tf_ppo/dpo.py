@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ppo import ppo
+from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import DataError, start_token_ids
 from tf_ppo.distribute import resolve_strategy
@@ -189,8 +190,8 @@ class DPOTrainer:
         if show_progress:
             print(self.parameter_report)
         jit = config.train_jit and replicas == 1
-        self._policy_logps = tf.function(functools.partial(self._both_logps, self.policy), jit_compile=jit)
-        self._reference_logps = tf.function(functools.partial(self._both_logps, self.reference), jit_compile=jit)
+        self._policy_logps = compiled(functools.partial(self._both_logps, self.policy), jit_compile=jit)
+        self._reference_logps = compiled(functools.partial(self._both_logps, self.reference), jit_compile=jit)
         self.loop = SupervisedLoop("DPO", [self.policy], self._loss_fn, optimizer, self.strategy, "global_norm",
                                    settings.max_grad_norm, config.gradient_checkpointing, config.train_jit,
                                    config.max_consecutive_skips)

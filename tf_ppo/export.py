@@ -27,6 +27,7 @@ import keras_hub
 import tensorflow as tf
 
 from tf_ppo import ppo
+from tf_ppo.compiled import compiled
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
 from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
@@ -57,7 +58,7 @@ class PolicyModule(tf.Module):
         self.default_max_new_tokens = default_max_new_tokens
         self.end_token_id = tokenizer.end_token_id
         if value_model is not None:  # saving traces every tf.function attribute, so only attach it when usable
-            self.value = tf.function(self._value, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+            self.value = compiled(self._value, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
 
     def _encode(self, texts, with_start):
         ids = self.tokenizer(texts)  # ragged [batch, None]
@@ -66,7 +67,7 @@ class PolicyModule(tf.Module):
         return tf.cast(ids.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32), \
             tf.cast(ids.row_lengths(), tf.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32),
+    @compiled(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32),
                                   tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
                                   tf.TensorSpec([], tf.int32)])
     def generate(self, prompts, max_new_tokens, temperature, top_k, seed):
@@ -78,7 +79,7 @@ class PolicyModule(tf.Module):
         return {"completions": completions, "token_ids": responses.token_ids,
                 "lengths": tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @compiled(input_signature=[tf.TensorSpec([None], tf.string)])
     def serving_default(self, prompts):
         return self.generate(prompts, self.default_max_new_tokens, 1.0, 0, 0)
 
@@ -94,7 +95,7 @@ class PolicyModule(tf.Module):
         sequence_ids = tf.tensor_scatter_nd_update(sequence_ids, scatter_index, tf.reshape(completion_ids, [-1]))
         return sequence_ids, positions, completion_ids, mask, completion_lengths
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
+    @compiled(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
     def score(self, prompts, completions):
         sequence_ids, positions, completion_ids, mask, lengths = self._completion_view(prompts, completions)
         logprobs = ppo.logprobs_from_logits(response_logits(self.policy, sequence_ids, positions), completion_ids)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig, RewardConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
                          prompt_token_counts, start_token_ids)
@@ -116,8 +117,8 @@ class RewardModel(keras.Model):
         self.offset = self.add_weight(shape=(), initializer="zeros", trainable=False, name="offset")
         # Tokenising is string ops, which XLA cannot compile; the forward pass is compiled apart (XLA: about
         # 1.3x faster on CPU at the performance issue's S2 shape).
-        self._encode_texts = tf.function(self._encode_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
-        self._normalised_scores = tf.function(self._normalised_scores_fn, jit_compile=True)
+        self._encode_texts = compiled(self._encode_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+        self._normalised_scores = compiled(self._normalised_scores_fn, jit_compile=True)
         self.build(None)
 
     def build(self, input_shape):
@@ -210,7 +211,7 @@ class ClassifierReward:
         if output not in ("probability", "logit"):
             raise ValueError(f"ClassifierReward.output must be 'probability' or 'logit', got {output!r}")
         self.classifier, self.label, self.output, self.include_prompt = classifier, label, output, include_prompt
-        self._score = tf.function(self._score_fn, input_signature=[tf.TensorSpec([None], tf.string)])
+        self._score = compiled(self._score_fn, input_signature=[tf.TensorSpec([None], tf.string)])
 
     def __call__(self, prompts, responses):
         texts = join_texts(tf.constant(prompts), tf.constant(responses)) if self.include_prompt else responses
@@ -336,7 +337,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
 
     loop = SupervisedLoop("reward model", [model], loss_fn, optimizer, strategy, "global_norm",
                           settings.max_grad_norm, config.gradient_checkpointing)
-    heldout_metrics = tf.function(lambda: preference_loss(candidate_scores(heldout_ids, heldout_mask), heldout_best))
+    heldout_metrics = compiled(lambda: preference_loss(candidate_scores(heldout_ids, heldout_mask), heldout_best))
 
     def evaluate():
         loss, accuracy = heldout_metrics()

@@ -20,6 +20,7 @@ import collections
 
 import tensorflow as tf
 
+from tf_ppo.compiled import compiled
 from tf_ppo.decoding import decoder_for
 from tf_ppo.models import trunk_and_head
 
@@ -86,7 +87,7 @@ def gumbel_noise(shape, seed, row_offset=0):
 
     Example:
     >>> noise = gumbel_noise([2, 3], tf.constant([1, 2]))
-    >>> bool(tf.reduce_all(noise == tf.function(gumbel_noise, jit_compile=True)([2, 3], tf.constant([1, 2]))))
+    >>> bool(tf.reduce_all(noise == compiled(gumbel_noise, jit_compile=True)([2, 3], tf.constant([1, 2]))))
     True
     >>> bool(tf.reduce_all(noise[1] == gumbel_noise([1, 3], tf.constant([1, 2]), row_offset=1)[0]))
     True

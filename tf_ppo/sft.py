@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from tf_ppo import ppo
+from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
@@ -93,7 +94,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
 
     loop = SupervisedLoop("SFT", [policy], loss_fn, optimizer, strategy, config.sft.clip_mode,
                           config.sft.max_grad_norm, config.gradient_checkpointing)
-    heldout_loss = tf.function(lambda: next_token_loss(policy, heldout_ids, heldout_mask))
+    heldout_loss = compiled(lambda: next_token_loss(policy, heldout_ids, heldout_mask))
     history = loop.fit(lambda epoch: epoch_batches((train_ids, train_mask), config.sft.batch_size, config.sft.seed,
                                                    epoch, strategy),
                        config.sft.epochs, lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,

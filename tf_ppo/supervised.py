@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from tf_ppo import ppo
 from tf_ppo.checkpoints import restore_latest, write_atomically
+from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError
 from tf_ppo.distribute import reduce_sum, split_batch
 from tf_ppo.einsum import einsum_as_tensordot
@@ -163,7 +164,7 @@ class SupervisedLoop:
             self.epoch_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_steps")
         self.stop_training = False
         self.preempted = False
-        self._step = tf.function(self._step_fn, jit_compile=jit_compile and self.strategy.num_replicas_in_sync == 1)
+        self._step = compiled(self._step_fn, jit_compile=jit_compile and self.strategy.num_replicas_in_sync == 1)
 
     def _replica_gradients(self, batch):
         # The gradient is taken inside both contexts: with checkpointing, the backward pass reruns the forward.

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from tf_ppo import algorithms, ppo
 from tf_ppo.algorithms import Experience, Forward
 from tf_ppo.checkpoints import CheckpointError, restore_latest
+from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
@@ -207,19 +208,19 @@ class PPOTrainer:
         # with `strategy.run` and gathers the global batch back (identity on one device).
         # XLA inside strategy.run reads the other replicas' variables from the wrong device
         # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
-        self._generate_replica = tf.function(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
-        self._score_replica = tf.function(self._score_fn, jit_compile=config.train_jit and replicas == 1)
-        self._generate_greedy_replica = tf.function(functools.partial(self._generate_fn, greedy=True),
+        self._generate_replica = compiled(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
+        self._score_replica = compiled(self._score_fn, jit_compile=config.train_jit and replicas == 1)
+        self._generate_greedy_replica = compiled(functools.partial(self._generate_fn, greedy=True),
                                                     jit_compile=config.generation_jit and replicas == 1)
-        self._generate = tf.function(functools.partial(self._generate_all, self._generate_replica))
-        self._generate_greedy = tf.function(functools.partial(self._generate_all, self._generate_greedy_replica))
-        self._score = tf.function(self._score_all)
-        self._advantages = tf.function(self.algorithm.advantages)
+        self._generate = compiled(functools.partial(self._generate_all, self._generate_replica))
+        self._generate_greedy = compiled(functools.partial(self._generate_all, self._generate_greedy_replica))
+        self._score = compiled(self._score_all)
+        self._advantages = compiled(self.algorithm.advantages)
         # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
         # into Adam's update (1% faster per update at S2 of the performance issue than gradients and Adam
         # compiled apart). Its parts are plain Python: a tf.function nested in the XLA one took minutes and
         # gigabytes to compile.
-        self._train_step = tf.function(self._train_step_fn, jit_compile=config.train_jit and replicas == 1)
+        self._train_step = compiled(self._train_step_fn, jit_compile=config.train_jit and replicas == 1)
 
     # ----------------------------------------------------------------- compiled phases
 
