@@ -1,7 +1,11 @@
 """Shared fixtures: one SFT policy per session, tiny PPO configs."""
 
 import os
+import random
+import subprocess
+import sys
 import tempfile
+import time
 
 # A private policy cache, so the suite never reads or writes the user's; under pytest-xdist (`-n 2`) one
 # per run, shared by its workers, so the SFT policy is trained once.
@@ -48,6 +52,27 @@ def tiny_config(tmp_path, **changes):
     """A PPO config small enough for a unit test: 32 rollouts per update, 32 held-out prompts."""
     return PPOConfig(run_dir=str(tmp_path / "run"), batch_size=32, eval_size=32, total_updates=4,
                      checkpoint_every=2).replace(**changes)
+
+
+def cli(*args, **popen_kwargs):
+    """Start `tf-ppo ARGS` in a fresh process (it inherits the session's policy cache)."""
+    return subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+def kill_after(process, path, max_delay):
+    """SIGKILL `process` at a random 0 to `max_delay` s after `path` (a checkpoint's index) appears.
+
+    Returns the delay, for the message of a test that finds the run finished before the kill.
+    """
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    delay = random.uniform(0.0, max_delay)
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    return delay
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,11 @@ def test_gpt2_cache_decodes_with_lora_adapters_and_bfloat16():
     half = copy_model(policy, "mixed_bfloat16")
     fast_half = teacher_forced_logits(GPT2Cache(half), prompt_ids, next_ids, grow_at=3)
     assert fast_half.dtype == np.float32  # the reverse embedding computes logits in float32
+    # Both compute the same function in bfloat16, but with keys/values in different layouts: the CPU's bfloat16
+    # kernels may round them differently (0 apart on one machine, 1.4e-3 on another, logits up to ~0.2). A wrong
+    # mask or position is off by far more than that.
     np.testing.assert_allclose(fast_half, teacher_forced_logits(KerasHubCache(half), prompt_ids, next_ids, 3),
-                               atol=1e-4)
+                               atol=5e-3)
     assert 0 < np.abs(fast_half - full_precision).max() < 0.5  # bfloat16 rounding: close to float32, not equal
 
     enable_lora(policy, 2)

@@ -8,12 +8,8 @@ One finished 2-epoch run on 48 training pairs (a module fixture) serves most tes
 import dataclasses
 import json
 import os
-import random
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
@@ -22,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tf_ppo
+from tests.conftest import cli, kill_after
 from tf_ppo import PPOConfig
 from tf_ppo.cli import main
 from tf_ppo.dpo import DPOTrainer, encode_responses, preference_pairs, sequence_logps
@@ -133,20 +130,13 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_at_the_same_weights(finished, t
 def test_sigkill_mid_run_then_cli_resume_ends_at_the_same_weights(finished, tmp_path, pairs_csv):
     run_dir = tmp_path / "killed"
     flags = ["--reward.preferences_csv", pairs_csv, "--dpo.epochs", "2", "--dpo.batch_size", "16"]
-    process = subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", "dpo", "--run_dir", str(run_dir), *flags,
-                                "--dpo.checkpoint_every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (run_dir / "checkpoints" / "ckpt-2.index").exists():  # then kill somewhere in steps 3 to 6
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.01)
-    delay = random.uniform(0.0, 0.2)
-    time.sleep(delay)
-    process.kill()
-    process.wait()
+    process = cli("dpo", "--run_dir", str(run_dir), *flags, "--dpo.checkpoint_every", "1")
+    delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.2)  # somewhere in steps 3 to 6
     assert not (run_dir / "evaluation.json").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
 
-    resumed = subprocess.run([sys.executable, "-m", "tf_ppo.cli", "dpo", "--resume", str(run_dir)],
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = cli("dpo", "--resume", str(run_dir))
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
     assert [row["step"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4, 5, 6]
     policy = keras.saving.load_model(run_dir / "policy.keras", compile=False)
     for got, expected in zip(policy.get_weights(), finished.policy.get_weights()):

@@ -11,7 +11,6 @@ import tensorflow as tf
 from tests.conftest import tiny_config
 from tf_ppo import Callback, PPOTrainer, export, train
 from tf_ppo.export import load_run
-from tf_ppo.rewards import word_count_reward
 
 PROBE = {"token_ids": np.array([[762, 5, 7, 9]]), "padding_mask": np.ones([1, 4], bool)}
 

@@ -1,11 +1,8 @@
 """Crashes, preemption and corrupt state: a run always resumes to the same weights, or fails clearly."""
 
-import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import warnings
 
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import cli, kill_after, tiny_config
 from tf_ppo import CheckpointError, DataError, PPOConfig, PPOTrainer, train
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
@@ -39,12 +36,6 @@ def assert_same_weights(expected_model, run_dir):
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def cli(*args, **popen_kwargs):
-    """Start `tf-ppo` in a fresh process (it inherits the session's policy cache)."""
-    return subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen_kwargs)
-
-
 def test_resume_continues_exactly(tmp_path, straight):
     interrupted = tiny_config(tmp_path, **{**RUN, "total_updates": 2})
     first = train(interrupted, show_progress=False)
@@ -59,13 +50,7 @@ def test_resume_continues_exactly(tmp_path, straight):
 def test_sigkill_mid_update_then_resume_matches_the_uninterrupted_run(tmp_path, straight):
     run_dir = tmp_path / "killed"
     process = cli("train", "--run_dir", str(run_dir), "--checkpoint_every", "1", *RUN_FLAGS)
-    while not (run_dir / "checkpoints" / "ckpt-2.index").exists():  # then kill somewhere in update 3 or 4
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.01)
-    delay = random.uniform(0.0, 0.3)
-    time.sleep(delay)
-    process.kill()
-    process.wait()
+    delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.3)  # somewhere in update 3 or 4
     assert not (run_dir / "policy.keras").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
 
     resumed = cli("train", "--resume", str(run_dir))

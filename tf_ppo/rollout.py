@@ -20,7 +20,7 @@ import collections
 
 import tensorflow as tf
 
-from tf_ppo.compiled import compiled
+from tf_ppo.compiled import compiled  # noqa: F401  used by the doctests
 from tf_ppo.decoding import decoder_for
 from tf_ppo.models import trunk_and_head
 
