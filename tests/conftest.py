@@ -2,21 +2,22 @@
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-# A private policy cache, so the suite never reads or writes the user's; under pytest-xdist (`-n 2`) one
-# per run, shared by its workers, so the SFT policy is trained once.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-_CACHE = os.path.join(tempfile.gettempdir(), f"tf_ppo_cache_{_RUN}") if _RUN else tempfile.mkdtemp(prefix="tf_ppo_cache_")
-os.makedirs(_CACHE, exist_ok=True)
-os.environ.setdefault("TF_PPO_CACHE", _CACHE)
-# XLA's persistent compilation cache, shared by the workers and every process they start (CLI runs, notebook
-# kernels): most tests build a trainer of the same shapes, and each would otherwise compile the same programs.
-# Set before TensorFlow reads its flags.
-os.environ.setdefault("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={os.path.join(_CACHE, 'xla')}")
+# A private policy cache for the run. It is made by the first process that loads this file: the pytest-xdist
+# controller, whose environment the workers and every process they start (CLI runs, notebook kernels) inherit,
+# so the SFT policies are trained once per run. That process removes it at the end (pytest_sessionfinish).
+MADE_THE_CACHE = "TF_PPO_CACHE" not in os.environ
+if MADE_THE_CACHE:
+    os.environ["TF_PPO_CACHE"] = tempfile.mkdtemp(prefix="tf_ppo_cache_")
+# XLA's persistent compilation cache, in the same place: most tests build a trainer of the same shapes, and each
+# would otherwise compile the same programs. Set before TensorFlow reads its flags.
+os.environ.setdefault("TF_XLA_FLAGS",
+                      f"--tf_xla_persistent_cache_directory={os.path.join(os.environ['TF_PPO_CACHE'], 'xla')}")
 
 import filelock  # noqa: E402
 import pytest  # noqa: E402
@@ -36,6 +37,15 @@ LONGEST_SCOPES_FIRST = (
     "tests/test_first_hour.py", "tests/test_reward_model.py", "tests/test_benchmark.py", "tests/test_dpo.py",
     "tests/test_export.py", "tests/test_precision.py",
 )
+
+
+def pytest_sessionfinish(session):
+    """The run's cache (SFT policies and XLA programs, about 400 MB) goes when the process that made it ends.
+
+    Under xdist that is the controller, after every worker has finished; a `TF_PPO_CACHE` set by the user is kept.
+    """
+    if MADE_THE_CACHE:
+        shutil.rmtree(os.environ["TF_PPO_CACHE"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
