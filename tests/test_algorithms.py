@@ -5,14 +5,16 @@ the suite builds and compiles as few trainers as it can.
 """
 
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from tf_ppo import ConfigError, PPOConfig, PPOTrainer, export
+from tf_ppo import Callback, ConfigError, PPOConfig, PPOTrainer, export
 from tf_ppo.cli import build_parser, config_from_args, parse_args
 from tf_ppo.models import AdaptersOff
 
@@ -69,6 +71,27 @@ def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp
     config = straight.config.replace(run_dir=str(run_dir))
     resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
     assert [row["update"] for row in resumed.history] == [1, 2]
+    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+class SigtermAfterTheFirstUpdate(Callback):
+    """A preemption that lands while the callbacks of update 1 run, after its metrics are written."""
+
+    def on_update_end(self, update, logs):
+        if update == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_update_in_flight_and_the_run_resumes_to_the_same_weights(finished, tmp_path):
+    name, _, straight = finished
+    config = straight.config.replace(run_dir=str(tmp_path / "preempted"), checkpoint_every=2)  # no ckpt-1 but SIGTERM's
+    stopped = PPOTrainer(config, reward_fn=varied_reward, callbacks=[SigtermAfterTheFirstUpdate()],
+                         show_progress=False).train()
+    assert stopped.preempted and [row["update"] for row in stopped.history] == [1]
+    assert tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")).endswith("ckpt-1")
+    resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
+    assert not resumed.preempted and [row["update"] for row in resumed.history] == [1, 2]
     for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-6)
 

@@ -483,12 +483,13 @@ class PPOTrainer:
                 progress.update(1)
                 if self.show_progress:
                     tqdm.write(_metrics_line(update, c.total_updates, logs, self.algorithm.kl_estimator))
-                if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
-                    self.checkpoints.save(checkpoint_number=update)
                 self._warn_if_overoptimising(history)
                 for callback in self.callbacks:
                     callback.on_update_end(update, logs)
                 self._keras_callbacks_update_end(update, logs)
+                # Last in the update, so a SIGTERM that arrives during the callbacks still gets its checkpoint.
+                if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
+                    self.checkpoints.save(checkpoint_number=update)
         progress.close()
         log.close()
         self.keras_callbacks.on_train_end(history[-1] if history else None)
