@@ -23,7 +23,7 @@ from tf_ppo.reporting import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One PPO update, one SFT step or two DPO steps, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
+# One RL update, one SFT step or two DPO steps, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
 # strategy), with XLA or not; weights to an .npz.
 TWO_DEVICES = """
 import json, pathlib, sys
@@ -40,10 +40,15 @@ strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:
 tmp = pathlib.Path(tmp)
 tmp.mkdir(parents=True, exist_ok=True)
 report = {}
-if stage in ("ppo", "grpo"):
-    # "xla" = the default settings; XLA is then on for one replica only, and the samples must still agree.
-    # GRPO: groups of 4, a reference (beta > 0) and the per-sequence loss, whose row count spans the replicas.
-    algorithm = {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"} if stage == "grpo" else {}
+# The RL stages. "xla" = the default settings; XLA is then on for one replica only, and the samples must still
+# agree. GRPO: groups of 4, a reference (beta > 0) and the per-sequence loss, whose row count spans the replicas;
+# RLOO: leave-one-out baselines and the KL in the reward; REINFORCE++-baseline: group baselines, then returns
+# whitened over the global batch (not each replica's half).
+ALGORITHMS = {"ppo": {}, "grpo": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"},
+              "rloo": {"algorithm": "rloo", "num_generations": 4},
+              "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4}}
+if stage in ALGORITHMS:
+    algorithm = ALGORITHMS[stage]
     config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla", **algorithm)
     result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
     weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
@@ -105,13 +110,13 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
     assert relative_difference(mirrored, single) <= 1e-5
 
 
-@pytest.mark.parametrize("stage", ["ppo", "grpo", "sft", "dpo"])
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "rloo", "reinforce_pp_baseline", "sft", "dpo"])
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path):
     # Default settings (item 10): XLA compiles one device's steps, not the replicas'; the same noise either way.
     mirrored, report = run_two_device_script(stage, "mirrored", tmp_path, xla=True)
     single, single_report = run_two_device_script(stage, "default", tmp_path, xla=True)
     assert relative_difference(mirrored, single) <= 1e-5
-    if stage in ("ppo", "grpo"):
+    if stage not in ("sft", "dpo"):
         assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
     if stage == "ppo":
         assert "15 rollouts per minibatch must be divisible by the 2 replicas" in report["odd_batch_error"]
