@@ -6,14 +6,17 @@ the suite builds and compiles as few trainers as it can.
 
 import json
 import os
+import pathlib
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import kill_after, tiny_config
 from tf_ppo import Callback, ConfigError, PPOConfig, PPOTrainer, export
 from tf_ppo.cli import build_parser, config_from_args, parse_args
 from tf_ppo.models import AdaptersOff
@@ -70,6 +73,31 @@ def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp
     (run_dir / "evaluation_after.json").unlink()
     config = straight.config.replace(run_dir=str(run_dir))
     resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
+    assert [row["update"] for row in resumed.history] == [1, 2]
+    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# The module's run of one algorithm (argv: the test's tmp_path, the algorithm), in a process of its own to kill.
+TRAIN_IN_A_PROCESS = """
+import pathlib, sys
+from tests.test_algorithms import algorithm_config, varied_reward
+from tf_ppo import PPOTrainer
+PPOTrainer(algorithm_config(pathlib.Path(sys.argv[1]), sys.argv[2]), reward_fn=varied_reward, show_progress=False).train()
+"""
+
+
+def test_sigkill_mid_run_then_resume_ends_at_the_uninterrupted_runs_weights(finished, tmp_path):
+    name, _, straight = finished
+    root = pathlib.Path(__file__).resolve().parent.parent
+    process = subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_PROCESS, str(tmp_path), name], cwd=root,
+                               env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"  # algorithm_config's
+    delay = kill_after(process, run_dir / "checkpoints" / "ckpt-1.index", 0.3)  # in update 2, or just after
+    assert not (run_dir / "evaluation_after.json").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
+    resumed = PPOTrainer(straight.config.replace(run_dir=str(run_dir)), reward_fn=varied_reward, resume=True,
+                         show_progress=False).train()
     assert [row["update"] for row in resumed.history] == [1, 2]
     for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
         np.testing.assert_allclose(got, expected, atol=1e-6)
