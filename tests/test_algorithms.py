@@ -46,6 +46,15 @@ def finished(request, tmp_path_factory, sft_policy_path):
     return name, trainer, trainer.train()
 
 
+def resume_to_the_end(config, straight):
+    """Resume `config`'s run to its last update; assert it ends at the uninterrupted run's weights (1e-6)."""
+    resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
+    assert [row["update"] for row in resumed.history] == [1, 2]
+    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    return resumed
+
+
 def test_no_critic_is_built_checkpointed_or_saved(finished):
     name, trainer, result = finished
     assert trainer.value_model is None and result.value_model is None
@@ -71,11 +80,7 @@ def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp
     state.model_checkpoint_path = state.all_model_checkpoint_paths[0]
     (run_dir / "checkpoints" / "checkpoint").write_text(str(state))
     (run_dir / "evaluation_after.json").unlink()
-    config = straight.config.replace(run_dir=str(run_dir))
-    resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
-    assert [row["update"] for row in resumed.history] == [1, 2]
-    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
+    resume_to_the_end(straight.config.replace(run_dir=str(run_dir)), straight)
 
 
 # The module's run of one algorithm (argv: the test's tmp_path, the algorithm), in a process of its own to kill.
@@ -96,11 +101,7 @@ def test_sigkill_mid_run_then_resume_ends_at_the_uninterrupted_runs_weights(fini
     run_dir = tmp_path / "run"  # algorithm_config's
     delay = kill_after(process, run_dir / "checkpoints" / "ckpt-1.index", 0.3)  # in update 2, or just after
     assert not (run_dir / "evaluation_after.json").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
-    resumed = PPOTrainer(straight.config.replace(run_dir=str(run_dir)), reward_fn=varied_reward, resume=True,
-                         show_progress=False).train()
-    assert [row["update"] for row in resumed.history] == [1, 2]
-    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
+    resume_to_the_end(straight.config.replace(run_dir=str(run_dir)), straight)
 
 
 class SigtermAfterTheFirstUpdate(Callback):
@@ -118,10 +119,7 @@ def test_sigterm_saves_the_update_in_flight_and_the_run_resumes_to_the_same_weig
                          show_progress=False).train()
     assert stopped.preempted and [row["update"] for row in stopped.history] == [1]
     assert tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints")).endswith("ckpt-1")
-    resumed = PPOTrainer(config, reward_fn=varied_reward, resume=True, show_progress=False).train()
-    assert not resumed.preempted and [row["update"] for row in resumed.history] == [1, 2]
-    for expected, got in zip(straight.policy.get_weights(), resumed.policy.get_weights()):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not resume_to_the_end(config, straight).preempted
 
 
 def test_a_failing_reward_function_skips_the_update_and_names_it(finished):

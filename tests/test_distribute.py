@@ -48,8 +48,8 @@ ALGORITHMS = {"ppo": {}, "grpo": {"algorithm": "grpo", "num_generations": 4, "be
               "rloo": {"algorithm": "rloo", "num_generations": 4},
               "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4}}
 if stage in ALGORITHMS:
-    algorithm = ALGORITHMS[stage]
-    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla", **algorithm)
+    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla",
+                         **ALGORITHMS[stage])
     result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
     weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
     report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
