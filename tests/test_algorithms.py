@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -155,27 +156,32 @@ def test_a_nan_advantage_skips_the_step_inside_the_graph(finished):
         np.testing.assert_array_equal(old, variable.numpy())
 
 
-@pytest.mark.parametrize("finished", ["grpo"], indirect=True)  # one export: the critic-free runs share the path
-def test_grpo_export_has_no_value_signature(finished, tmp_path):
-    _, _, result = finished
+def test_export_serves_generation_without_a_value_signature(finished, tmp_path):
+    name, _, result = finished
     export(result, tmp_path / "export")
     loaded = tf.saved_model.load(str(tmp_path / "export"))
-    assert "value" not in loaded.signatures
+    assert "value" not in loaded.signatures, name
     out = loaded.generate(tf.constant(["the film was"]), 8, 1.0, 0, 7)
     assert out["completions"].shape == (1,)
 
 
-@pytest.mark.parametrize("name", ["grpo", "reinforce_pp"])
-def test_lora_and_bfloat16_with_and_without_a_reference(name, tmp_path, sft_policy_path):
-    beta = 0.0 if name == "grpo" else None  # GRPO with beta 0: no reference; REINFORCE++: its default 0.01
-    config = algorithm_config(tmp_path, name, lora_rank=4, dtype="mixed_bfloat16", total_updates=1, beta=beta)
+@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("name", list(CRITIC_FREE))
+def test_lora_and_mixed_precision_with_and_without_a_reference(name, dtype, tmp_path, sft_policy_path):
+    beta = 0.0 if name == "grpo" else None  # GRPO with beta 0: no reference; the others: their default beta
+    config = algorithm_config(tmp_path, name, lora_rank=4, dtype=dtype, total_updates=1, beta=beta)
     trainer = PPOTrainer(config, reward_fn=varied_reward, show_progress=False)
     if name == "grpo":
         assert trainer.reference is None and "reference: none" in trainer.parameter_report
     else:
         assert isinstance(trainer.reference, AdaptersOff)
+    # float16 needs loss scaling (its gradients underflow); bfloat16 has float32's exponent range and does not.
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (dtype == "mixed_float16")
+    assert trainer.policy.dtype_policy.name == dtype
+    adapters = [w.numpy() for w in trainer.policy.trainable_weights]
     result = trainer.train()
     assert result.history[0]["skipped_steps"] == 0 and np.isfinite(result.history[0]["loss"])
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(adapters, trainer.policy.trainable_weights))
     assert ("heldout_kl" in result.evaluation_after) == (name != "grpo")
 
 
