@@ -60,6 +60,8 @@ def parse_args(argv=None):
                         help="KL coefficient of the critic-free algorithms (default: the algorithm's)")
     parser.add_argument("--mini-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="MirroredStrategy over this many logical CPUs (the multi-replica path on one machine)")
     parser.add_argument("--vocab", type=int, default=0,
                         help="pad the vocabulary to N ids with unused tokens (e.g. 50257), so the head costs as much")
     parser.add_argument("--rollout-batch-size", type=int, default=0,
@@ -136,8 +138,16 @@ def build_trainer(args, response_length, total_updates):
                                max_length=min(context, args.prompt_length + response_length))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "prompts cut to their last tokens": intended here
-        trainer = PPOTrainer(config, reward_fn=reward_model, prompts=prompts, policy=policy, show_progress=False)
+        trainer = PPOTrainer(config, reward_fn=reward_model, prompts=prompts, policy=policy, show_progress=False,
+                             strategy=replica_strategy(args.replicas))
     return trainer, reward_model
+
+
+def replica_strategy(replicas):
+    """The default strategy for 1; else MirroredStrategy over `replicas` logical CPUs (set up by `set_threads`)."""
+    if replicas == 1:
+        return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
 
 
 class PhasePeaks:
@@ -338,11 +348,18 @@ def timed_updates(trainer, reward_model, args, peak):
     return result
 
 
-def set_threads(threads):
-    """`threads` intra-op threads and one op at a time (each on all threads: faster here), if still possible."""
+def set_threads(threads, replicas=1):
+    """`threads` intra-op threads and one op at a time (each on all threads: faster here), if still possible.
+
+    With several replicas, the CPU is split into as many logical devices, and ops of different replicas
+    run at the same time.
+    """
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(replicas)
+        if replicas > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     except RuntimeError:  # TensorFlow already ran in this process (e.g. under pytest): keep its threads
         print("note: TensorFlow was already initialised; thread settings unchanged")
 
@@ -350,7 +367,7 @@ def set_threads(threads):
 def main(argv=None):
     args = parse_args(argv)
     trl = trl_baseline(args) if args.compare_trl else None  # first: the two never share the CPU
-    set_threads(args.threads)
+    set_threads(args.threads, args.replicas)
     peak = matmul_peak_gflops()
 
     if args.scaling:

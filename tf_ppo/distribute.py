@@ -21,6 +21,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from tf_ppo.compiled import compiled
+
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 
@@ -102,6 +104,43 @@ def reduce_sum(strategy, per_replica):
 def replica_row_offset(local_rows):
     """The global row of this replica's first row, when each replica holds `local_rows` rows."""
     return tf.distribute.get_replica_context().replica_id_in_sync_group * local_rows
+
+
+def compiled_per_replica(strategy, fn, jit_compile):
+    """`fn` compiled to run inside `strategy.run`, with XLA (`jit_compile`) on any number of replicas.
+
+    An XLA computation runs on one device and cannot read a variable held on
+    another ("Trying to access resource ... located in device CPU:1 from device
+    CPU:0", https://www.tensorflow.org/xla/known_issues#tfvariable_on_a_different_device).
+    Inside `strategy.run`, MirroredStrategy placed every replica's call on the
+    first device. Calling the function under its replica's own device scope
+    traces it once per device, each trace reading that replica's copy of the
+    mirrored variables. `fn` must hold no synchronisation point (an
+    `all_reduce` or `merge_call`): TensorFlow cannot run one inside a
+    function nested in `strategy.run`, with or without XLA.
+
+    Example:
+    >>> strategy = tf.distribute.get_strategy()
+    >>> double = compiled_per_replica(strategy, lambda x: 2 * x, jit_compile=True)
+    >>> int(strategy.run(double, args=(tf.constant(3),)))
+    6
+    """
+    function = compiled(fn, jit_compile=jit_compile)
+    if strategy.num_replicas_in_sync == 1 or not jit_compile:
+        return function
+
+    def on_the_replicas_device(*args, **kwargs):
+        with tf.device(replica_device(strategy)):
+            return function(*args, **kwargs)
+
+    return on_the_replicas_device
+
+
+def replica_device(strategy):
+    """The device of the replica whose `strategy.run` call is running (one of this worker's devices)."""
+    replica_id = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
+    local_devices = strategy.extended.worker_devices
+    return local_devices[int(replica_id) % len(local_devices)]  # every worker holds as many replicas
 
 
 def is_chief(strategy):

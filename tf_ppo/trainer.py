@@ -35,8 +35,8 @@ from tf_ppo.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
-from tf_ppo.distribute import (gather, is_chief, reduce_sum, replica_row_offset, resolve_strategy, split_batch,
-                               weights_fingerprint, writable_dir)
+from tf_ppo.distribute import (compiled_per_replica, gather, is_chief, reduce_sum, replica_row_offset,
+                               resolve_strategy, split_batch, weights_fingerprint, writable_dir)
 from tf_ppo.einsum import einsum_as_tensordot
 from tf_ppo.remat import recomputed_blocks
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
@@ -204,14 +204,13 @@ class PPOTrainer:
             raise CheckpointError(f"{self.run_dir} already holds checkpoints of a run; resume it (resume=True, "
                                   f"tf-ppo train --resume {self.run_dir}) or choose a new run_dir")
 
-        # One compiled function per phase, each with fixed shapes: traced once. Each runs its replica part
-        # with `strategy.run` and gathers the global batch back (identity on one device).
-        # XLA inside strategy.run reads the other replicas' variables from the wrong device
-        # ("Trying to access resource ... located in device CPU:1 from device CPU:0"): one replica only.
-        self._generate_replica = compiled(self._generate_fn, jit_compile=config.generation_jit and replicas == 1)
-        self._score_replica = compiled(self._score_fn, jit_compile=config.train_jit and replicas == 1)
-        self._generate_greedy_replica = compiled(functools.partial(self._generate_fn, greedy=True),
-                                                    jit_compile=config.generation_jit and replicas == 1)
+        # One compiled function per phase, each with fixed shapes: traced once (once per device on several
+        # replicas). Each runs its replica part with `strategy.run` and gathers the global batch back (identity
+        # on one device). Sampling and scoring hold no cross-replica reduction: XLA on every replica.
+        self._generate_replica = compiled_per_replica(self.strategy, self._generate_fn, config.generation_jit)
+        self._score_replica = compiled_per_replica(self.strategy, self._score_fn, config.train_jit)
+        self._generate_greedy_replica = compiled_per_replica(
+            self.strategy, functools.partial(self._generate_fn, greedy=True), config.generation_jit)
         self._generate = compiled(functools.partial(self._generate_all, self._generate_replica))
         self._generate_greedy = compiled(functools.partial(self._generate_all, self._generate_greedy_replica))
         self._score = compiled(self._score_all)
@@ -219,7 +218,9 @@ class PPOTrainer:
         # The whole optimiser step is one XLA computation: the gradients never leave it and clipping fuses
         # into Adam's update (1% faster per update at S2 of the performance issue than gradients and Adam
         # compiled apart). Its parts are plain Python: a tf.function nested in the XLA one took minutes and
-        # gigabytes to compile.
+        # gigabytes to compile. On several replicas it runs without XLA: the loss's global means all-reduce
+        # token counts across replicas, which cannot happen inside an XLA (or any nested) function, and
+        # one XLA computation cannot span devices.
         self._train_step = compiled(self._train_step_fn, jit_compile=config.train_jit and replicas == 1)
 
     # ----------------------------------------------------------------- compiled phases
