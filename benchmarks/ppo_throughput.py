@@ -26,6 +26,7 @@ import pathlib
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -66,11 +67,15 @@ def parse_args(argv=None):
                         help="pad the vocabulary to N ids with unused tokens (e.g. 50257), so the head costs as much")
     parser.add_argument("--rollout-batch-size", type=int, default=0,
                         help="sample and score the batch this many rollouts at a time (0: all at once)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
+    parser.add_argument("--reward", choices=("model", "function"), default="model",
+                        help="a Keras reward model of the policy's size, or a Python function (no model held)")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each transformer block's activations in the backward pass")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
     parser.add_argument("--no-train-jit", action="store_true", help="score and train without XLA")
     parser.add_argument("--scaling", default="", help="comma-separated response lengths: time generation only")
+    parser.add_argument("--plot", default="", help="with --scaling: write the growth plot to this PNG")
     parser.add_argument("--compare-trl", metavar="PYTHON",
                         help="a Python with torch and trl==1.12.0: run trl_ppo_baseline.py at the same shape first")
     parser.add_argument("--compare-ppo", action="store_true",
@@ -126,6 +131,7 @@ def build_trainer(args, response_length, total_updates):
         num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
         rollout_batch_size=args.rollout_batch_size, gradient_checkpointing=args.gradient_checkpointing,
+        lora_rank=args.lora_rank,
         **({"vocabulary": str(padded_vocabulary(args.vocab))} if args.vocab else {}),
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
@@ -134,11 +140,13 @@ def build_trainer(args, response_length, total_updates):
     sentences = [f"{p} {t}" for p, t in zip(frame["input_text"], frame["target"])]
     prompts = [s for s, ids in zip(sentences, tokenizer(sentences)) if len(ids) >= args.prompt_length - 1]
     policy = build_policy(config.model, tokenizer.vocabulary_size())
-    reward_model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer,
-                               max_length=min(context, args.prompt_length + response_length))
+    reward_model = None
+    if args.reward == "model":
+        reward_model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer,
+                                   max_length=min(context, args.prompt_length + response_length))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "prompts cut to their last tokens": intended here
-        trainer = PPOTrainer(config, reward_fn=reward_model, prompts=prompts, policy=policy, show_progress=False,
+        trainer = PPOTrainer(config, reward_fn=reward_model or length_reward, prompts=prompts, policy=policy, show_progress=False,
                              strategy=replica_strategy(args.replicas))
     return trainer, reward_model
 
@@ -224,15 +232,24 @@ def run_updates(trainer, count, first_update=1):
     return [trainer.run_update(next(batches), first_update + i) for i in range(count)]
 
 
+def length_reward(texts):
+    """`--reward function`: a reward computed in Python, with no model behind it (as a verifiable reward)."""
+    return [len(text) / 100 for text in texts]
+
+
 def flops_per_update(trainer, reward_model, args):
-    """2 P T per forward pass (generation, policy, reference, value, reward), 6 P T per training pass."""
+    """2 P T per forward pass (generation, policy, reference, value, reward), 6 P T per training pass.
+
+    With LoRA a training pass is 4 P T: the base weights get no gradient (the adapters' FLOPs are left out).
+    """
     tokens = args.batch * (args.prompt_length + args.response_length)
     policy = trainer.policy.count_params()
     value = trainer.value_model.count_params() if trainer.value_model is not None else 0
     reference = trainer.reference.count_params() if trainer.reference is not None else 0
     forward = 2 * tokens * (policy + policy + reference + value)
-    forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
-    training = 6 * tokens * (policy + value) * args.ppo_epochs
+    if reward_model is not None:
+        forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
+    training = (4 if args.lora_rank else 6) * tokens * (policy + value) * args.ppo_epochs
     return forward + training
 
 
@@ -364,34 +381,102 @@ def set_threads(threads, replicas=1):
         print("note: TensorFlow was already initialised; thread settings unchanged")
 
 
+def generation_at(args, length):
+    """Seconds and peak memory of sampling `args.batch` rows of `length` response tokens, in this process."""
+    start_mb = PhasePeaks.status_mb("VmRSS:")  # the models built, nothing sampled yet
+    trainer, _ = build_trainer(args, length, 1)
+    models_mb = PhasePeaks.status_mb("VmRSS:")
+    generate = lambda: trainer.sample(  # noqa: E731
+        trainer.prompt_ids[: args.batch], trainer.prompt_lengths[: args.batch], tf.constant([0, 1])).numpy()
+    seconds = median_seconds(generate)  # the first call traces and compiles, untimed
+    peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    row = {"response_length": length, "seconds_generate": round(seconds, 4),
+           "tokens_per_second": round(args.batch * length / seconds), "peak_rss_mb": peak_mb,
+           "models_rss_mb": models_mb - start_mb, "added_rss_mb": peak_mb - models_mb}
+    if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
+        row["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
+    return row
+
+
+def one_length_in_its_own_process(argv, length):
+    """`generation_at` for one length, run as this script with `--scaling length` in a fresh process."""
+    flags = [flag for i, flag in enumerate(argv)
+             if flag not in ("--scaling", "--plot") and argv[i - 1] not in ("--scaling", "--plot")]
+    completed = subprocess.run([sys.executable, __file__, *flags, "--scaling", str(length)],
+                               capture_output=True, text=True)
+    if completed.returncode:
+        raise SystemExit(f"--scaling {length} failed:\n{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])["scaling"][0]
+
+
+def scaling(args, peak, argv):
+    """Generation time and memory at each `--scaling` response length: a table, a JSON line, `--plot` PNG.
+
+    Each length runs in its own process when there are several: the process's peak resident memory is
+    then that length's alone (TensorFlow does not hand back the memory of the models it built before).
+    """
+    lengths = [int(r) for r in args.scaling.split(",")]
+    if len(lengths) == 1:
+        rows = [generation_at(args, lengths[0])]
+    else:
+        rows = [one_length_in_its_own_process(argv, length) for length in lengths]
+    for row in rows:
+        # Linear growth: time ratio = length ratio. Attention over the cache adds a little per step.
+        row["time_ratio_to_shortest"] = round(row["seconds_generate"] / rows[0]["seconds_generate"], 2)
+        row["growth_over_linear"] = round(row["time_ratio_to_shortest"]
+                                          / (row["response_length"] / rows[0]["response_length"]), 2)
+        print(f"response {row['response_length']:4d}: generation {row['seconds_generate']:.3f} s, "
+              f"{row['tokens_per_second']} tokens/s, time x{row['time_ratio_to_shortest']:.2f} for "
+              f"x{row['response_length'] / rows[0]['response_length']:g} the tokens "
+              f"({row['growth_over_linear']:.2f}x linear); peak RSS {row['peak_rss_mb']} MB, of which "
+              f"{row['models_rss_mb']} MB the models and {row['added_rss_mb']} MB compiling and generating"
+              + (f" (keras-hub generate: {row['keras_hub_tokens_per_second']} tokens/s)"
+                 if args.compare_keras_hub else ""))
+    if args.plot:
+        plot_scaling(rows, args)
+    print(json.dumps({"scaling": rows, "matmul_peak_gflops": round(peak, 1)}))
+
+
+def plot_scaling(rows, args):
+    """Two panels: generation seconds (with linear growth from the shortest length) and memory, by length."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [row["response_length"] for row in rows]
+    seconds = [row["seconds_generate"] for row in rows]
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    time_axis.plot(lengths, seconds, "o-", label="measured")
+    time_axis.plot(lengths, [seconds[0] * length / lengths[0] for length in lengths], "--", label="linear")
+    time_axis.set(xlabel="response tokens", ylabel="seconds per generation batch", yscale="log",
+                  title=f"generation, {args.batch} rows, {args.layers} layers x {args.hidden}")
+    time_axis.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    time_axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    time_axis.legend()
+    memory_axis.plot(lengths, [row["peak_rss_mb"] for row in rows], "o-", label="peak RSS of the process")
+    memory_axis.plot(lengths, [row["added_rss_mb"] for row in rows], "s-", label="added by compiling and generating")
+    memory_axis.set(xlabel="response tokens", ylabel="MB", title="memory")
+    memory_axis.legend()
+    for axis in (time_axis, memory_axis):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(lengths, [str(length) for length in lengths])
+        axis.minorticks_off()
+    figure.tight_layout()
+    figure.savefig(args.plot, dpi=100)
+    print(f"wrote {args.plot}")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     trl = trl_baseline(args) if args.compare_trl else None  # first: the two never share the CPU
     set_threads(args.threads, args.replicas)
     peak = matmul_peak_gflops()
 
     if args.scaling:
-        rows = []
-        for length in (int(r) for r in args.scaling.split(",")):
-            trainer, _ = build_trainer(args, length, 1)
-            generate = lambda: trainer.sample(  # noqa: E731
-                trainer.prompt_ids[: args.batch], trainer.prompt_lengths[: args.batch], tf.constant([0, 1])).numpy()
-            resettable = PhasePeaks.reset_peak()  # the peak while generating at this length (weights included)
-            seconds = median_seconds(generate)
-            rows.append({"response_length": length, "seconds_generate": round(seconds, 4),
-                         "tokens_per_second": round(args.batch * length / seconds),
-                         "peak_rss_mb": PhasePeaks.status_mb("VmHWM:") if resettable else None})
-            if args.compare_keras_hub:  # the same growth there means it comes from keras-hub's cache, not the loop
-                rows[-1]["keras_hub_tokens_per_second"] = round(keras_hub_generate_tokens_per_second(trainer, args, length))
-        for row in rows:
-            # Linear growth: time ratio = length ratio. Attention over the cache adds a little per step.
-            row["time_ratio_to_shortest"] = round(row["seconds_generate"] / rows[0]["seconds_generate"], 2)
-            print(f"response {row['response_length']:4d}: generation {row['seconds_generate']:.3f} s, "
-                  f"{row['tokens_per_second']} tokens/s, time x{row['time_ratio_to_shortest']:.2f} for "
-                  f"x{row['response_length'] / rows[0]['response_length']:g} the tokens"
-                  + (f" (keras-hub generate: {row['keras_hub_tokens_per_second']} tokens/s)"
-                     if args.compare_keras_hub else ""))
-        print(json.dumps({"scaling": rows, "matmul_peak_gflops": round(peak, 1)}))
+        scaling(args, peak, argv)
         return
 
     trainer, reward_model = build_trainer(args, args.response_length, args.warmup + args.updates)
