@@ -167,6 +167,10 @@ class PhasePeaks:
     freed, so a phase's figure also holds what earlier phases left. `MALLOC_MMAP_THRESHOLD_=1048576` in
     the environment pins it (every block of 1 MB or more is returned when freed), and each phase's peak
     is then its own.
+
+    It also reports each phase's peak of TensorFlow's own CPU allocator (`peak_tensor_mb_*`): every
+    tensor alive at once, weights and XLA's temporary buffers included, without what the C heap keeps
+    after a free or what compilation used. That is the figure a GPU's memory would have to hold.
     """
 
     METHODS = {"generation": "sample", "scoring": "_score", "reward": "_rewards", "optimisation": "optimise"}
@@ -174,6 +178,7 @@ class PhasePeaks:
     def __init__(self, trainer):
         self.peaks_mb = dict.fromkeys(self.METHODS, 0)
         self.added_mb = dict.fromkeys(self.METHODS, 0)  # the peak above the resident memory at the phase's start
+        self.tensor_peaks_mb = dict.fromkeys(self.METHODS, 0)
         self.supported = self.reset_peak()
         for phase, method in self.METHODS.items():
             setattr(trainer, method, self._tracked(phase, getattr(trainer, method)))
@@ -181,10 +186,13 @@ class PhasePeaks:
     def _tracked(self, phase, method):
         def tracked(*args, **kwargs):
             self.reset_peak()
+            tf.config.experimental.reset_memory_stats("CPU:0")
             start_mb = self.status_mb("VmRSS:")
             try:
                 return method(*args, **kwargs)
             finally:
+                tensors_mb = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
+                self.tensor_peaks_mb[phase] = max(self.tensor_peaks_mb[phase], tensors_mb)
                 peak_mb = self.status_mb("VmHWM:")
                 self.peaks_mb[phase] = max(self.peaks_mb[phase], peak_mb)
                 self.added_mb[phase] = max(self.added_mb[phase], peak_mb - start_mb)
@@ -208,7 +216,8 @@ class PhasePeaks:
 
     def figures(self):
         return {**{f"peak_rss_mb_{phase}": (peak if self.supported else None) for phase, peak in self.peaks_mb.items()},
-                **{f"added_rss_mb_{phase}": (added if self.supported else None) for phase, added in self.added_mb.items()}}
+                **{f"added_rss_mb_{phase}": (added if self.supported else None) for phase, added in self.added_mb.items()},
+                **{f"peak_tensor_mb_{phase}": peak for phase, peak in self.tensor_peaks_mb.items()}}
 
 
 def compiled(trainer, name):
@@ -514,6 +523,8 @@ def main(argv=None):
             for phase in PhasePeaks.METHODS)
               + ("" if "MALLOC_MMAP_THRESHOLD_" in os.environ else
                  " (with what earlier phases left: set MALLOC_MMAP_THRESHOLD_=1048576 for each phase's own)"))
+    print("peak tensor memory per phase (TensorFlow's allocator, weights included): " + ", ".join(
+        f"{phase} {result[f'peak_tensor_mb_{phase}']} MB" for phase in PhasePeaks.METHODS))
     if trl:
         trainer_name = "PPOTrainer" if args.algorithm == "ppo" else "GRPOTrainer"
         print(f"TRL 1.12 {trainer_name}: {trl['trl_seconds_per_update_median']:.3f} s per update (generation "
