@@ -170,7 +170,10 @@ class PhasePeaks:
 
     It also reports each phase's peak of TensorFlow's own CPU allocator (`peak_tensor_mb_*`): every
     tensor alive at once, weights and XLA's temporary buffers included, without what the C heap keeps
-    after a free or what compilation used. That is the figure a GPU's memory would have to hold.
+    after a free or what compilation used. That is the figure a GPU's memory would have to hold. The
+    allocator counts tensors of 256 KB and more only (oneDNN's allocator serves smaller ones apart):
+    all but the biases and norms at real sizes, next to nothing at tiny ones. Its pool keeps what it
+    allocated, which is why the resident memory stays near the process peak in every phase.
     """
 
     METHODS = {"generation": "sample", "scoring": "_score", "reward": "_rewards", "optimisation": "optimise"}
@@ -191,7 +194,7 @@ class PhasePeaks:
             try:
                 return method(*args, **kwargs)
             finally:
-                tensors_mb = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
+                tensors_mb = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20, 1)
                 self.tensor_peaks_mb[phase] = max(self.tensor_peaks_mb[phase], tensors_mb)
                 peak_mb = self.status_mb("VmHWM:")
                 self.peaks_mb[phase] = max(self.peaks_mb[phase], peak_mb)
@@ -241,6 +244,11 @@ def run_updates(trainer, count, first_update=1):
     return [trainer.run_update(next(batches), first_update + i) for i in range(count)]
 
 
+def held_parameters(model):
+    """Parameters `model` holds itself (0 for None and for LoRA's reference, which holds the policy's)."""
+    return 0 if model is None else int(sum(np.prod(weight.shape) for weight in model.weights))
+
+
 def length_reward(texts):
     """`--reward function`: a reward computed in Python, with no model behind it (as a verifiable reward)."""
     return [len(text) / 100 for text in texts]
@@ -254,7 +262,8 @@ def flops_per_update(trainer, reward_model, args):
     tokens = args.batch * (args.prompt_length + args.response_length)
     policy = trainer.policy.count_params()
     value = trainer.value_model.count_params() if trainer.value_model is not None else 0
-    reference = trainer.reference.count_params() if trainer.reference is not None else 0
+    # LoRA's reference owns no weights (the policy with its adapters off) but still runs a forward pass.
+    reference = getattr(trainer.reference, "policy", trainer.reference).count_params() if trainer.reference else 0
     forward = 2 * tokens * (policy + policy + reference + value)
     if reward_model is not None:
         forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
@@ -363,7 +372,8 @@ def timed_updates(trainer, reward_model, args, peak):
         "gflop_per_update": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
         "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
         "value_model_parameters": trainer.value_model.count_params() if trainer.value_model is not None else 0,
-        "reference_parameters": trainer.reference.count_params() if trainer.reference is not None else 0,
+        "reference_parameters": held_parameters(trainer.reference),  # 0 for LoRA's adapters-off policy
+        "reference_model": type(trainer.reference).__name__ if trainer.reference is not None else None,
         # The phases' VmHWM resets also reset ru_maxrss: the process's peak is the highest of all three.
         "peak_rss_mb": max(whole_run_peak_mb, *phase_peaks.peaks_mb.values(),
                            round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
@@ -515,7 +525,9 @@ def main(argv=None):
           f"{result['fraction_of_peak']:.1%} of the {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak")
     models = (f"value model {result['value_model_parameters']:,} parameters" if result["value_model_parameters"]
               else "no value model") + (f", reference {result['reference_parameters']:,}"
-                                        if result["reference_parameters"] else ", no reference model")
+                                        if result["reference_parameters"] else
+                                        f", reference: {result['reference_model']} (no weights of its own)"
+                                        if result["reference_model"] else ", no reference model")
     print(f"{args.algorithm}: {models}; peak RSS {result['peak_rss_mb']} MB")
     if result["peak_rss_mb_generation"] is not None:
         print("peak RSS per phase (above the phase's start): " + ", ".join(

@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import dpo_throughput  # noqa: E402
 import einsum_gradients  # noqa: E402
+import memory_table  # noqa: E402
 import padded_vocabulary  # noqa: E402
 import ppo_throughput  # noqa: E402
 import response_logits_memory  # noqa: E402
@@ -49,16 +50,55 @@ def test_benchmark_reports_every_figure_and_exits_1_when_a_target_is_missed(caps
     for phase in ("generation", "scoring", "reward", "optimisation"):
         assert 0 < result[f"peak_rss_mb_{phase}"] <= result["peak_rss_mb"], phase
         assert 0 <= result[f"added_rss_mb_{phase}"] <= result[f"peak_rss_mb_{phase}"], phase
+        assert 0 <= result[f"peak_tensor_mb_{phase}"] < result["peak_rss_mb"], phase  # tensors of 256 KB and more
+    # Training holds the gradients and activations on top of what sampling holds.
+    assert result["peak_tensor_mb_optimisation"] > result["peak_tensor_mb_generation"]
     assert result["shape"]["response_length"] == 4 and result["shape"]["vocabulary"] == 1500
     assert result["traces"] == {"_generate": 1, "_score": 1, "_advantages": 1, "_train_step": 1}
 
 
-def test_benchmark_scaling_times_generation_per_response_length(capsys):
-    ppo_throughput.main(TINY + ["--scaling", "4,20"])
+def test_benchmark_scaling_times_generation_per_response_length_each_in_its_own_process(capsys, tmp_path):
+    ppo_throughput.main(TINY + ["--scaling", "4,20", "--plot", str(tmp_path / "growth.png")])
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scaling"]
     assert [row["response_length"] for row in rows] == [4, 20]
-    assert rows[0]["time_ratio_to_shortest"] == 1.0
-    assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
+    assert rows[0]["time_ratio_to_shortest"] == 1.0 and rows[0]["growth_over_linear"] == 1.0
+    assert all(row["seconds_generate"] > 0 and row["tokens_per_second"] > 0 and row["peak_rss_mb"] > 0
+               and 0 < row["models_rss_mb"] < row["peak_rss_mb"] and 0 < row["added_rss_mb"] < row["peak_rss_mb"]
+               for row in rows)
+    assert (tmp_path / "growth.png").stat().st_size > 10_000
+
+
+def test_benchmark_runs_lora_with_a_reward_function(capsys):
+    ppo_throughput.main(TINY + ["--response-length", "4", "--updates", "1", "--ppo-epochs", "1", "--lora-rank", "2",
+                                "--reward", "function"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # LoRA: the reference is the policy with its adapters off, holding no weights of its own.
+    assert result["reference_model"] == "AdaptersOff" and result["reference_parameters"] == 0
+    assert result["seconds_per_update_median"] > 0 and "peak_tensor_mb_optimisation" in result
+
+
+def test_memory_table_fit_recovers_the_model_it_was_given_and_sizes_the_rows():
+    # Points made from a known curve: the fit must return it, and the rows must follow from it.
+    fixed, a, b = 3500.0, 1.5, 0.004
+
+    def point(rows, response, fixed_mb=fixed, passes=2):
+        tokens = memory_table.PROMPT_TOKENS + response
+        tensors = fixed_mb + rows * (a * tokens + b * tokens**2) * passes / 2
+        return {"rows": rows, "response": response, "peak_tensor_mb": tensors, "peak_rss_mb": tensors + 2000,
+                "policy_parameters": 124e6}
+
+    full, lora, grpo = memory_table.SETUPS
+    points = {full: [point(*p) for p in memory_table.FIT_POINTS], "check": [point(*memory_table.CHECK_POINT)],
+              lora: [point(8, 128, fixed_mb=700)], grpo: [point(8, 128, fixed_mb=2000, passes=1)]}
+    np.testing.assert_allclose(memory_table.fit_full_ppo(points[full]), [fixed, a, b], rtol=1e-9)
+    text, figures = memory_table.table(points)
+    assert abs(figures["check_predicted_mb"] - figures["check_measured_mb"]) < 1e-6
+    assert figures["host_mb"] == 2000
+    tokens = memory_table.TABLE_PROMPT + memory_table.TABLE_RESPONSE
+    budget_mb = 80 * 1024 - (fixed - 40 * 124e6 / 2**20 + 40 * 124.4e6 / 2**20)
+    assert figures["rows"][f"{full} | 80 GB | GPT-2 small"] == int(budget_mb // (a * tokens + b * tokens**2))
+    assert figures["rows"][f"{full} | 24 GB | 8 B (Llama 3.1 8B shape)"] == 0  # 40 bytes x 8 B parameters
+    assert "| GRPO, beta = 0 (one model) | 80 GB (GPU) |" in text
 
 
 def test_a_padded_vocabulary_has_n_ids_and_tokenises_text_as_the_shipped_one():
