@@ -4,26 +4,27 @@ Measured on this machine, then extrapolated, in float32 (what tf_ppo runs on CPU
 
 1. **Measured.** The peak tensor memory (TensorFlow's CPU allocator: weights, gradients, Adam,
    activations and XLA's buffers, the figure a GPU would have to hold) and the peak resident memory of
-   whole processes, each running one update of `ppo_throughput.py` at S3 with GPT-2's vocabulary (12 layers, hidden 768, 12 heads, `--vocab 50257`:
-   GPT-2 small, 124 M parameters), one minibatch of `rows` rollouts per update, at several rows and
-   response lengths. Each of the three setups is one row of the table:
+   whole processes, each running one update of `ppo_throughput.py` at S3 with GPT-2's vocabulary
+   (12 layers, hidden 768, 12 heads, `--vocab 50257`: GPT-2 small, 124 M parameters), one minibatch
+   of `rows` rollouts of 16 prompt tokens, at several rows and response lengths. The three setups:
    - full PPO: policy, reference, value model and a Keras reward model, Adam for policy and value;
    - PPO with LoRA: one base copy (policy, adapters-off reference and value head share it), a Python
      reward function (a Keras reward model would add one more copy of the weights);
    - GRPO with `beta = 0`: the policy alone and its Adam, a Python reward function.
-2. **Fitted.** For each setup, tensor peak = fixed + rows x (a T + b T^2), T = prompt + response tokens:
-   `a` holds what grows with the tokens (activations, logits, the KV cache), `b` the attention scores.
-   Full PPO is fitted on three points at 8 rows and checked on a fourth at 16 rows; the other two setups
-   take full PPO's per-row curve scaled by their trained passes and their own measured fixed part.
-3. **Extrapolated** to GPT-2 medium, a 1 B and an 8 B model: the fixed part by bytes per parameter
-   (counted from the setup's variables: fp32 weights 4 B, gradient 4 B, Adam's two moments 8 B), the
-   per-row curve by layers x hidden (a) and layers x heads (b) relative to GPT-2 small. These entries
-   are estimates; the GPT-2 small entries at 24 GB rest on the measured fit. The 24 GB column adds
-   what the process holds besides tensors (TensorFlow, Python, compiled programs, the C heap), measured;
-   the 80 GB column is a GPU's memory and counts tensors only.
+2. **Per parameter and per row.** The persistent tensors are counted per parameter: 4 bytes per
+   weight copy and 8 for Adam's two moments (full PPO 32, LoRA 4, GRPO 12). Full PPO's two points at
+   128 response tokens (8 and 16 rows) give its fixed part and its cost per row; that fixed part is
+   checked against the count. Each other setup's one point, less its count, gives its cost per row.
+3. **Extrapolated.** To other response lengths and models, the cost per row is scaled by the
+   activation memory of a transformer per sequence (Korthikanti et al. 2022, in fp32): per layer
+   T (68 h + 10 heads T) bytes, plus 12 V bytes per response token for the logits, times the trained
+   passes. Full PPO's points at 32 and 256 response tokens check that scaling. The 24 GB column adds
+   what the process holds besides tensors (TensorFlow, Python, compiled programs, the C heap; the
+   largest measured); the 80 GB column is a GPU's memory and counts tensors only. Only the GPT-2 small
+   entries at 128 response tokens rest on measured points; every other entry is an estimate.
 
     python benchmarks/memory_table.py                     # measure (about 15 minutes here), then the table
-    python benchmarks/memory_table.py --points runs.json  # the table again from saved measurements
+    python benchmarks/memory_table.py --points docs/memory_points.json  # the table from saved points
 """
 
 import argparse
@@ -37,24 +38,25 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 PROMPT_TOKENS = 16  # the measured runs' prompt length
 S3 = ["--layers", "12", "--hidden", "768", "--heads", "12", "--vocab", "50257"]
-SETUPS = {  # flags of ppo_throughput.py; trained forward+backward passes per step; bytes per parameter
-    "full PPO (4 models + Adam)": (["--reward", "model"], 2, 4 * 4 + 2 * (4 + 8)),
+SETUPS = {  # flags of ppo_throughput.py; trained passes per step; persistent bytes per parameter
+    "full PPO (4 models + Adam)": (["--reward", "model"], 2, 4 * 4 + 2 * 8),
     "PPO with LoRA (one base copy)": (["--lora-rank", "8", "--reward", "function"], 2, 4),
     "GRPO, beta = 0 (one model)": (["--algorithm", "grpo", "--num-generations", "4", "--beta", "0",
-                                    "--reward", "function"], 1, 4 + 4 + 8),
+                                    "--reward", "function"], 1, 4 + 8),
 }
 FULL_PPO = next(iter(SETUPS))
-FIT_POINTS = [(8, 32), (8, 128), (8, 256)]  # (rows, response tokens) of the full-PPO fit
-CHECK_POINT = (16, 128)  # predicted from the fit, then measured
+FIT_POINTS = [(8, 32), (8, 128), (8, 256)]  # (rows, response tokens) of full PPO; 32 and 256 check the scaling
+CHECK_POINT = (16, 128)  # with (8, 128): full PPO's fixed part and cost per row
 OTHER_SETUPS_POINT = (8, 128)
-MODELS = {  # layers, hidden, heads, parameters
-    "GPT-2 small": (12, 768, 12, 124.4e6),
-    "GPT-2 medium (355 M)": (24, 1024, 16, 354.8e6),
-    "1 B (Llama 3.2 1B shape)": (16, 2048, 32, 1.24e9),
-    "8 B (Llama 3.1 8B shape)": (32, 4096, 32, 8.03e9),
+MEASURED_RESPONSE = 128
+MODELS = {  # layers, hidden, heads, vocabulary, parameters
+    "GPT-2 small": (12, 768, 12, 50257, 124.4e6),
+    "GPT-2 medium (355 M)": (24, 1024, 16, 50257, 354.8e6),
+    "1 B (Llama 3.2 1B shape)": (16, 2048, 32, 128256, 1.24e9),
+    "8 B (Llama 3.1 8B shape)": (32, 4096, 32, 128256, 8.03e9),
 }
 BUDGETS_GB = (24, 80)
-TABLE_PROMPT, TABLE_RESPONSE = 128, 512  # the sequence the table sizes rows for
+TABLE_RESPONSES = (128, 512)  # the response lengths the table sizes rows for (16-token prompts)
 
 
 def measure(setup_flags, rows, response):
@@ -83,66 +85,70 @@ def measure_all(save_path):
     return points
 
 
-def fit_full_ppo(points):
-    """`(fixed_mb, a, b)`: tensor peak = fixed + rows (a T + b T^2), exactly through the three fit points."""
-    design = [[1.0, p["rows"] * (PROMPT_TOKENS + p["response"]), p["rows"] * (PROMPT_TOKENS + p["response"]) ** 2]
-              for p in points]
-    return np.linalg.solve(np.array(design), np.array([p["peak_tensor_mb"] for p in points], float))
+def activation_bytes(model, response):
+    """Korthikanti et al.'s activation memory of one sequence in one trained pass, in fp32 (bytes)."""
+    layers, hidden, heads, vocabulary, _ = model
+    tokens = PROMPT_TOKENS + response
+    return layers * tokens * (68 * hidden + 10 * heads * tokens) + 12 * vocabulary * response
 
 
-def per_row_mb(a, b, tokens, passes, model, reference=MODELS["GPT-2 small"]):
-    """MB one row of `tokens` adds, for `passes` trained passes, scaled from GPT-2 small to `model`."""
-    layers, hidden, heads, _ = model
-    ref_layers, ref_hidden, ref_heads, _ = reference
-    linear = a * (layers * hidden) / (ref_layers * ref_hidden)
-    quadratic = b * (layers * heads) / (ref_layers * ref_heads)
-    return (linear * tokens + quadratic * tokens ** 2) * passes / SETUPS[FULL_PPO][1]
+def per_row_mb(measured_per_row_mb, model, response, small=MODELS["GPT-2 small"]):
+    """A setup's measured cost per row at GPT-2 small and 128 response tokens, scaled to `model`, `response`."""
+    return measured_per_row_mb * activation_bytes(model, response) / activation_bytes(small, MEASURED_RESPONSE)
+
+
+def parameter_mb(bytes_per_parameter, parameters):
+    return bytes_per_parameter * parameters / 2**20
+
+
+def fit(points):
+    """`(full PPO's fixed MB, {setup: cost per row in MB at GPT-2 small, 128 response tokens})`."""
+    eight = next(p for p in points[FULL_PPO] if (p["rows"], p["response"]) == OTHER_SETUPS_POINT)
+    sixteen = points["check"][0]
+    full_per_row = (sixteen["peak_tensor_mb"] - eight["peak_tensor_mb"]) / (sixteen["rows"] - eight["rows"])
+    fixed = eight["peak_tensor_mb"] - eight["rows"] * full_per_row
+    per_row = {FULL_PPO: full_per_row}
+    for name, (_, _, bytes_per_parameter) in SETUPS.items():
+        if name != FULL_PPO:
+            point = points[name][0]
+            per_row[name] = (point["peak_tensor_mb"] - parameter_mb(bytes_per_parameter, point["policy_parameters"])
+                             ) / point["rows"]
+    return fixed, per_row
 
 
 def table(points):
-    fixed, a, b = fit_full_ppo(points[FULL_PPO])
-    check = points["check"][0]
+    fixed, per_row = fit(points)
     small = MODELS["GPT-2 small"]
-    predicted = fixed + per_row_mb(a, b, PROMPT_TOKENS + check["response"], 2, small) * check["rows"]
-    measured_parameters = points[FULL_PPO][0]["policy_parameters"]
+    parameters = points[FULL_PPO][0]["policy_parameters"]
     every_point = [p for group in points.values() for p in group]
     host_mb = max(p["peak_rss_mb"] - p["peak_tensor_mb"] for p in every_point)  # the process besides tensors
-    # What each setup holds besides bytes_per_parameter x parameters and its rows (small buffers, the head).
-    residual_mb = {}
-    for name, (_, passes, bytes_per_parameter) in SETUPS.items():
-        if name == FULL_PPO:
-            setup_fixed = fixed
-        else:
-            point = points[name][0]
-            setup_fixed = point["peak_tensor_mb"] - point["rows"] * per_row_mb(
-                a, b, PROMPT_TOKENS + point["response"], passes, small)
-        residual_mb[name] = setup_fixed - bytes_per_parameter * measured_parameters / 2**20
-    lines = [f"full PPO fit of the tensor peak at S3 (GPT-2 small, fp32): fixed {fixed:.0f} MB, "
-             f"a {a:.3f} MB/token, b {b * 1e3:.4f} MB/1000 token^2, per row",
-             f"check at {check['rows']} rows x {check['response']} response tokens: predicted {predicted:.0f} MB, "
-             f"measured {check['peak_tensor_mb']} MB ({(predicted - check['peak_tensor_mb']) / check['peak_tensor_mb']:+.1%})",
-             "fixed tensors besides bytes/parameter x parameters (MB): "
-             + ", ".join(f"{n}: {v:.0f}" for n, v in residual_mb.items()),
-             f"the process besides its tensors (RSS - tensor peak, largest measured): {host_mb} MB", "",
-             f"Largest rows per step of {TABLE_PROMPT} prompt + {TABLE_RESPONSE} response tokens, fp32 "
-             f"(0: the weights alone do not fit):", "",
-             "| setup | memory | " + " | ".join(MODELS) + " |", "|---|---|" + "---|" * len(MODELS)]
+    lines = [f"full PPO at S3 (GPT-2 small, fp32, 128 response tokens): fixed {fixed:.0f} MB (counted: "
+             f"{parameter_mb(SETUPS[FULL_PPO][2], parameters):.0f} MB), {per_row[FULL_PPO]:.0f} MB per row"]
+    for point in points[FULL_PPO]:
+        if point["response"] != MEASURED_RESPONSE:
+            predicted = fixed + point["rows"] * per_row_mb(per_row[FULL_PPO], small, point["response"])
+            lines.append(f"scaling check, {point['rows']} rows x {point['response']} response tokens: predicted "
+                         f"{predicted:.0f} MB, measured {point['peak_tensor_mb']:.0f} MB "
+                         f"({(predicted - point['peak_tensor_mb']) / point['peak_tensor_mb']:+.0%})")
+    lines += ["per row at 128 response tokens (MB): " + ", ".join(f"{n}: {v:.0f}" for n, v in per_row.items()),
+              f"the process besides its tensors (RSS - tensor peak, largest measured): {host_mb:.0f} MB", "",
+              "Largest rows per step (16 prompt tokens + 128 / + 512 response tokens), fp32; 0: does not fit:", "",
+              "| setup | memory | " + " | ".join(MODELS) + " |", "|---|---|" + "---|" * len(MODELS)]
     cells = {}
-    for name, (_, passes, bytes_per_parameter) in SETUPS.items():
+    for name, (_, _, bytes_per_parameter) in SETUPS.items():
         for budget in BUDGETS_GB:
             row = []
             for model_name, model in MODELS.items():
-                fixed_mb = residual_mb[name] + bytes_per_parameter * model[3] / 2**20
+                fixed_mb = fixed if name == FULL_PPO else parameter_mb(bytes_per_parameter, parameters)
+                fixed_mb += parameter_mb(bytes_per_parameter, model[4] - parameters)
                 fixed_mb += host_mb if budget == 24 else 0  # this machine: the process; a GPU: tensors only
-                per_row = per_row_mb(a, b, TABLE_PROMPT + TABLE_RESPONSE, passes, model)
-                rows = max(0, int((budget * 1024 - fixed_mb) // per_row))
-                cells[f"{name} | {budget} GB | {model_name}"] = rows
-                row.append(f"{rows}{'' if model_name == 'GPT-2 small' and budget == 24 else ' (ext.)'}")
+                fitting = [max(0, int((budget * 1024 - fixed_mb) // per_row_mb(per_row[name], model, response)))
+                           for response in TABLE_RESPONSES]
+                cells[f"{name} | {budget} GB | {model_name}"] = dict(zip(TABLE_RESPONSES, fitting))
+                row.append(" / ".join(map(str, fitting)))
             lines.append(f"| {name} | {budget} GB{' (this CPU)' if budget == 24 else ' (GPU)'} | "
                          + " | ".join(row) + " |")
-    return "\n".join(lines), {"fit": {"fixed_mb": fixed, "a": a, "b": b}, "check_predicted_mb": predicted,
-                               "check_measured_mb": check["peak_tensor_mb"], "residual_mb": residual_mb,
-                               "host_mb": host_mb, "rows": cells}
+    return "\n".join(lines), {"fixed_mb": fixed, "per_row_mb": per_row, "host_mb": host_mb, "rows": cells}
 
 
 def main(argv=None):

@@ -77,28 +77,33 @@ def test_benchmark_runs_lora_with_a_reward_function(capsys):
     assert result["seconds_per_update_median"] > 0 and "peak_tensor_mb_optimisation" in result
 
 
-def test_memory_table_fit_recovers_the_model_it_was_given_and_sizes_the_rows():
-    # Points made from a known curve: the fit must return it, and the rows must follow from it.
-    fixed, a, b = 3500.0, 1.5, 0.004
-
-    def point(rows, response, fixed_mb=fixed, passes=2):
-        tokens = memory_table.PROMPT_TOKENS + response
-        tensors = fixed_mb + rows * (a * tokens + b * tokens**2) * passes / 2
-        return {"rows": rows, "response": response, "peak_tensor_mb": tensors, "peak_rss_mb": tensors + 2000,
-                "policy_parameters": 124e6}
-
+def test_memory_table_recovers_the_costs_it_was_given_and_sizes_the_rows():
+    # Points made from known costs: the fit must return them, and the rows must follow from them.
     full, lora, grpo = memory_table.SETUPS
-    points = {full: [point(*p) for p in memory_table.FIT_POINTS], "check": [point(*memory_table.CHECK_POINT)],
-              lora: [point(8, 128, fixed_mb=700)], grpo: [point(8, 128, fixed_mb=2000, passes=1)]}
-    np.testing.assert_allclose(memory_table.fit_full_ppo(points[full]), [fixed, a, b], rtol=1e-9)
+    parameters, fixed, costs = 124e6, 4000.0, {full: 300.0, lora: 170.0, grpo: 280.0}
+    small = memory_table.MODELS["GPT-2 small"]
+
+    def point(setup, rows, response):
+        fixed_mb = fixed if setup == full else memory_table.parameter_mb(memory_table.SETUPS[setup][2], parameters)
+        tensors = fixed_mb + rows * memory_table.per_row_mb(costs[setup], small, response)
+        return {"rows": rows, "response": response, "peak_tensor_mb": tensors, "peak_rss_mb": tensors + 2000,
+                "policy_parameters": parameters}
+
+    points = {full: [point(full, *p) for p in memory_table.FIT_POINTS],
+              "check": [point(full, *memory_table.CHECK_POINT)],
+              lora: [point(lora, *memory_table.OTHER_SETUPS_POINT)], grpo: [point(grpo, *memory_table.OTHER_SETUPS_POINT)]}
+    got_fixed, got_costs = memory_table.fit(points)
+    assert got_fixed == pytest.approx(fixed) and got_costs == pytest.approx(costs)
     text, figures = memory_table.table(points)
-    assert abs(figures["check_predicted_mb"] - figures["check_measured_mb"]) < 1e-6
-    assert figures["host_mb"] == 2000
-    tokens = memory_table.TABLE_PROMPT + memory_table.TABLE_RESPONSE
-    budget_mb = 80 * 1024 - (fixed - 40 * 124e6 / 2**20 + 40 * 124.4e6 / 2**20)
-    assert figures["rows"][f"{full} | 80 GB | GPT-2 small"] == int(budget_mb // (a * tokens + b * tokens**2))
-    assert figures["rows"][f"{full} | 24 GB | 8 B (Llama 3.1 8B shape)"] == 0  # 40 bytes x 8 B parameters
-    assert "| GRPO, beta = 0 (one model) | 80 GB (GPU) |" in text
+    assert figures["host_mb"] == 2000 and "predicted 4" in text and "(+0%)" in text  # the scaling checks agree
+    medium = memory_table.MODELS["GPT-2 medium (355 M)"]
+    budget_mb = 80 * 1024 - fixed - memory_table.parameter_mb(32, medium[4] - parameters)
+    expected = int(budget_mb // memory_table.per_row_mb(costs[full], medium, 512))
+    assert figures["rows"][f"{full} | 80 GB | GPT-2 medium (355 M)"][512] == expected > 0
+    assert figures["rows"][f"{full} | 80 GB | 8 B (Llama 3.1 8B shape)"] == {128: 0, 512: 0}  # 32 B x 8 B params
+    # Longer responses cost more per row: fewer fit.
+    cell = figures["rows"][f"{grpo} | 24 GB | GPT-2 small"]
+    assert cell[128] > cell[512] > 0
 
 
 def test_a_padded_vocabulary_has_n_ids_and_tokenises_text_as_the_shipped_one():
