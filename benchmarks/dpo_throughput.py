@@ -17,7 +17,6 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from tf_ppo.models import policy_from_config, tokenizer_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from long_pairs import long_pairs, write_pairs_csv  # noqa: E402
-from ppo_throughput import PhasePeaks, set_threads  # noqa: E402
+from ppo_throughput import PhasePeaks, json_of_run, set_threads  # noqa: E402
 
 # name -> precompute_ref_log_probs. Precomputed first: TensorFlow keeps the memory a run used, so the
 # second mode's peak RSS includes the first's; the precomputed mode's is then its own.
@@ -57,10 +56,7 @@ def trl_baseline(args, precompute):
              "--length", args.length, "--steps", args.steps, "--warmup", args.warmup, "--threads", args.threads]
     script = pathlib.Path(__file__).with_name("trl_dpo_baseline.py")
     command = [args.compare_trl, str(script), *map(str, flags)] + (["--precompute"] if precompute else [])
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode:
-        raise SystemExit(f"{script.name} failed:\n{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return json_of_run(command, script.name)
 
 
 def build_trainer(args, precompute, pairs_csv):

@@ -30,10 +30,9 @@ Measured on this machine, then extrapolated, in float32 (what tf_ppo runs on CPU
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 
-import numpy as np
+from ppo_throughput import json_of_run  # benchmarks/ is on the path: run as a script
 
 HERE = pathlib.Path(__file__).resolve().parent
 PROMPT_TOKENS = 16  # the measured runs' prompt length
@@ -64,10 +63,7 @@ def measure(setup_flags, rows, response):
     command = [sys.executable, str(HERE / "ppo_throughput.py"), *S3, *setup_flags, "--batch", str(rows),
                "--mini-batches", "1", "--ppo-epochs", "1", "--response-length", str(response),
                "--prompt-length", str(PROMPT_TOKENS), "--warmup", "0", "--updates", "1"]
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = json_of_run(command, " ".join(command))
     return {"rows": rows, "response": response, "peak_rss_mb": result["peak_rss_mb"],
             "peak_tensor_mb": max(value for key, value in result.items() if key.startswith("peak_tensor_mb_")),
             "policy_parameters": result["shape"]["policy_parameters"]}

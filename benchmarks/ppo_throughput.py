@@ -146,8 +146,8 @@ def build_trainer(args, response_length, total_updates):
                                    max_length=min(context, args.prompt_length + response_length))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "prompts cut to their last tokens": intended here
-        trainer = PPOTrainer(config, reward_fn=reward_model or length_reward, prompts=prompts, policy=policy, show_progress=False,
-                             strategy=replica_strategy(args.replicas))
+        trainer = PPOTrainer(config, reward_fn=reward_model or length_reward, prompts=prompts, policy=policy,
+                             show_progress=False, strategy=replica_strategy(args.replicas))
     return trainer, reward_model
 
 
@@ -263,7 +263,8 @@ def flops_per_update(trainer, reward_model, args):
     policy = trainer.policy.count_params()
     value = trainer.value_model.count_params() if trainer.value_model is not None else 0
     # LoRA's reference owns no weights (the policy with its adapters off) but still runs a forward pass.
-    reference = getattr(trainer.reference, "policy", trainer.reference).count_params() if trainer.reference else 0
+    reference = (getattr(trainer.reference, "policy", trainer.reference).count_params()
+                 if trainer.reference is not None else 0)
     forward = 2 * tokens * (policy + policy + reference + value)
     if reward_model is not None:
         forward += 2 * args.batch * reward_model.max_length * reward_model.count_params()
@@ -302,9 +303,14 @@ def trl_baseline(args):
         flags += ["--num-generations", args.num_generations, "--num-iterations", args.ppo_epochs,
                   "--beta", 0.0 if args.beta is None else args.beta]
     script = pathlib.Path(__file__).with_name(TRL_BASELINES[args.algorithm])
-    completed = subprocess.run([args.compare_trl, str(script), *map(str, flags)], capture_output=True, text=True)
+    return json_of_run([args.compare_trl, str(script), *map(str, flags)], script.name)
+
+
+def json_of_run(command, name):
+    """Run `command` (a benchmark process); the JSON of its last output line, or exit naming `name`."""
+    completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode:
-        raise SystemExit(f"{script.name} failed:\n{completed.stderr[-2000:]}")
+        raise SystemExit(f"{name} failed:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -402,9 +408,9 @@ def set_threads(threads, replicas=1):
 
 def generation_at(args, length):
     """Seconds and peak memory of sampling `args.batch` rows of `length` response tokens, in this process."""
-    start_mb = PhasePeaks.status_mb("VmRSS:")  # the models built, nothing sampled yet
+    start_mb = PhasePeaks.status_mb("VmRSS:")
     trainer, _ = build_trainer(args, length, 1)
-    models_mb = PhasePeaks.status_mb("VmRSS:")
+    models_mb = PhasePeaks.status_mb("VmRSS:")  # the models built, nothing sampled yet
     generate = lambda: trainer.sample(  # noqa: E731
         trainer.prompt_ids[: args.batch], trainer.prompt_lengths[: args.batch], tf.constant([0, 1])).numpy()
     seconds = median_seconds(generate)  # the first call traces and compiles, untimed
@@ -419,13 +425,13 @@ def generation_at(args, length):
 
 def one_length_in_its_own_process(argv, length):
     """`generation_at` for one length, run as this script with `--scaling length` in a fresh process."""
-    flags = [flag for i, flag in enumerate(argv)
-             if flag not in ("--scaling", "--plot") and argv[i - 1] not in ("--scaling", "--plot")]
-    completed = subprocess.run([sys.executable, __file__, *flags, "--scaling", str(length)],
-                               capture_output=True, text=True)
-    if completed.returncode:
-        raise SystemExit(f"--scaling {length} failed:\n{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])["scaling"][0]
+    flags, skip_value = [], False
+    for flag in argv:  # this run's flags, less --scaling and --plot with their values
+        if not skip_value and flag not in ("--scaling", "--plot"):
+            flags.append(flag)
+        skip_value = flag in ("--scaling", "--plot")
+    return json_of_run([sys.executable, __file__, *flags, "--scaling", str(length)],
+                       f"--scaling {length}")["scaling"][0]
 
 
 def scaling(args, peak, argv):
