@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tf_ppo import DPOTrainer, PPOConfig
 from tf_ppo.models import policy_from_config, tokenizer_for
+from tf_ppo.shared_prompt import CHOSEN, PROMPT, REJECTED
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from long_pairs import long_pairs, write_pairs_csv  # noqa: E402
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=True,
+                        help="tf_ppo computes each pair's prompt once (DPOConfig.share_prompt)")
     parser.add_argument("--compare-trl", metavar="PYTHON", help="run trl_dpo_baseline.py with this interpreter")
     parser.add_argument("--target-trl-ratio", type=float, help="assert seconds per step <= R x TRL's, both modes")
     return parser.parse_args(argv)
@@ -65,10 +68,21 @@ def build_trainer(args, precompute, pairs_csv):
         model={"num_layers": args.layers, "hidden_dim": args.hidden, "num_heads": args.heads,
                "intermediate_dim": 4 * args.hidden,
                "max_sequence_length": max(args.length, 32)},  # PPO's default prompt + response fit too
-        dpo={"batch_size": args.pairs, "max_length": args.length, "precompute_ref_log_probs": precompute})
+        dpo={"batch_size": args.pairs, "max_length": args.length, "precompute_ref_log_probs": precompute,
+             "share_prompt": args.share_prompt})
     # A fresh model of the shape (no SFT): the step's cost does not depend on the weights.
     policy = policy_from_config(config, tokenizer_for(config))
     return DPOTrainer(config, policy=policy, show_progress=False)
+
+
+def sequence_lengths(pairs):
+    """The set of tokens per sequence (prompt + response) of encoded pairs, packed or not."""
+    if "segments" in pairs:
+        segments = pairs["segments"]
+        shared = (segments == PROMPT).sum(1)
+        return {int(n) for n in (shared + (segments == CHOSEN).sum(1))} | {
+            int(n) for n in (shared + (segments == REJECTED).sum(1))}
+    return {int(n) for n in pairs["chosen_padding"].sum(1)} | {int(n) for n in pairs["rejected_padding"].sum(1)}
 
 
 def timed_mode(args, precompute, pairs_csv):
@@ -80,9 +94,10 @@ def timed_mode(args, precompute, pairs_csv):
     if precompute:
         pairs["ref_chosen"], pairs["ref_rejected"], _, _ = trainer.pair_logps(pairs, batch_size=args.pairs)
     precompute_seconds = time.perf_counter() - started
+    rows = len(next(iter(trainer.train_pairs.values())))
     batches = [{key: tf.constant(value[start: start + args.pairs]) for key, value in pairs.items()}
-               for start in range(0, len(pairs["chosen_ids"]) - args.pairs + 1, args.pairs)]
-    lengths = {int(mask.sum()) for mask in trainer.train_pairs["chosen_padding"]}
+               for start in range(0, rows - args.pairs + 1, args.pairs)]
+    lengths = sequence_lengths(trainer.train_pairs)
     if lengths != {args.length}:
         raise SystemExit(f"sequences are {sorted(lengths)} tokens, not exactly {args.length}")
     seconds = []
@@ -94,6 +109,7 @@ def timed_mode(args, precompute, pairs_csv):
     timed = seconds[args.warmup:]
     return {"seconds_per_step_median": round(statistics.median(timed), 4), "seconds_per_step_min": round(min(timed), 4),
             "seconds_per_step_max": round(max(timed), 4), "precompute_seconds": round(precompute_seconds, 3),
+            "share_prompt": trainer.packed,
             "reference_parameters": 0 if trainer.reference is None else trainer.reference.count_params(),
             "parameter_report": trainer.parameter_report,
             "peak_rss_mb": PhasePeaks.status_mb("VmHWM:") if resettable else None}

@@ -180,6 +180,8 @@ class DPOConfig(_Checked):
     precompute_ref_log_probs: bool = _field(True, "the reference's log-probs of every pair computed once before "
                                                   "training, in one compiled pass: no reference model is held; "
                                                   "False = a live frozen reference")
+    share_prompt: bool = _field(True, "each pair's prompt computed once: prompt, chosen and rejected in one packed "
+                                      "row (keras-hub GPT-2 policies; other models run the two sequences apart)")
     epochs: int = _field(1, "passes over the training pairs")
     batch_size: int = _field(32, "preference pairs per step")
     learning_rate: float = _field(5e-4, "Adam learning rate")

@@ -44,11 +44,11 @@ from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, frozen_copy, pa
 from tf_ppo.preference_losses import preference_loss
 from tf_ppo.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.reward_model import read_preferences, split_rows
+from tf_ppo.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
 from tf_ppo.sft import default_policy
 from tf_ppo.supervised import SupervisedLoop, adam_for, epoch_batches
 
 EVALUATION = "evaluation.json"
-PAIR_KEYS = ("chosen_ids", "chosen_padding", "chosen_response", "rejected_ids", "rejected_padding", "rejected_response")
 
 
 @dataclasses.dataclass
@@ -184,6 +184,9 @@ class DPOTrainer:
             self.reference = None
             if not settings.precompute_ref_log_probs:
                 self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
+        self.packed = settings.share_prompt and packs_pairs(self.policy)
+        if self.packed:
+            self.train_pairs, self.heldout_pairs = pack_pairs(**self.train_pairs), pack_pairs(**self.heldout_pairs)
         reference_note = ("none (log-probs precomputed once, before training)"
                           if self.reference is None else self.reference)
         self.parameter_report = parameter_report({"policy": self.policy, "reference": reference_note})
@@ -211,7 +214,12 @@ class DPOTrainer:
     # ----------------------------------------------------------------- compiled parts
 
     def _both_logps(self, model, batch, training=False):
-        """Chosen and rejected log-probs and token counts `[pairs]` each, in one forward pass of 2 x pairs rows."""
+        """Chosen and rejected log-probs and token counts `[pairs]` each, in one forward pass.
+
+        Packed (`share_prompt`): one row per pair. Otherwise 2 x pairs rows, each pair's two sequences.
+        """
+        if self.packed:
+            return packed_pair_logps(model, batch, training)
         pairs = tf.shape(batch["chosen_ids"])[0]
         logps, counts = sequence_logps(
             model, tf.concat([batch["chosen_ids"], batch["rejected_ids"]], 0),
@@ -227,8 +235,9 @@ class DPOTrainer:
         trainer computes them before the first step.
         """
         compute = self._policy_logps if model is None else self._reference_logps
-        rows = len(pairs["chosen_ids"])
-        parts = [compute({key: tf.constant(pairs[key][start: start + batch_size]) for key in PAIR_KEYS})
+        keys = [key for key in pairs if not key.startswith("ref_")]
+        rows = len(pairs[keys[0]])
+        parts = [compute({key: tf.constant(pairs[key][start: start + batch_size]) for key in keys})
                  for start in range(0, rows, batch_size)]
         return tuple(np.concatenate([part[i].numpy() for part in parts]) for i in range(4))
 

@@ -1,0 +1,158 @@
+"""Preference pairs packed so each prompt is computed once: `prompt + chosen + rejected` in one row.
+
+A pair's chosen and rejected sequences start with the same prompt, and a causal transformer's states at
+the prompt's positions depend on the prompt alone. Run as two sequences, the prompt is computed twice,
+forward and backward. Packed, one row holds the prompt, then the chosen response, then the rejected one:
+
+    tokens      <s> the film was | great . </s> | awful . </s>
+    positions    0   1    2   3  |  4    5   6  |  4    5   6
+    segment      prompt          |  chosen      |  rejected
+
+The rejected tokens attend to the prompt and to themselves, never to the chosen tokens, and keep the
+positions they have in their own sequence. Every response token thus sees exactly its own sequence's
+context, and the log-probs are those of the two sequences (Wang et al. 2024, "Accelerating Direct
+Preference Optimization with Prefix Sharing"). The last prompt token predicts the first token of both
+responses, so each position has two targets, one per response.
+
+At the DPO benchmark's shape (prompts of about 30 of 64 tokens) a pair costs about 100 positions
+instead of 128. It needs a model whose positions can be given token by token: keras-hub's GPT-2 (learned
+absolute positions, `TransformerDecoder` blocks). `packs_pairs` says whether a model is one; the DPO
+trainer runs any other model's two sequences apart.
+"""
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from tf_ppo.models import AdaptersOff
+
+PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3  # segment ids
+
+
+def packs_pairs(model):
+    """True when `packed_logits` can run `model` (a keras-hub GPT-2 causal LM, or one with its adapters off).
+
+    Example:
+    >>> from tf_ppo.models import BigramLM, ModelConfig, build_policy
+    >>> packs_pairs(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50))
+    True
+    >>> packs_pairs(BigramLM(vocabulary_size=5, hidden_dim=2))
+    False
+    """
+    if isinstance(model, AdaptersOff):
+        return packs_pairs(model.policy)
+    return isinstance(model, keras_hub.models.GPT2CausalLM)
+
+
+def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, rejected_padding, rejected_response):
+    """One packed row per pair from its two encoded sequences (as `tf_ppo.dpo.encode_responses` returns them).
+
+    Args:
+        chosen_ids, rejected_ids: int32 `[pairs, L]`, `start + prompt + response + end`, cut to L.
+        chosen_padding, rejected_padding: bool `[pairs, L]`, the real tokens.
+        chosen_response, rejected_response: bool `[pairs, L - 1]`, the positions whose next token is a
+            response token.
+
+    Returns:
+        A dict of NumPy arrays, `P` = the longest packed row:
+        `token_ids` int32 `[pairs, P]`, `position_ids` int32 `[pairs, P]`, `segments` int32 `[pairs, P]`
+        (`PAD`, `PROMPT`, `CHOSEN`, `REJECTED`), and `targets` int32 `[pairs, P, 2]` with `target_mask` bool
+        `[pairs, P, 2]`: the next chosen (`[..., 0]`) and rejected (`[..., 1]`) response token each
+        position predicts, if any.
+
+    Example:
+    >>> ids = np.array([[5, 6, 7, 8], [5, 6, 9, 0]], np.int32)  # start 5, prompt 6, responses 7 8 and 9
+    >>> padding = ids > 0
+    >>> response = np.array([[0, 1, 1], [0, 1, 0]], bool)
+    >>> packed = pack_pairs(ids[:1], padding[:1], response[:1], ids[1:], padding[1:], response[1:])
+    >>> packed["token_ids"].tolist(), packed["position_ids"].tolist()
+    ([[5, 6, 7, 8, 9]], [[0, 1, 2, 3, 2]])
+    >>> packed["targets"][0, :, 0].tolist(), packed["targets"][0, :, 1].tolist()
+    ([0, 7, 8, 0, 0], [0, 9, 0, 0, 0])
+    """
+    chosen_lengths, rejected_lengths = chosen_padding.sum(1), rejected_padding.sum(1)  # [pairs]
+    prompt_lengths = chosen_lengths - chosen_response.sum(1)  # [pairs]
+    if np.any(prompt_lengths != rejected_lengths - rejected_response.sum(1)) or np.any(prompt_lengths < 1):
+        raise ValueError("a pair's chosen and rejected sequences must share their prompt, of at least one token")
+    width = int((chosen_lengths + rejected_lengths - prompt_lengths).max())
+    pairs = len(chosen_ids)
+    packed = {"token_ids": np.zeros([pairs, width], np.int32), "position_ids": np.zeros([pairs, width], np.int32),
+              "segments": np.full([pairs, width], PAD, np.int32), "targets": np.zeros([pairs, width, 2], np.int32),
+              "target_mask": np.zeros([pairs, width, 2], bool)}
+    for row, (prompt, chosen, rejected) in enumerate(zip(prompt_lengths, chosen_lengths, rejected_lengths)):
+        if np.any(chosen_ids[row, :prompt] != rejected_ids[row, :prompt]):
+            raise ValueError(f"pair {row}: the chosen and rejected sequences start with different prompts")
+        rejected_end = chosen + rejected - prompt  # where the packed row ends
+        packed["token_ids"][row, :rejected_end] = np.concatenate([chosen_ids[row, :chosen],
+                                                                   rejected_ids[row, prompt:rejected]])
+        packed["position_ids"][row, :rejected_end] = np.concatenate([np.arange(chosen), np.arange(prompt, rejected)])
+        packed["segments"][row, :rejected_end] = [PROMPT] * prompt + [CHOSEN] * (chosen - prompt) + [REJECTED] * (
+            rejected - prompt)
+        # Position t predicts its own sequence's token t + 1; the last prompt token predicts both responses'.
+        chosen_sources = np.arange(prompt - 1, chosen - 1)  # packed positions predicting a chosen token
+        packed["targets"][row, chosen_sources, 0] = chosen_ids[row, prompt:chosen]
+        rejected_sources = np.concatenate([[prompt - 1], np.arange(chosen, rejected_end - 1)])[: rejected - prompt]
+        packed["targets"][row, rejected_sources, 1] = rejected_ids[row, prompt:rejected]
+        packed["target_mask"][row, chosen_sources, 0] = True
+        packed["target_mask"][row, rejected_sources, 1] = True
+    return packed
+
+
+def attention_mask(segments):
+    """bool `[pairs, P, P]`: the keys each query may attend to (before the causal mask): no padding, and
+    no chosen token for a rejected one.
+
+    Example:
+    >>> attention_mask(tf.constant([[PROMPT, CHOSEN, REJECTED, PAD]]))[0].numpy().astype(int).tolist()
+    [[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0]]
+    """
+    queries, keys = segments[:, :, None], segments[:, None, :]
+    return (keys != PAD) & ~((queries == REJECTED) & (keys == CHOSEN))
+
+
+def packed_logits(model, token_ids, position_ids, mask, training=False):
+    """The logits `[pairs, P, vocab]` of packed rows: `model`'s own forward pass with given positions and mask.
+
+    This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
+    normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
+    mask given per token; tests/test_shared_prompt.py fails if it ever differs from the model's own call.
+
+    Example:
+    >>> from tf_ppo.models import ModelConfig, build_policy
+    >>> policy = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
+    >>> packed_logits(policy, tf.constant([[1, 2]]), tf.constant([[0, 1]]), tf.ones([1, 2, 2], bool)).shape
+    TensorShape([1, 2, 50])
+    """
+    if isinstance(model, AdaptersOff):
+        with model.switched_off():
+            return packed_logits(model.policy, token_ids, position_ids, mask, training)
+    backbone = model.backbone
+    tokens = backbone.token_embedding(token_ids)  # [pairs, P, hidden], the compute dtype
+    positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
+    hidden_states = backbone.embeddings_add((tokens, keras.ops.cast(positions, tokens.dtype)))
+    hidden_states = backbone.embeddings_dropout(hidden_states, training=training)
+    for block in backbone.transformer_layers:
+        hidden_states = block(hidden_states, decoder_attention_mask=mask, training=training)
+    return backbone.token_embedding(backbone.layer_norm(hidden_states), reverse=True)
+
+
+def packed_pair_logps(model, batch, training=False):
+    """Summed chosen and rejected response log-probs `[pairs]` each, and their token counts, of packed rows.
+
+    Example:
+    >>> from tf_ppo.models import ModelConfig, build_policy
+    >>> policy = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
+    >>> ids = np.array([[5, 6, 7, 8], [5, 6, 9, 0]], np.int32); padding = ids > 0
+    >>> response = np.array([[0, 1, 1], [0, 1, 0]], bool)
+    >>> packed = pack_pairs(ids[:1], padding[:1], response[:1], ids[1:], padding[1:], response[1:])
+    >>> chosen, rejected, chosen_tokens, rejected_tokens = packed_pair_logps(policy, packed)
+    >>> chosen_tokens.numpy().tolist(), rejected_tokens.numpy().tolist()
+    ([2.0], [1.0])
+    """
+    logits = packed_logits(model, batch["token_ids"], batch["position_ids"], attention_mask(batch["segments"]),
+                           training)  # [pairs, P, vocab]
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [pairs, P, vocab]
+    token_logps = tf.gather(log_probs, batch["targets"], axis=-1, batch_dims=2)  # [pairs, P, 2]
+    mask = tf.cast(batch["target_mask"], tf.float32)
+    sums, counts = tf.reduce_sum(token_logps * mask, axis=1), tf.reduce_sum(mask, axis=1)  # [pairs, 2]
+    return sums[:, 0], sums[:, 1], counts[:, 0], counts[:, 1]
