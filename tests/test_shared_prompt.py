@@ -111,9 +111,11 @@ def test_pack_pairs_layout():
     assert packed["token_ids"][0].tolist() == chosen_ids[:4].tolist() + rejected_ids[2:5].tolist()
     assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 2, 3, 4]
     assert packed["segments"][0].tolist() == [PROMPT] * 2 + [CHOSEN] * 2 + [REJECTED] * 3
-    # The last prompt token (position 1) predicts the first token of both responses.
-    assert packed["targets"][0, :, 0].tolist() == [0, chosen_ids[2], chosen_ids[3], 0, 0, 0, 0]
-    assert packed["targets"][0, :, 1].tolist() == [0, rejected_ids[2], 0, 0, rejected_ids[3], rejected_ids[4], 0]
+    # Logits only where a response token is predicted; the last prompt token (1) predicts both responses' first.
+    assert packed["sources"][0].tolist() == [1, 2, 4, 5]
+    assert packed["targets"][0].tolist() == [[chosen_ids[2], rejected_ids[2]], [chosen_ids[3], 0], [0, rejected_ids[3]],
+                                             [0, rejected_ids[4]]]
+    assert packed["target_mask"][0].tolist() == [[True, True], [True, False], [False, True], [False, True]]
     mask = attention_mask(tf.constant(packed["segments"]))[0].numpy()
     assert not mask[4:, 2:4].any() and mask[4:, :2].all() and mask[2:4, :].all()
 

@@ -54,48 +54,60 @@ def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, reject
             response token.
 
     Returns:
-        A dict of NumPy arrays, `P` = the longest packed row:
-        `token_ids` int32 `[pairs, P]`, `position_ids` int32 `[pairs, P]`, `segments` int32 `[pairs, P]`
-        (`PAD`, `PROMPT`, `CHOSEN`, `REJECTED`), and `targets` int32 `[pairs, P, 2]` with `target_mask` bool
-        `[pairs, P, 2]`: the next chosen (`[..., 0]`) and rejected (`[..., 1]`) response token each
-        position predicts, if any.
+        A dict of NumPy arrays, `P` = the longest packed row, `K` = the most predicting positions of a row:
+        `token_ids`, `position_ids`, `segments` (`PAD`, `PROMPT`, `CHOSEN`, `REJECTED`): int32 `[pairs, P]`;
+        `sources` int32 `[pairs, K]`: the packed positions that predict a response token (the logits are
+        computed there only); `targets` int32 `[pairs, K, 2]` with `target_mask` bool `[pairs, K, 2]`: the
+        chosen (`[..., 0]`) and rejected (`[..., 1]`) response token each source predicts, if any.
 
     Example:
     >>> ids = np.array([[5, 6, 7, 8], [5, 6, 9, 0]], np.int32)  # start 5, prompt 6, responses 7 8 and 9
     >>> padding = ids > 0
     >>> response = np.array([[0, 1, 1], [0, 1, 0]], bool)
     >>> packed = pack_pairs(ids[:1], padding[:1], response[:1], ids[1:], padding[1:], response[1:])
-    >>> packed["token_ids"].tolist(), packed["position_ids"].tolist()
-    ([[5, 6, 7, 8, 9]], [[0, 1, 2, 3, 2]])
-    >>> packed["targets"][0, :, 0].tolist(), packed["targets"][0, :, 1].tolist()
-    ([0, 7, 8, 0, 0], [0, 9, 0, 0, 0])
+    >>> packed["token_ids"].tolist(), packed["position_ids"].tolist(), packed["sources"].tolist()
+    ([[5, 6, 7, 8, 9]], [[0, 1, 2, 3, 2]], [[1, 2]])
+    >>> packed["targets"][0].tolist()  # position 1 predicts 7 (chosen) and 9 (rejected), position 2 predicts 8
+    [[7, 9], [8, 0]]
     """
     chosen_lengths, rejected_lengths = chosen_padding.sum(1), rejected_padding.sum(1)  # [pairs]
     prompt_lengths = chosen_lengths - chosen_response.sum(1)  # [pairs]
     if np.any(prompt_lengths != rejected_lengths - rejected_response.sum(1)) or np.any(prompt_lengths < 1):
         raise ValueError("a pair's chosen and rejected sequences must share their prompt, of at least one token")
-    width = int((chosen_lengths + rejected_lengths - prompt_lengths).max())
-    pairs = len(chosen_ids)
-    packed = {"token_ids": np.zeros([pairs, width], np.int32), "position_ids": np.zeros([pairs, width], np.int32),
-              "segments": np.full([pairs, width], PAD, np.int32), "targets": np.zeros([pairs, width, 2], np.int32),
-              "target_mask": np.zeros([pairs, width, 2], bool)}
+    rows = []
     for row, (prompt, chosen, rejected) in enumerate(zip(prompt_lengths, chosen_lengths, rejected_lengths)):
         if np.any(chosen_ids[row, :prompt] != rejected_ids[row, :prompt]):
             raise ValueError(f"pair {row}: the chosen and rejected sequences start with different prompts")
-        rejected_end = chosen + rejected - prompt  # where the packed row ends
-        packed["token_ids"][row, :rejected_end] = np.concatenate([chosen_ids[row, :chosen],
-                                                                   rejected_ids[row, prompt:rejected]])
-        packed["position_ids"][row, :rejected_end] = np.concatenate([np.arange(chosen), np.arange(prompt, rejected)])
-        packed["segments"][row, :rejected_end] = [PROMPT] * prompt + [CHOSEN] * (chosen - prompt) + [REJECTED] * (
-            rejected - prompt)
-        # Position t predicts its own sequence's token t + 1; the last prompt token predicts both responses'.
-        chosen_sources = np.arange(prompt - 1, chosen - 1)  # packed positions predicting a chosen token
-        packed["targets"][row, chosen_sources, 0] = chosen_ids[row, prompt:chosen]
-        rejected_sources = np.concatenate([[prompt - 1], np.arange(chosen, rejected_end - 1)])[: rejected - prompt]
-        packed["targets"][row, rejected_sources, 1] = rejected_ids[row, prompt:rejected]
-        packed["target_mask"][row, chosen_sources, 0] = True
-        packed["target_mask"][row, rejected_sources, 1] = True
+        rows.append(_packed_row(chosen_ids[row, :chosen], rejected_ids[row, :rejected], prompt))
+    width, sources_width = max(len(row["token_ids"]) for row in rows), max(len(row["sources"]) for row in rows)
+    packed = {"token_ids": np.zeros([len(rows), width], np.int32), "position_ids": np.zeros([len(rows), width], np.int32),
+              "segments": np.full([len(rows), width], PAD, np.int32),
+              "sources": np.zeros([len(rows), sources_width], np.int32),
+              "targets": np.zeros([len(rows), sources_width, 2], np.int32),
+              "target_mask": np.zeros([len(rows), sources_width, 2], bool)}
+    for index, row in enumerate(rows):
+        for key, values in row.items():
+            packed[key][index, : len(values)] = values
     return packed
+
+
+def _packed_row(chosen, rejected, prompt):
+    """The packed arrays of one pair, unpadded: `chosen` and `rejected` token ids, `prompt` tokens shared."""
+    chosen_end = len(chosen)
+    rejected_end = chosen_end + len(rejected) - prompt  # where the packed row ends
+    # Position t predicts its own sequence's token t + 1; the last prompt token predicts both responses' first.
+    chosen_sources = np.arange(prompt - 1, chosen_end - 1)  # one per chosen response token
+    rejected_sources = np.concatenate([[prompt - 1], np.arange(chosen_end, rejected_end - 1)])[: len(rejected) - prompt]
+    sources = np.union1d(chosen_sources, rejected_sources).astype(np.int32)  # sorted
+    targets, target_mask = np.zeros([len(sources), 2], np.int32), np.zeros([len(sources), 2], bool)
+    for side, (side_sources, tokens) in enumerate(((chosen_sources, chosen[prompt:]), (rejected_sources,
+                                                                                       rejected[prompt:]))):
+        slots = np.searchsorted(sources, side_sources)
+        targets[slots, side], target_mask[slots, side] = tokens, True
+    return {"token_ids": np.concatenate([chosen, rejected[prompt:]]),
+            "position_ids": np.concatenate([np.arange(chosen_end), np.arange(prompt, len(rejected))]),
+            "segments": [PROMPT] * prompt + [CHOSEN] * (chosen_end - prompt) + [REJECTED] * (len(rejected) - prompt),
+            "sources": sources, "targets": targets, "target_mask": target_mask}
 
 
 def attention_mask(segments):
@@ -110,8 +122,14 @@ def attention_mask(segments):
     return (keys != PAD) & ~((queries == REJECTED) & (keys == CHOSEN))
 
 
-def packed_logits(model, token_ids, position_ids, mask, training=False):
-    """The logits `[pairs, P, vocab]` of packed rows: `model`'s own forward pass with given positions and mask.
+def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
+    """The logits of packed rows: `model`'s own forward pass with given positions and attention mask.
+
+    Args:
+        token_ids, position_ids: int32 `[pairs, P]`.
+        mask: bool `[pairs, P, P]`, the keys each query may attend to (`attention_mask`).
+        sources: optional int32 `[pairs, K]`: the logits at these positions only (`[pairs, K, vocab]`);
+            the output projection, the largest matmul of a big vocabulary, skips the rest.
 
     This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
     normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
@@ -125,7 +143,7 @@ def packed_logits(model, token_ids, position_ids, mask, training=False):
     """
     if isinstance(model, AdaptersOff):
         with model.switched_off():
-            return packed_logits(model.policy, token_ids, position_ids, mask, training)
+            return packed_logits(model.policy, token_ids, position_ids, mask, sources, training)
     backbone = model.backbone
     tokens = backbone.token_embedding(token_ids)  # [pairs, P, hidden], the compute dtype
     positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
@@ -133,6 +151,8 @@ def packed_logits(model, token_ids, position_ids, mask, training=False):
     hidden_states = backbone.embeddings_dropout(hidden_states, training=training)
     for block in backbone.transformer_layers:
         hidden_states = block(hidden_states, decoder_attention_mask=mask, training=training)
+    if sources is not None:  # the final normalisation is per position too
+        hidden_states = tf.gather(hidden_states, sources, batch_dims=1)  # [pairs, K, hidden]
     return backbone.token_embedding(backbone.layer_norm(hidden_states), reverse=True)
 
 
@@ -150,9 +170,9 @@ def packed_pair_logps(model, batch, training=False):
     ([2.0], [1.0])
     """
     logits = packed_logits(model, batch["token_ids"], batch["position_ids"], attention_mask(batch["segments"]),
-                           training)  # [pairs, P, vocab]
-    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [pairs, P, vocab]
-    token_logps = tf.gather(log_probs, batch["targets"], axis=-1, batch_dims=2)  # [pairs, P, 2]
+                           batch["sources"], training)  # [pairs, K, vocab]
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [pairs, K, vocab]
+    token_logps = tf.gather(log_probs, batch["targets"], axis=-1, batch_dims=2)  # [pairs, K, 2]
     mask = tf.cast(batch["target_mask"], tf.float32)
     sums, counts = tf.reduce_sum(token_logps * mask, axis=1), tf.reduce_sum(mask, axis=1)  # [pairs, 2]
     return sums[:, 0], sums[:, 1], counts[:, 0], counts[:, 1]
