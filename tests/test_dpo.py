@@ -228,7 +228,7 @@ def test_pipeline_dpo_summary_has_the_ppo_pipeline_keys(tmp_path, pairs_csv, sft
 def test_pipeline_dpo_command_runs_cdpo_unless_a_flag_says_otherwise():
     from tf_ppo.cli import _config_of, build_parser, parse_args
     settings = _config_of(parse_args(build_parser(), ["pipeline", "--method", "dpo"])).dpo
-    assert (settings.label_smoothing, settings.beta) == (0.1, 0.3)
+    assert (settings.label_smoothing, settings.beta) == (0.1, 0.5)
     flagged = parse_args(build_parser(), ["pipeline", "--method", "dpo", "--dpo.label_smoothing", "0"])
     assert _config_of(flagged).dpo.label_smoothing == 0.0
     assert _config_of(parse_args(build_parser(), ["pipeline"])).dpo.label_smoothing == 0.0
