@@ -10,6 +10,7 @@ from tf_ppo.models import build_backbone, build_policy, build_value_model, load_
 from tf_ppo.remat import recomputed_blocks, transformer_blocks
 from tf_ppo.reward_model import RewardModel
 from tf_ppo.rollout import response_logits
+from tf_ppo.shared_prompt import pack_pairs, packed_pair_logps
 from tf_ppo.sft import next_token_loss
 
 TINY = ModelConfig(num_layers=2, hidden_dim=32, num_heads=2)
@@ -83,6 +84,27 @@ def test_sft_and_reward_model_losses_get_the_same_gradients_with_each_block_reco
         assert loss_remat == pytest.approx(loss, abs=1e-5)
         for plain, recomputed in zip(gradients, gradients_remat):
             np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-5)  # float32: entries reach ~30
+
+
+def test_packed_dpo_pairs_get_the_same_gradients_with_the_blocks_recomputed():
+    policy = build_policy(TINY, VOCABULARY)
+    ids = SEQUENCE_IDS.numpy()
+    response = np.zeros([4, 11], bool)
+    response[:, 5:] = True  # a 6-token prompt (tokens 0-5), then 6 response tokens
+    rejected_ids = np.concatenate([ids[:, :6], ids[::-1, 6:]], axis=1)  # the same prompts, other responses
+    packed = {key: tf.constant(value) for key, value in pack_pairs(ids, MASK.numpy(), response, rejected_ids,
+                                                                    MASK.numpy(), response).items()}
+
+    def loss():
+        chosen, rejected, _, _ = packed_pair_logps(policy, packed, training=True)
+        return -tf.reduce_mean(tf.math.log_sigmoid(0.1 * (chosen - rejected)))
+
+    (loss, gradients, calls), (loss_remat, gradients_remat, calls_remat) = gradients_both_ways(loss, [policy], False)
+    # The last block runs through its sublayers at the predicting positions only, so it is not recomputed.
+    assert (calls, calls_remat) == (1, 2)
+    assert loss_remat == pytest.approx(loss, abs=1e-6)
+    for plain, recomputed in zip(gradients, gradients_remat):
+        np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-6)
 
 
 def test_gradient_checkpointing_needs_transformer_blocks_and_no_dropout():

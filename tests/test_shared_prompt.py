@@ -87,6 +87,11 @@ def test_packed_logits_of_a_plain_sequence_are_the_models_own(policy):
     packed = packed_logits(policy, ids, tf.broadcast_to(tf.range(LENGTH), [3, LENGTH]), attention_mask(segments))
     real = padding.numpy()
     np.testing.assert_allclose(packed.numpy()[real], own.numpy()[real], rtol=1e-6, atol=1e-6)
+    # With sources the last block runs through its sublayers (`_block_outputs_at`), at those positions only.
+    sources = tf.constant([[0, 5, 11], [6, 2, 3], [0, 0, 0]])
+    at_sources = packed_logits(policy, ids, tf.broadcast_to(tf.range(LENGTH), [3, LENGTH]), attention_mask(segments),
+                               sources)
+    np.testing.assert_allclose(at_sources.numpy(), tf.gather(own, sources, batch_dims=1).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_the_gradient_of_the_packed_log_probs_is_that_of_the_two_sequences(policy):

@@ -133,7 +133,8 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
 
     This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
     normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
-    mask given per token; tests/test_shared_prompt.py fails if it ever differs from the model's own call.
+    mask given per token, and with `sources` the last block computed there only (`_block_outputs_at`);
+    tests/test_shared_prompt.py fails if it ever differs from the model's own call.
 
     Example:
     >>> from tf_ppo.models import ModelConfig, build_policy
@@ -149,11 +150,36 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
     positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
     hidden_states = backbone.embeddings_add((tokens, keras.ops.cast(positions, tokens.dtype)))
     hidden_states = backbone.embeddings_dropout(hidden_states, training=training)
-    for block in backbone.transformer_layers:
+    *blocks, last_block = backbone.transformer_layers
+    for block in blocks:
         hidden_states = block(hidden_states, decoder_attention_mask=mask, training=training)
-    if sources is not None:  # the final normalisation is per position too
-        hidden_states = tf.gather(hidden_states, sources, batch_dims=1)  # [pairs, K, hidden]
+    if sources is None:
+        hidden_states = last_block(hidden_states, decoder_attention_mask=mask, training=training)
+    else:  # [pairs, K, hidden]
+        hidden_states = _block_outputs_at(last_block, hidden_states, mask, sources, training)
     return backbone.token_embedding(backbone.layer_norm(hidden_states), reverse=True)
+
+
+def _block_outputs_at(block, hidden_states, mask, sources, training):
+    """A keras-hub `TransformerDecoder`'s outputs at `sources` only `[pairs, K, hidden]`: keys and values from
+    every position, queries, residuals and the feed-forward at the sources alone.
+
+    The last block's states at the prompt positions feed nothing (no later block reads their keys and values,
+    and they predict no response token), so its query, output projection and feed-forward skip them. This
+    repeats `TransformerDecoder.call` (pre-normalisation, no cross-attention, as GPT-2's blocks) through the
+    block's private sublayers; tests/test_shared_prompt.py fails if it ever differs from the block's own call.
+    """
+    sequence_length = tf.shape(mask)[-1]
+    causal = tf.range(sequence_length)[None, :] <= tf.range(sequence_length)[:, None]  # [P, P]: key <= query
+    rows_mask = tf.gather(mask & causal, sources, batch_dims=1)  # [pairs, K, P]
+    normalised = block._self_attention_layer_norm(hidden_states)  # [pairs, P, hidden]
+    attended = block._self_attention_layer(query=tf.gather(normalised, sources, batch_dims=1), value=normalised,
+                                           attention_mask=rows_mask, training=training)  # [pairs, K, hidden]
+    states = tf.gather(hidden_states, sources, batch_dims=1) + block._self_attention_dropout(attended,
+                                                                                            training=training)
+    feedforward = block._feedforward_output_dense(block._feedforward_intermediate_dense(
+        block._feedforward_layer_norm(states)))
+    return states + block._feedforward_dropout(feedforward, training=training)
 
 
 def packed_pair_logps(model, batch, training=False):
