@@ -79,15 +79,12 @@ def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, reject
         if np.any(chosen_ids[row, :prompt] != rejected_ids[row, :prompt]):
             raise ValueError(f"pair {row}: the chosen and rejected sequences start with different prompts")
         rows.append(_packed_row(chosen_ids[row, :chosen], rejected_ids[row, :rejected], prompt))
-    width, sources_width = max(len(row["token_ids"]) for row in rows), max(len(row["sources"]) for row in rows)
-    packed = {"token_ids": np.zeros([len(rows), width], np.int32), "position_ids": np.zeros([len(rows), width], np.int32),
-              "segments": np.full([len(rows), width], PAD, np.int32),
-              "sources": np.zeros([len(rows), sources_width], np.int32),
-              "targets": np.zeros([len(rows), sources_width, 2], np.int32),
-              "target_mask": np.zeros([len(rows), sources_width, 2], bool)}
-    for index, row in enumerate(rows):
-        for key, values in row.items():
-            packed[key][index, : len(values)] = values
+    packed = {}
+    for key in rows[0]:  # each array zero-padded to its longest row (segment 0 is PAD)
+        values = [row[key] for row in rows]
+        packed[key] = np.zeros([len(rows), max(map(len, values)), *values[0].shape[1:]], values[0].dtype)
+        for index, value in enumerate(values):
+            packed[key][index, : len(value)] = value
     return packed
 
 
@@ -97,16 +94,18 @@ def _packed_row(chosen, rejected, prompt):
     rejected_end = chosen_end + len(rejected) - prompt  # where the packed row ends
     # Position t predicts its own sequence's token t + 1; the last prompt token predicts both responses' first.
     chosen_sources = np.arange(prompt - 1, chosen_end - 1)  # one per chosen response token
-    rejected_sources = np.concatenate([[prompt - 1], np.arange(chosen_end, rejected_end - 1)])[: len(rejected) - prompt]
+    rejected_sources = np.concatenate([[prompt - 1], np.arange(chosen_end, rejected_end - 1)])
+    rejected_sources = rejected_sources[: len(rejected) - prompt]  # none for an empty rejected response
     sources = np.union1d(chosen_sources, rejected_sources).astype(np.int32)  # sorted
     targets, target_mask = np.zeros([len(sources), 2], np.int32), np.zeros([len(sources), 2], bool)
     for side, (side_sources, tokens) in enumerate(((chosen_sources, chosen[prompt:]), (rejected_sources,
                                                                                        rejected[prompt:]))):
         slots = np.searchsorted(sources, side_sources)
         targets[slots, side], target_mask[slots, side] = tokens, True
-    return {"token_ids": np.concatenate([chosen, rejected[prompt:]]),
-            "position_ids": np.concatenate([np.arange(chosen_end), np.arange(prompt, len(rejected))]),
-            "segments": [PROMPT] * prompt + [CHOSEN] * (chosen_end - prompt) + [REJECTED] * (len(rejected) - prompt),
+    segments = [PROMPT] * prompt + [CHOSEN] * (chosen_end - prompt) + [REJECTED] * (len(rejected) - prompt)
+    positions = np.concatenate([np.arange(chosen_end), np.arange(prompt, len(rejected))])
+    return {"token_ids": np.concatenate([chosen, rejected[prompt:]]).astype(np.int32),
+            "position_ids": positions.astype(np.int32), "segments": np.array(segments, np.int32),
             "sources": sources, "targets": targets, "target_mask": target_mask}
 
 
