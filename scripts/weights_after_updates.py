@@ -1,10 +1,17 @@
-"""Train the tests' tiny PPO config for a few updates and save every policy and value weight (.npz).
+"""Train a tiny run of each algorithm and stage for a few steps and save every trained weight (.npz).
 
-Run it on two checkouts to check a refactor left PPO unchanged:
+Run it on two checkouts to check that a refactor left the numerics unchanged (bit-identical: the
+largest difference must be 0):
     git worktree add /tmp/before <commit>
-    PYTHONPATH=/tmp/before python scripts/weights_after_updates.py /tmp/before.npz
-    python scripts/weights_after_updates.py /tmp/after.npz
-    python scripts/weights_after_updates.py --compare /tmp/before.npz /tmp/after.npz
+    PYTHONPATH=/tmp/before python scripts/weights_after_updates.py /tmp/before --all
+    python scripts/weights_after_updates.py /tmp/after --all
+    python scripts/weights_after_updates.py --compare /tmp/before /tmp/after
+
+`--all` writes one `<run>.npz` per entry of RUNS into the directory: PPO, GRPO with and without a
+reference, RLOO, REINFORCE++ and REINFORCE++-baseline (4 updates each), SFT, the reward model, and DPO
+with a precomputed and with a live reference (one epoch over the first 128 rows of their data). Every run starts from the same
+seeded random-init policy and uses only the top-level API (`tf_ppo.train`, `sft`, `train_reward_model`,
+`dpo`), so the script runs unchanged against an older checkout.
 
 Or two settings on one checkout, e.g. chunked rollouts at S2 (random-init models of that size):
     python scripts/weights_after_updates.py a.npz --updates 1 --random-init \
@@ -15,52 +22,135 @@ Or two settings on one checkout, e.g. chunked rollouts at S2 (random-init models
 
 import argparse
 import json
+import pathlib
 import sys
 import tempfile
 
 import numpy as np
 
+RL_SETTINGS = {"batch_size": 32, "eval_size": 32, "checkpoint_every": 2}
+RL_RUNS = {
+    "ppo": {},
+    "grpo": {"algorithm": "grpo", "num_generations": 4, "beta": 0.0},
+    "grpo_reference": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04},
+    "rloo": {"algorithm": "rloo", "num_generations": 4},
+    "reinforce_pp": {"algorithm": "reinforce_pp"},
+    "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4},
+}
+# One epoch over the first 128 rows of each stage's data (less its held-out rows), 32 rows a step.
+SUPERVISED_RUNS = ("sft", "reward_model", "dpo_precomputed", "dpo_live")
+RUNS = tuple(RL_RUNS) + SUPERVISED_RUNS
+ROWS = 128
 
-def train_and_save(path, updates, changes=None, random_init=False):
+
+def random_policy(config):
+    """The seeded random-init tiny policy every run starts from (no SFT cache involved)."""
     import keras
 
-    import tf_ppo
     from tf_ppo.models import build_policy, load_tokenizer
 
-    settings = {"batch_size": 32, "eval_size": 32, "checkpoint_every": 2, **(changes or {})}
+    keras.utils.set_random_seed(config.seed)
+    return build_policy(config.model, load_tokenizer(config.vocabulary, config.merges).vocabulary_size())
+
+
+def first_rows(source, directory, rows=ROWS):
+    """A CSV of the first `rows` rows of a shipped CSV (what the supervised stages train on here)."""
+    import pandas as pd
+
+    path = pathlib.Path(directory) / pathlib.Path(source).name
+    pd.read_csv(source).head(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def named(prefix, model):
+    return {f"{prefix}/{i}": w for i, w in enumerate(model.get_weights())}
+
+
+def rl_weights(run, updates, changes=None, random_init=True):
+    import tf_ppo
+
+    settings = {**RL_SETTINGS, **RL_RUNS.get(run, {}), **(changes or {})}
     config = tf_ppo.PPOConfig(run_dir=tempfile.mkdtemp(), total_updates=updates, **settings)
-    policy = None
-    if random_init:  # the same random weights in both runs: no SFT stage at a new model size
-        keras.utils.set_random_seed(config.seed)
-        policy = build_policy(config.model, load_tokenizer(config.vocabulary, config.merges).vocabulary_size())
+    policy = random_policy(config) if random_init else None
     result = tf_ppo.train(config, policy=policy, show_progress=False)
-    weights = {f"policy/{i}": w for i, w in enumerate(result.policy.get_weights())}
-    weights.update({f"value/{i}": w for i, w in enumerate(result.value_model.get_weights())})
-    np.savez(path, **weights)
-    print(f"{path}: {len(weights)} arrays after {updates} updates, from {tf_ppo.__file__}")
+    weights = named("policy", result.policy)
+    if result.value_model is not None:
+        weights.update(named("value", result.value_model))
+    return weights
 
 
-def compare(before_path, after_path):
+def supervised_weights(run):
+    import tf_ppo
+
+    scratch = tempfile.mkdtemp()
+    config = tf_ppo.PPOConfig()
+    preferences = first_rows(config.reward.preferences_csv, scratch)
+    config = config.replace(
+        run_dir=tempfile.mkdtemp(),
+        sft={"train_csv": first_rows(config.sft.train_csv, scratch), "epochs": 1},
+        reward={"preferences_csv": preferences, "epochs": 1, "normalise_samples": 0},
+        dpo={"epochs": 1, "precompute_ref_log_probs": run != "dpo_live",
+             **({"preferences_csv": preferences} if hasattr(config.dpo, "preferences_csv") else {})})
+    if run == "sft":
+        return named("policy", tf_ppo.sft(config, policy=random_policy(config), show_progress=False).policy)
+    if run == "reward_model":
+        result = tf_ppo.train_reward_model(config, backbone=random_policy(config).backbone, show_progress=False)
+        return named("reward_model", result.model)
+    return named("policy", tf_ppo.dpo(config, policy=random_policy(config), show_progress=False).policy)
+
+
+def weights_of(run, updates):
+    return supervised_weights(run) if run in SUPERVISED_RUNS else rl_weights(run, updates)
+
+
+def compare_files(before_path, after_path):
+    """The largest absolute difference between two saved runs, or None when their weights differ in kind."""
     before, after = np.load(before_path), np.load(after_path)
     if sorted(before.files) != sorted(after.files):
-        print(f"different weights: {sorted(set(before.files) ^ set(after.files))}")
-        return 1
-    largest = max(float(np.max(np.abs(before[name] - after[name]))) for name in before.files)
-    print(f"{len(before.files)} arrays, largest absolute difference {largest:.3g}")
-    return int(largest > 1e-6)
+        print(f"{after_path}: different weights: {sorted(set(before.files) ^ set(after.files))}")
+        return None
+    return max(float(np.max(np.abs(before[name] - after[name]))) for name in before.files)
+
+
+def compare(before, after, tolerance):
+    """Compare two .npz files, or two directories of them run by run; exit status 1 above `tolerance`."""
+    before, after = pathlib.Path(before), pathlib.Path(after)
+    pairs = ([(before / f"{run}.npz", after / f"{run}.npz") for run in RUNS] if before.is_dir()
+             else [(before, after)])
+    worst = 0.0
+    for before_path, after_path in pairs:
+        largest = compare_files(before_path, after_path)
+        print(f"{after_path.stem}: {len(np.load(after_path).files)} arrays, largest absolute difference "
+              f"{largest if largest is None else f'{largest:.3g}'}")
+        worst = float("inf") if largest is None else max(worst, largest)
+    return int(worst > tolerance)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+")
+    parser.add_argument("--all", action="store_true", help="every run of RUNS, one .npz each in the directory")
     parser.add_argument("--updates", type=int, default=4)
-    parser.add_argument("--compare", action="store_true", help="compare two saved .npz files (exit 1 if > 1e-6)")
+    parser.add_argument("--compare", action="store_true", help="compare two .npz files or two --all directories")
+    parser.add_argument("--tolerance", type=float, default=0.0, help="largest difference that passes --compare")
     parser.add_argument("--changes", type=json.loads, default=None, help="PPOConfig fields as JSON")
     parser.add_argument("--random-init", action="store_true", help="start from a random-init policy (seeded)")
     args = parser.parse_args(argv)
     if args.compare:
-        return compare(*args.paths)
-    train_and_save(args.paths[0], args.updates, args.changes, args.random_init)
+        return compare(*args.paths, args.tolerance)
+    import tf_ppo
+
+    if args.all:
+        directory = pathlib.Path(args.paths[0])
+        directory.mkdir(parents=True, exist_ok=True)
+        for run in RUNS:
+            weights = weights_of(run, args.updates)
+            np.savez(directory / f"{run}.npz", **weights)
+            print(f"{directory / run}.npz: {len(weights)} arrays, from {tf_ppo.__file__}", flush=True)
+        return 0
+    weights = rl_weights("ppo", args.updates, args.changes, args.random_init)
+    np.savez(args.paths[0], **weights)
+    print(f"{args.paths[0]}: {len(weights)} arrays after {args.updates} updates, from {tf_ppo.__file__}")
     return 0
 
 
