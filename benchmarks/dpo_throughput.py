@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tf_ppo import DPOTrainer, PPOConfig
 from tf_ppo.models import policy_from_config, tokenizer_for
-from tf_ppo.shared_prompt import CHOSEN, PROMPT, REJECTED
+from tf_ppo.preference.shared_prompt import CHOSEN, PROMPT, REJECTED
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from long_pairs import long_pairs, write_pairs_csv  # noqa: E402

@@ -1,4 +1,4 @@
-"""A GPT-2 gradient step with and without `tf_ppo.einsum.einsum_as_tensordot`, interleaved in one process.
+"""A GPT-2 gradient step with and without `tf_ppo.models.einsum.einsum_as_tensordot`, interleaved in one process.
 
     python benchmarks/einsum_gradients.py                       # S2: 4 layers, hidden 256, 32 rows x 48 tokens
     python benchmarks/einsum_gradients.py --layers 2 --hidden 128   # S1
@@ -52,7 +52,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from ppo_throughput import set_threads
-    from tf_ppo.einsum import einsum_as_tensordot
+    from tf_ppo.models.einsum import einsum_as_tensordot
 
     set_threads(args.threads)
     policy = keras_hub.models.GPT2CausalLM(keras_hub.models.GPT2Backbone(

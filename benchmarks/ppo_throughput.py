@@ -37,7 +37,7 @@ import tensorflow as tf
 from tf_ppo import PPOConfig, PPOTrainer, RewardModel
 from tf_ppo.data import prompt_dataset, read_prompt_csv
 from tf_ppo.models import build_backbone, build_policy, load_tokenizer
-from tf_ppo.rollout import response_view
+from tf_ppo.generation.sampling import response_view
 
 from padded_vocabulary import padded_vocabulary  # noqa: E402  (benchmarks/ is on the path: run as a script)
 

@@ -8,7 +8,7 @@ steps, in several sentence orders with varied names, objects and verbs:
 
 The target is one line of working, then the answer after GSM8K's marker.
 Held-out problems never occur in training (the texts are disjoint). The
-answer of every problem is read back from its text by `tf_ppo.arithmetic.solve`
+answer of every problem is read back from its text by `tf_ppo.tasks.arithmetic.solve`
 and checked against the working here, so the rewards can trust the prompts.
 
 Outputs (all under `data/`):
@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from scripts.make_data import DATA_DIR, train_tokenizer  # noqa: E402
-from tf_ppo.arithmetic import GAIN_VERBS, LOSS_VERBS, MARKER, START_VERBS, solve  # noqa: E402
+from tf_ppo.tasks.arithmetic import GAIN_VERBS, LOSS_VERBS, MARKER, START_VERBS, solve  # noqa: E402
 
 SEED = 0
 NUM_TRAIN = 8000

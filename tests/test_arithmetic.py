@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tf_ppo import PPOConfig, rewards
-from tf_ppo.arithmetic import exact_match_reward, format_reward, parse_answer, solve
+from tf_ppo import PPOConfig
+from tf_ppo.tasks.arithmetic import exact_match_reward, format_reward, parse_answer, solve
 from tf_ppo.config import DATA_DIR, ConfigError
-from tf_ppo.estimators import pass_at_k
+from tf_ppo.rl.functional.estimators import pass_at_k
 from tf_ppo.tasks import TASKS
 
 PROBLEM = "tom has 23 apples and buys 18 more . how many apples does he have now ?"  # 41
@@ -104,10 +104,6 @@ def test_a_well_formed_wrong_answer_scores_at_most_the_format_weight():
     assert score("23 + 18 = 41 #### 41") > 1.0  # the right answer in the right format scores most
 
 
-def test_the_verifiable_rewards_are_in_tf_ppo_rewards():
-    assert rewards.exact_match_reward is exact_match_reward and rewards.format_reward is format_reward
-
-
 # --- pass@k against the definition: a draw of k of the n samples without replacement
 
 def test_pass_at_k_matches_the_combinatorial_definition_in_float64():
@@ -145,7 +141,7 @@ def test_the_arithmetic_task_sets_its_data_fields_and_flags_override_them():
 
 
 def test_the_tasks_reward_weights_apply_to_its_own_rewards_only():
-    from tf_ppo.trainer import _reward_functions
+    from tf_ppo.rl.trainer import _reward_functions
 
     config = PPOConfig(task="arithmetic")
     assert _reward_functions(None, config) == ([exact_match_reward, format_reward], (1.0, 0.1))
@@ -154,7 +150,7 @@ def test_the_tasks_reward_weights_apply_to_its_own_rewards_only():
 
 
 def test_pass_at_k_without_a_checkable_answer_is_an_error_naming_the_field(tmp_path):
-    from tf_ppo.trainer import PPOTrainer
+    from tf_ppo.rl.trainer import PPOTrainer
 
     with pytest.raises(ConfigError, match="eval_pass_k=4 needs answers to check"):
         PPOTrainer(PPOConfig(eval_pass_k=4, run_dir=str(tmp_path)), show_progress=False)
@@ -165,7 +161,7 @@ def test_pass_at_k_without_a_checkable_answer_is_an_error_naming_the_field(tmp_p
 
 
 def test_pass_at_k_is_estimated_from_eval_pass_samples_completions_per_problem(tmp_path, arithmetic_sft_path):
-    from tf_ppo.trainer import PPOTrainer
+    from tf_ppo.rl.trainer import PPOTrainer
 
     calls = []  # (problems, responses) of each call: the greedy answers, then the samples
 

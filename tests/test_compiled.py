@@ -1,4 +1,4 @@
-"""tf_ppo compiles every function through `tf_ppo.compiled.compiled`, without AutoGraph (see that module)."""
+"""tf_ppo compiles every function through `tf_ppo.training.compiled.compiled`, without AutoGraph (see that module)."""
 
 import pathlib
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 import tensorflow as tf
 
-from tf_ppo.compiled import compiled
+from tf_ppo.training.compiled import compiled
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tf_ppo"
 
@@ -15,7 +15,7 @@ def test_no_module_calls_tf_function_directly():
     direct = [f"{path.name}:{number}" for path in sorted(PACKAGE.glob("*.py")) if path.name != "compiled.py"
               for number, line in enumerate(path.read_text().splitlines(), 1)
               if re.search(r"(?<![\w`])tf\.function\(", line)]
-    assert not direct, f"use tf_ppo.compiled.compiled instead of tf.function at {direct}"
+    assert not direct, f"use tf_ppo.training.compiled.compiled instead of tf.function at {direct}"
 
 
 def test_python_control_flow_on_a_tensor_is_not_converted():

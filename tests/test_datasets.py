@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from conftest import tiny_config
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, load_prompts
-from tf_ppo.trainer import PPOTrainer
+from tf_ppo.rl.trainer import PPOTrainer
 
 # Real-looking reviews: the shipped sentences, with IMDB's "<br />" line breaks in some.
 SENTENCES = pd.read_csv(PPOConfig().eval_prompts_csv)

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 from presets import causal_lm
 
-from tf_ppo import rollout
+from tf_ppo.generation import sampling as rollout
 from tf_ppo.config import ModelConfig
-from tf_ppo.decoding import GPT2Cache, KerasHubCache, decoder_for
+from tf_ppo.generation.decoding import GPT2Cache, KerasHubCache, decoder_for
 from tf_ppo.models import BigramLM, build_policy, copy_model, enable_lora
-from tf_ppo.rollout import generate, segment_ends
+from tf_ppo.generation.sampling import generate, segment_ends
 
 
 def teacher_forced_logits(decoder, prompt_ids, next_ids, grow_at):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from tf_ppo import PPOConfig
-from tf_ppo.distribute import free_port, local_cluster
-from tf_ppo.reporting import read_history
+from tf_ppo.training.distribute import free_port, local_cluster
+from tf_ppo.training.reporting import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.conftest import tiny_config
 import tf_ppo
-from tf_ppo import PPOConfig, PPOTrainer, ppo, sft
+from tf_ppo import PPOConfig, PPOTrainer, sft
+from tf_ppo.rl.functional import ppo
 stage, name, out, tmp, xla = sys.argv[1:6]
 strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
             "mirrored_one_device": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
@@ -131,7 +132,7 @@ PER_REPLICA_XLA = """
 import json, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tf_ppo.distribute import compiled_per_replica
+from tf_ppo.training.distribute import compiled_per_replica
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     weight = tf.Variable(1.0)
@@ -156,7 +157,7 @@ def test_xla_inside_strategy_run_needs_the_replicas_device_and_then_reads_each_r
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.split("REPORT ", 1)[1])
     # TensorFlow's limitation that compiled_per_replica works around; if this starts to pass, the workaround
-    # (tf_ppo.distribute.compiled_per_replica) may be removed.
+    # (tf_ppo.training.distribute.compiled_per_replica) may be removed.
     assert "Trying to access resource" in report["plain_xla"]
     assert report["per_replica_xla"] == [3.0, 6.0]  # replica 0 reads 1.0, replica 1 reads its own 2.0
 
@@ -218,7 +219,7 @@ class FakeStrategy:
 def test_split_batch_refuses_rows_that_do_not_divide_by_the_replicas():
     import tensorflow as tf
 
-    from tf_ppo.distribute import split_batch
+    from tf_ppo.training.distribute import split_batch
 
     with pytest.raises(ValueError, match="a batch of 5 rows cannot be split evenly over 2 replicas"):
         split_batch(FakeStrategy(), {"x": tf.range(5), "y": tf.zeros([5, 3])})
@@ -230,7 +231,7 @@ SPLIT_ON_TWO_CPUS = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tf_ppo.distribute import split_batch
+from tf_ppo.training.distribute import split_batch
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 shares = strategy.experimental_local_results(split_batch(strategy, tf.range(6)))
 print("SHARES", [share.numpy().tolist() for share in shares])

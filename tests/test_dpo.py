@@ -21,9 +21,9 @@ import tf_ppo
 from tests.conftest import cli, kill_after
 from tf_ppo import PPOConfig
 from tf_ppo.cli import main
-from tf_ppo.dpo import DPOTrainer, encode_responses, preference_pairs, sequence_logps
+from tf_ppo.preference.dpo import DPOTrainer, encode_responses, preference_pairs, sequence_logps
 from tf_ppo.models import BigramLM, load_tokenizer
-from tf_ppo.reporting import read_history
+from tf_ppo.training.reporting import read_history
 
 SUMMARY_KEYS = {"method", "reward_model_heldout_accuracy", "proxy_before", "proxy_after", "gold_before", "gold_after",
                 "heldout_kl", "fluency", "updates", "seconds", "run_dir"}

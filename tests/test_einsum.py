@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from keras.src.backend.tensorflow import numpy as keras_tf_numpy
 
-from tf_ppo.einsum import einsum_as_tensordot, tensordot_axes
+from tf_ppo.models.einsum import einsum_as_tensordot, tensordot_axes
 
 
 @pytest.mark.parametrize("subscripts, axes", [

@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 from test_ppo_math import random_prefix_mask, tolerance
-from tf_ppo import PPOConfig, estimators, ppo
-from tf_ppo.algorithms import ALGORITHMS, Experience, Forward, create
-from tf_ppo.rollout import Responses
+from tf_ppo import PPOConfig
+from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.algorithms import ALGORITHMS, Experience, Forward, create
+from tf_ppo.generation.sampling import Responses
 
 RNG = np.random.default_rng(1)
 

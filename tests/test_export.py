@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from tf_ppo import PPOConfig, ppo, train
+from tf_ppo import PPOConfig, train
+from tf_ppo.rl.functional import ppo
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import ExportError, export
 from tf_ppo.models import load_tokenizer
-from tf_ppo.rollout import generate, response_logits, response_view
+from tf_ppo.generation.sampling import generate, response_logits, response_view
 
 PROMPTS = ["i thought the acting was", "the film is", "to be fair, the second half felt"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.rollout import sample_next_token
+from tf_ppo.generation.sampling import sample_next_token
 
 SEEDS = [tf.constant([seed, 7 * seed + 1]) for seed in range(4)]
 
@@ -59,7 +59,7 @@ def test_sample_next_token_draws_the_same_tokens_with_and_without_xla():
 
 @pytest.mark.parametrize("row_offset", [0, 1, 3, 6, 13])  # 4099 x offset: every place in a block of 4
 def test_rows_drawn_from_an_offset_are_those_rows_of_the_whole_batch_with_and_without_xla(row_offset):
-    from tf_ppo.rollout import gumbel_noise as rows_of_noise
+    from tf_ppo.generation.sampling import gumbel_noise as rows_of_noise
 
     seed = tf.random.experimental.stateless_fold_in(SEEDS[1], 5)
     whole = gumbel_noise([16, 4099], seed).numpy()[row_offset: row_offset + 3]

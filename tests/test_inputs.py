@@ -6,7 +6,8 @@ import pytest
 from tf_ppo import DataError, ModelConfig, PPOConfig, RewardError
 from tf_ppo.data import encode_prompts, load_prompts, read_prompt_csv
 from tf_ppo.models import load_tokenizer
-from tf_ppo.rewards import compute_scores, corpus_bigrams, is_fluent, sentiment_reward, word_count_reward
+from tf_ppo.rl.rewards import compute_scores, corpus_bigrams, is_fluent, word_count_reward
+from tf_ppo.tasks.sentiment import sentiment_reward
 
 
 def test_config_round_trips_through_json(tmp_path):

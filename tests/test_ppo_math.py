@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo import ppo
+from tf_ppo.rl.functional import ppo
 
 RNG = np.random.default_rng(0)
 

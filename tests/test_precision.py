@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import tiny_config
-from tf_ppo.distribute import split_batch
-from tf_ppo.trainer import PPOTrainer
+from tf_ppo.training.distribute import split_batch
+from tf_ppo.rl.trainer import PPOTrainer
 
 LOSSES = ("policy_loss", "value_loss", "kl", "approx_kl", "grad_norm")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.preference_losses import LOSS_TYPES, preference_loss
+from tf_ppo.preference.losses import LOSS_TYPES, preference_loss
 
 
 def log_sigmoid(x):

@@ -13,11 +13,11 @@ from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import save_preset
 from tf_ppo.models import AdaptersOff, ValueModel, trunk_and_head, weight_bytes
-from tf_ppo.ppo import logprobs_from_logits
-from tf_ppo.rollout import generate, response_logits, response_view
-from tf_ppo.reward_model import train_reward_model
+from tf_ppo.rl.functional.ppo import logprobs_from_logits
+from tf_ppo.generation.sampling import generate, response_logits, response_view
+from tf_ppo.preference.reward_model import train_reward_model
 from tf_ppo.sft import sft
-from tf_ppo.trainer import PPOTrainer, train
+from tf_ppo.rl.trainer import PPOTrainer, train
 
 SMALL_CSV = PPOConfig().eval_prompts_csv  # 956 rows: one quick SFT epoch
 

@@ -16,7 +16,7 @@ from tf_ppo import CheckpointError, DataError, PPOConfig, PPOTrainer, train
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import BigramLM, build_weights, load_tokenizer
-from tf_ppo.reporting import read_history
+from tf_ppo.training.reporting import read_history
 from tf_ppo.sft import sft
 
 # The straight run's settings, also spelled as CLI flags for the subprocess runs.

@@ -5,7 +5,7 @@ import csv
 import matplotlib
 import pytest
 
-from tf_ppo.reporting import RunLog, curves_figure, plot_curves, read_history
+from tf_ppo.training.reporting import RunLog, curves_figure, plot_curves, read_history
 
 
 def history(updates=4, **columns):

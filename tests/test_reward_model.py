@@ -13,9 +13,9 @@ from tests.conftest import tiny_config
 from tf_ppo import (ClassifierReward, DataError, OveroptimisationWarning, PPOTrainer, RewardModel, pipeline,
                     read_preferences, train_reward_model)
 from tf_ppo.cli import main
-from tf_ppo.reporting import read_history
-from tf_ppo.reward_model import preference_loss
-from tf_ppo.rewards import word_count_reward
+from tf_ppo.training.reporting import read_history
+from tf_ppo.preference.reward_model import preference_loss
+from tf_ppo.rl.rewards import word_count_reward
 
 TINY_MODEL = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2, "intermediate_dim": 64}
 
@@ -233,7 +233,7 @@ def char_tokenizer():
 
 def normalisation_texts(reward_model, policy, prompts, config, monkeypatch):
     """The (prompts, responses) that `normalise_on_policy_samples` hands the reward model to fit on."""
-    from tf_ppo.reward_model import normalise_on_policy_samples
+    from tf_ppo.preference.reward_model import normalise_on_policy_samples
 
     seen = []
     fit = reward_model.fit_normalisation

@@ -3,11 +3,11 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo import ppo
+from tf_ppo.rl.functional import ppo
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import load_tokenizer
-from tf_ppo.rollout import generate, response_logits, response_view, sample_next_token
+from tf_ppo.generation.sampling import generate, response_logits, response_view, sample_next_token
 
 PROMPTS = ["i thought the acting was", "the film is", "to be fair, the second half felt"]
 

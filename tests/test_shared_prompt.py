@@ -1,4 +1,4 @@
-"""Packed preference pairs (`tf_ppo.shared_prompt`): the packed forward pass is the model's own, and a
+"""Packed preference pairs (`tf_ppo.preference.shared_prompt`): the packed forward pass is the model's own, and a
 packed pair's log-probs are those of its two sequences, against a float64 reference, with truncated,
 empty and one-token responses, under LoRA and mixed precision; the DPO trainer packs only models it can.
 """
@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from tf_ppo import PPOConfig
-from tf_ppo.dpo import sequence_logps
+from tf_ppo.preference.dpo import sequence_logps
 from tf_ppo.models import AdaptersOff, BigramLM, ModelConfig, build_policy, copy_model, enable_lora
-from tf_ppo.shared_prompt import (CHOSEN, PAD, PROMPT, REJECTED, attention_mask, pack_pairs, packed_logits,
+from tf_ppo.preference.shared_prompt import (CHOSEN, PAD, PROMPT, REJECTED, attention_mask, pack_pairs, packed_logits,
                                   packed_pair_logps, packs_pairs)
 
 VOCABULARY = 40

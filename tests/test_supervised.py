@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.supervised import NonFiniteError, SupervisedLoop
+from tf_ppo.training.supervised import NonFiniteError, SupervisedLoop
 
 
 def linear_loop(max_consecutive_skips=3):

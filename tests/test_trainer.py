@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from tf_ppo import Callback, NonFiniteError, PPOConfig, PPOTrainer, train
-from tf_ppo.reporting import read_history
-from tf_ppo.rewards import word_count_reward
+from tf_ppo.training.reporting import read_history
+from tf_ppo.rl.rewards import word_count_reward
 from tf_ppo.sft import default_policy
 
 

@@ -5,17 +5,19 @@ Example:
     result = tf_ppo.train(tf_ppo.PPOConfig(total_updates=10))
 """
 
-from tf_ppo import algorithms, estimators, ppo
+from tf_ppo.rl import algorithms
+from tf_ppo.rl.functional import estimators, ppo
 from tf_ppo.config import ConfigError, DPOConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
 from tf_ppo.data import DataError, load_prompts
-from tf_ppo.dpo import DPOResult, DPOTrainer, dpo
+from tf_ppo.preference.dpo import DPOResult, DPOTrainer, dpo
 from tf_ppo.export import ExportError, export, save_preset
-from tf_ppo.rewards import RewardError, sentiment_reward, word_count_reward
+from tf_ppo.rl.rewards import RewardError, word_count_reward
+from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.pipeline import PipelineResult, pipeline
-from tf_ppo.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
+from tf_ppo.preference.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
 from tf_ppo.sft import default_policy, sft
-from tf_ppo.checkpoints import CheckpointError
-from tf_ppo.trainer import Callback, NonFiniteError, OveroptimisationWarning, PPOTrainer, TrainResult, train
+from tf_ppo.training.checkpoints import CheckpointError
+from tf_ppo.rl.trainer import Callback, NonFiniteError, OveroptimisationWarning, PPOTrainer, TrainResult, train
 
 __all__ = [
     "algorithms",

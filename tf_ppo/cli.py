@@ -39,18 +39,18 @@ import time
 
 import keras_hub
 
-from tf_ppo.checkpoints import CheckpointError
+from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
 from tf_ppo.data import DataError
-from tf_ppo.distribute import free_port, local_cluster, resolve_strategy
-from tf_ppo.dpo import dpo
+from tf_ppo.training.distribute import free_port, local_cluster, resolve_strategy
+from tf_ppo.preference.dpo import dpo
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.models import tokenizer_for
 from tf_ppo.pipeline import pipeline
-from tf_ppo.reward_model import read_preferences, save_atomically, train_reward_model
-from tf_ppo.rewards import RewardError
+from tf_ppo.preference.reward_model import read_preferences, save_atomically, train_reward_model
+from tf_ppo.rl.rewards import RewardError
 from tf_ppo.sft import default_policy, sft
-from tf_ppo.trainer import train
+from tf_ppo.rl.trainer import train
 
 DEMO_RUN_DIR = "runs/demo-{time}"
 # The demo holds the KL near 1.5 nats per response (Ziegler et al.'s adaptive beta, fast enough to act within

@@ -26,12 +26,12 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.compiled import compiled
+from tf_ppo.rl.functional import ppo
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
 from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
-from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
+from tf_ppo.generation.sampling import generate, response_logits, response_tokens, response_view
 
 
 class ExportError(ValueError):

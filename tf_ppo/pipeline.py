@@ -5,7 +5,7 @@ Layout of `run_dir`:
     sft/policy.keras, sft/checkpoints/        stage 1
     reward/reward_model.keras, checkpoints/   stage 2 (normalised on the SFT policy's samples)
     ppo/...                                   stage 3 (a `tf_ppo.train` run directory)
-    dpo/...                                   method="dpo": stage 2 instead (a `tf_ppo.dpo` run directory)
+    dpo/...                                   method="dpo": stage 2 instead (a `tf_ppo.preference.dpo` run directory)
     summary.json
 
 Both methods end with the same summary keys, so they compare line by line:
@@ -30,11 +30,11 @@ import time
 import keras
 
 from tf_ppo.config import ConfigError, PPOConfig
-from tf_ppo.dpo import dpo
-from tf_ppo.reward_model import RewardModel, save_atomically, train_reward_model
-from tf_ppo.rewards import sentiment_reward
+from tf_ppo.preference.dpo import dpo
+from tf_ppo.preference.reward_model import RewardModel, save_atomically, train_reward_model
+from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.sft import sft
-from tf_ppo.trainer import PPOTrainer, TrainResult, train
+from tf_ppo.rl.trainer import PPOTrainer, TrainResult, train
 
 
 @dataclasses.dataclass

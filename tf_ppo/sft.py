@@ -17,13 +17,13 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.compiled import compiled
+from tf_ppo.rl.functional import ppo
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
-from tf_ppo.distribute import resolve_strategy
+from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
-from tf_ppo.supervised import SupervisedLoop, epoch_batches
+from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
 
 @dataclasses.dataclass

@@ -1,19 +1,19 @@
 """What an RL algorithm decides, and the typed batch it works on.
 
-The run loop (`tf_ppo.trainer.PPOTrainer`) samples, scores, rewards, checks
+The run loop (`tf_ppo.rl.trainer.PPOTrainer`) samples, scores, rewards, checks
 for NaN, optimises, checkpoints and logs. An `Algorithm` answers the rest:
 which models it needs, how a scored rollout becomes advantages, and the loss
 of one minibatch. A new algorithm is a subclass in a module of its own,
-registered by name (`tf_ppo.algorithms.register`); see `dr_grpo.py`.
+registered by name (`tf_ppo.rl.algorithms.register`); see `dr_grpo.py`.
 """
 
 import typing
 
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.estimators import aggregate_token_loss
-from tf_ppo.rollout import Responses
+from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional.estimators import aggregate_token_loss
+from tf_ppo.generation.sampling import Responses
 
 
 class Experience(typing.NamedTuple):
@@ -23,7 +23,7 @@ class Experience(typing.NamedTuple):
     critic: no `values`/`returns`; no reference: no `ref_logprobs`).
     """
 
-    sequence_ids: tf.Tensor  # int32 [batch, P + R]: prompt, then response (see tf_ppo.rollout)
+    sequence_ids: tf.Tensor  # int32 [batch, P + R]: prompt, then response (see tf_ppo.generation.sampling)
     responses: Responses  # positions, token_ids, mask (bool): each [batch, R]
     logprobs: tf.Tensor  # [batch, R] log-probs of the sampling policy ("old" log-probs)
     scores: tf.Tensor  # [batch] reward of each whole response

@@ -33,20 +33,20 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.compiled import compiled
+from tf_ppo.rl.functional import ppo
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import DataError, start_token_ids
-from tf_ppo.distribute import resolve_strategy
+from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, policy_from_config,
                            tokenizer_for)
-from tf_ppo.preference_losses import preference_loss
-from tf_ppo.reporting import DPO_PANELS, plot_curves, read_history
-from tf_ppo.reward_model import read_preferences, split_rows
-from tf_ppo.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
+from tf_ppo.preference.losses import preference_loss
+from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
+from tf_ppo.preference.reward_model import read_preferences, split_rows
+from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
 from tf_ppo.sft import default_policy
-from tf_ppo.supervised import SupervisedLoop, adam_for, epoch_batches
+from tf_ppo.training.supervised import SupervisedLoop, adam_for, epoch_batches
 
 EVALUATION = "evaluation.json"
 

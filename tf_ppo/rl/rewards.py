@@ -1,42 +1,21 @@
-"""Rewards on decoded text, and the fluency metric of the default task.
+"""Rewards on decoded text: calling and checking reward functions, several weighted, the fluency metric.
 
 A reward is any Python callable `responses -> scores`, or `(prompts, responses)
 -> scores` when it takes two arguments (a list of floats or a 1-D array, one
 per response), or a `tf_ppo.RewardModel`. It runs on decoded text.
 """
 
-import functools
 import inspect
 import pathlib
 import re
 
 import numpy as np
 
-from tf_ppo.arithmetic import exact_match_reward, format_reward  # noqa: F401  (the verifiable rewards, here too)
-
 _WORD = re.compile(r"[a-z']+|[.,!?]")
 
 
 class RewardError(ValueError):
     """The reward function failed or returned something other than one number per text."""
-
-
-@functools.lru_cache(maxsize=1)
-def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def sentiment_reward(texts):
-    """VADER compound sentiment of each text, in [-1, 1] (the default reward).
-
-    Example:
-    >>> [round(s, 2) for s in sentiment_reward(["a wonderful film", "a boring film"])]
-    [0.57, -0.32]
-    """
-    analyzer = _vader()
-    return [analyzer.polarity_scores(text)["compound"] for text in texts]
 
 
 def word_count_reward(word):
@@ -142,8 +121,8 @@ def reward_names(reward_fns):
     """A unique name per reward function (its `__name__`, then `_2`, `_3` for repeats): the history's keys.
 
     Example:
-    >>> reward_names([len, len, sentiment_reward])
-    ['len', 'len_2', 'sentiment_reward']
+    >>> reward_names([len, len, word_count_reward])
+    ['len', 'len_2', 'word_count_reward']
     """
     names = []
     for fn in reward_fns:

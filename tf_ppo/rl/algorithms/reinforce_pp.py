@@ -2,10 +2,10 @@
 
 import tensorflow as tf
 
-from tf_ppo import estimators, ppo
-from tf_ppo.algorithms.base import Algorithm
-from tf_ppo.algorithms.grpo import GROUP_FIELDS, check_groups
-from tf_ppo.algorithms.registry import register
+from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.algorithms.base import Algorithm
+from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.rl.algorithms.registry import register
 
 
 @register

@@ -30,14 +30,14 @@ import keras
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo import ppo
-from tf_ppo.checkpoints import restore_latest, write_atomically
-from tf_ppo.compiled import compiled
+from tf_ppo.rl.functional import ppo
+from tf_ppo.training.checkpoints import restore_latest, write_atomically
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError
-from tf_ppo.distribute import reduce_sum, split_batch
-from tf_ppo.einsum import einsum_as_tensordot
-from tf_ppo.remat import recomputed_blocks
-from tf_ppo.reporting import RunLog
+from tf_ppo.training.distribute import reduce_sum, split_batch
+from tf_ppo.models.einsum import einsum_as_tensordot
+from tf_ppo.models.remat import recomputed_blocks
+from tf_ppo.training.reporting import RunLog
 
 
 class NonFiniteError(RuntimeError):

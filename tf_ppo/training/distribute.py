@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.compiled import compiled
+from tf_ppo.training.compiled import compiled
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 

@@ -42,7 +42,7 @@ def _shipped_data_dir():
     spec = importlib.util.find_spec("tf_ppo_data")
     if spec is not None and spec.submodule_search_locations:
         return pathlib.Path(next(iter(spec.submodule_search_locations))).resolve()
-    return pathlib.Path(__file__).resolve().parent.parent / "data"
+    return pathlib.Path(__file__).resolve().parents[2] / "data"
 
 
 DATA_DIR = _shipped_data_dir()
@@ -163,7 +163,7 @@ class RewardConfig(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class DPOConfig(_Checked):
-    """Offline preference optimisation (`tf_ppo.dpo`, `tf-ppo dpo`, `tf-ppo pipeline --method dpo`).
+    """Offline preference optimisation (`tf_ppo.preference.dpo`, `tf-ppo dpo`, `tf-ppo pipeline --method dpo`).
 
     Trains on the preference file of `RewardConfig.preferences_csv` (its held-out rows too); names as in
     TRL's `DPOConfig`.
@@ -390,8 +390,8 @@ class PPOConfig(_Checked):
 
     def _check_algorithm(self):
         """The algorithm's name and fields: a field another algorithm owns must stay at its default."""
-        from tf_ppo.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
-        from tf_ppo.estimators import LOSS_TYPES, SCALE_REWARDS
+        from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
+        from tf_ppo.rl.functional.estimators import LOSS_TYPES, SCALE_REWARDS
         _check_choice(self, "algorithm", tuple(sorted(ALGORITHMS)))
         algorithm = ALGORITHMS[self.algorithm]
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
@@ -720,7 +720,7 @@ def _cell(text):
     return text.replace("|", "\\|")  # a pipe would end the table cell
 
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
 
 
@@ -752,7 +752,3 @@ def main(argv=None):
     path.write_text(updated)
     print(f"{path}: configuration reference written")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

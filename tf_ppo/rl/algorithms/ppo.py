@@ -2,9 +2,9 @@
 
 import tensorflow as tf
 
-from tf_ppo import ppo
-from tf_ppo.algorithms.base import Algorithm
-from tf_ppo.algorithms.registry import register
+from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.algorithms.base import Algorithm
+from tf_ppo.rl.algorithms.registry import register
 
 
 @register

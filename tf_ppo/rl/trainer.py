@@ -7,8 +7,8 @@ Each update:
   4. advantages  the algorithm's: GAE over a KL-shaped reward (PPO), group baselines (GRPO, RLOO), ...;
   5. optimise    epochs x num_mini_batches steps of the algorithm's loss, non-finite steps skipped;
   6. log         metrics CSV, TensorBoard, callbacks; checkpoint.
-The algorithm (`tf_ppo.algorithms`) decides the models, advantages and loss;
-the maths lives in `tf_ppo.ppo` and `tf_ppo.estimators`; this module only
+The algorithm (`tf_ppo.rl.algorithms`) decides the models, advantages and loss;
+the maths lives in `tf_ppo.rl.functional.ppo` and `tf_ppo.rl.functional.estimators`; this module only
 wires it together and never looks at which algorithm runs.
 """
 
@@ -28,26 +28,27 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo import algorithms, ppo
-from tf_ppo.algorithms import Experience, Forward
-from tf_ppo.checkpoints import CheckpointError, restore_latest
-from tf_ppo.compiled import compiled
+from tf_ppo.rl import algorithms
+from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.algorithms import Experience, Forward
+from tf_ppo.training.checkpoints import CheckpointError, restore_latest
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import encode_prompts, load_prompts, prompt_dataset, prompt_token_counts, start_token_ids
 from tf_ppo.export import save_preset
-from tf_ppo.distribute import (compiled_per_replica, gather, is_chief, reduce_sum, replica_row_offset,
+from tf_ppo.training.distribute import (compiled_per_replica, gather, is_chief, reduce_sum, replica_row_offset,
                                resolve_strategy, split_batch, weights_fingerprint, writable_dir)
-from tf_ppo.einsum import einsum_as_tensordot
-from tf_ppo.remat import recomputed_blocks
+from tf_ppo.models.einsum import einsum_as_tensordot
+from tf_ppo.models.remat import recomputed_blocks
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            policy_from_config, tokenizer_for)
-from tf_ppo.reporting import RunLog, plot_curves, read_history
-from tf_ppo.estimators import frac_reward_zero_std, overlong_penalty, pass_at_k
-from tf_ppo.rewards import (RewardFunctionFailed, combined_scores, compute_scores, corpus_bigrams, is_fluent,
+from tf_ppo.training.reporting import RunLog, plot_curves, read_history
+from tf_ppo.rl.functional.estimators import frac_reward_zero_std, overlong_penalty, pass_at_k
+from tf_ppo.rl.rewards import (RewardFunctionFailed, combined_scores, compute_scores, corpus_bigrams, is_fluent,
                             proxy_rises_gold_falls, reward_names)
-from tf_ppo.rollout import generate, response_logits, response_tokens, response_view
+from tf_ppo.generation.sampling import generate, response_logits, response_tokens, response_view
 from tf_ppo.sft import default_policy
-from tf_ppo.supervised import NonFiniteError, adam_for, guarded_apply, sigterm_stops
+from tf_ppo.training.supervised import NonFiniteError, adam_for, guarded_apply, sigterm_stops
 from tf_ppo.tasks import TASKS
 
 
@@ -771,7 +772,7 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         Resuming a finished run changes nothing and returns its recorded figures.
 
     Example:
-        from tf_ppo.rewards import word_count_reward
+        from tf_ppo.rl.rewards import word_count_reward
         result = train(PPOConfig(total_updates=5), reward_fn=word_count_reward("great"))
         result.history[-1]["score_mean"]
         train(PPOConfig(algorithm="grpo", num_generations=4, beta=0.04))  # no critic; 16 prompts x 4 samples

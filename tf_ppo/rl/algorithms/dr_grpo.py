@@ -5,8 +5,8 @@ does not divide by the group's std and sums token losses over a fixed
 batch x response_length, so neither hard prompts nor short answers weigh more.
 """
 
-from tf_ppo.algorithms.grpo import GRPO
-from tf_ppo.algorithms.registry import register
+from tf_ppo.rl.algorithms.grpo import GRPO
+from tf_ppo.rl.algorithms.registry import register
 
 
 @register

@@ -1,6 +1,6 @@
 """Decoding caches: the keys and values a sampler keeps so each new token costs one cached step.
 
-A cache object has three methods, which `tf_ppo.rollout.generate` calls:
+A cache object has three methods, which `tf_ppo.generation.sampling.generate` calls:
 
     cache = decoder.start(prompt_ids)             # keys/values of the prompts: [.., P, ..]
     cache = decoder.grow(cache, length)           # room for `length` positions (zeros, masked until written)

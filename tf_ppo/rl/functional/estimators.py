@@ -3,7 +3,7 @@
 Rollouts come in groups: the `num_generations` (G) samples of one prompt sit
 in one contiguous block of rows, so `scores` `[batch]` reshapes to
 `[batch / G, G]`. Token tensors are `[batch, response_len]` with a bool
-`mask`, as in `tf_ppo.ppo`, whose masked helpers these functions reuse.
+`mask`, as in `tf_ppo.rl.functional.ppo`, whose masked helpers these functions reuse.
 
 References:
   GRPO: Shao et al. 2024, "DeepSeekMath", sec. 4.1 (outcome supervision).
@@ -16,7 +16,7 @@ References:
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo import ppo
+from tf_ppo.rl.functional import ppo
 
 GROUP_STD_EPS = 1e-4  # TRL's GRPO: advantages / (std + 1e-4), so a group of equal rewards gives 0, not NaN
 SCALE_REWARDS = ("group", "batch", "none")

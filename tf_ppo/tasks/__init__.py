@@ -12,8 +12,8 @@ Example:
 import dataclasses
 import typing
 
-from tf_ppo.arithmetic import exact_match_reward, format_reward
-from tf_ppo.rewards import sentiment_reward
+from tf_ppo.tasks.arithmetic import exact_match_reward, format_reward
+from tf_ppo.tasks.sentiment import sentiment_reward
 
 
 @dataclasses.dataclass(frozen=True)

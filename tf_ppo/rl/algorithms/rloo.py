@@ -1,9 +1,9 @@
 """RLOO (Ahmadian et al. 2024): REINFORCE with the leave-one-out mean of the other samples as baseline."""
 
-from tf_ppo import estimators, ppo
-from tf_ppo.algorithms.base import Algorithm
-from tf_ppo.algorithms.grpo import GROUP_FIELDS, check_groups
-from tf_ppo.algorithms.registry import register
+from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.algorithms.base import Algorithm
+from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.rl.algorithms.registry import register
 
 
 @register

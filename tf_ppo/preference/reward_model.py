@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tf_ppo.compiled import compiled
+from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig, RewardConfig
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prepend_start_token,
                          prompt_token_counts, start_token_ids)
-from tf_ppo.distribute import resolve_strategy
+from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
-from tf_ppo.rollout import generate, response_tokens, response_view
-from tf_ppo.supervised import SupervisedLoop, epoch_batches
+from tf_ppo.generation.sampling import generate, response_tokens, response_view
+from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
 
 def join_texts(prompts, responses):

@@ -1,8 +1,8 @@
 """GRPO (Shao et al. 2024): group-normalised advantages, no critic, the KL to the reference as a loss term."""
 
-from tf_ppo import estimators, ppo
-from tf_ppo.algorithms.base import Algorithm
-from tf_ppo.algorithms.registry import register
+from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.algorithms.base import Algorithm
+from tf_ppo.rl.algorithms.registry import register
 
 GROUP_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type")
 

@@ -2,7 +2,7 @@
 
 | name | module |
 |---|---|
-| "ppo" | `tf_ppo.algorithms.ppo` (critic, GAE) |
+| "ppo" | `tf_ppo.rl.algorithms.ppo` (critic, GAE) |
 | "grpo", "dr_grpo" | `grpo`, `dr_grpo` |
 | "rloo" | `rloo` |
 | "reinforce_pp", "reinforce_pp_baseline" | `reinforce_pp` |
@@ -12,8 +12,8 @@ Example:
 ['dr_grpo', 'grpo', 'ppo']
 """
 
-from tf_ppo.algorithms import dr_grpo, grpo, ppo, reinforce_pp, rloo  # noqa: F401  (each registers itself)
-from tf_ppo.algorithms.base import Algorithm, Experience, Forward
-from tf_ppo.algorithms.registry import ALGORITHMS, create, register
+from tf_ppo.rl.algorithms import dr_grpo, grpo, ppo, reinforce_pp, rloo  # noqa: F401  (each registers itself)
+from tf_ppo.rl.algorithms.base import Algorithm, Experience, Forward
+from tf_ppo.rl.algorithms.registry import ALGORITHMS, create, register
 
 __all__ = ["ALGORITHMS", "Algorithm", "Experience", "Forward", "create", "register"]

@@ -1,0 +1,7 @@
+"""`python -m tf_ppo.config [--check] [FILE]`: write (or check) the generated configuration reference."""
+
+import sys
+
+from tf_ppo.config import main
+
+sys.exit(main())

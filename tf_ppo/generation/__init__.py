@@ -1,0 +1,1 @@
+"""Generation: sampling (Philox noise, temperature, top-k / top-p) and the KV-cached decoding loop."""

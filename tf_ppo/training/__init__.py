@@ -1,0 +1,1 @@
+"""What every training loop shares: the guarded optimiser step, distribution, checkpoints, compilation, reporting."""
