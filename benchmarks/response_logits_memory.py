@@ -32,7 +32,7 @@ def peak_rss_mb(args):
     import keras_hub
     import tensorflow as tf
 
-    from tf_ppo.rl.functional import ppo
+    from tf_ppo.rl.functional import masked
     from tf_ppo.generation.sampling import response_logits
 
     length = args.prompt_length + args.response_length
@@ -45,10 +45,10 @@ def peak_rss_mb(args):
 
     def every_position(ids):
         logits = policy({"token_ids": ids, "padding_mask": tf.ones_like(ids, tf.bool)})  # [batch, S, V]
-        return ppo.logprobs_from_logits(tf.gather(logits, positions - 1, batch_dims=1), tokens)
+        return masked.logprobs_from_logits(tf.gather(logits, positions - 1, batch_dims=1), tokens)
 
     def response_positions(ids):
-        return ppo.logprobs_from_logits(response_logits(policy, ids, positions), tokens)
+        return masked.logprobs_from_logits(response_logits(policy, ids, positions), tokens)
 
     score = tf.function(response_positions if args.way == "response_positions" else every_position, jit_compile=True)
     score(sequence_ids).numpy()

@@ -33,7 +33,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from tests.conftest import tiny_config
 import tf_ppo
 from tf_ppo import PPOConfig, PPOTrainer, sft
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 stage, name, out, tmp, xla = sys.argv[1:6]
 strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
             "mirrored_one_device": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
@@ -68,9 +68,9 @@ if stage in ALGORITHMS:
         shares = strategy.experimental_distribute_values_from_function(
             lambda ctx: (values[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2],
                          mask[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2]))
-        per_replica = strategy.run(tf.function(lambda pair: ppo.whiten(pair[0], pair[1])), args=(shares,))
+        per_replica = strategy.run(tf.function(lambda pair: masked.whiten(pair[0], pair[1])), args=(shares,))
         distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
-        report["whiten_max_difference"] = float(np.abs(distributed - ppo.whiten(values, mask).numpy()).max())
+        report["whiten_max_difference"] = float(np.abs(distributed - masked.whiten(values, mask).numpy()).max())
 elif stage == "dpo":  # 32 pairs, 2 steps, the reference log-probs precomputed under the strategy
     frame = pd.read_csv(PPOConfig().reward.preferences_csv)
     csv = tmp / "pairs.csv"

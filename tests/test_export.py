@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from tf_ppo import PPOConfig, train
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import ExportError, export
@@ -66,7 +66,7 @@ def test_fresh_tensorflow_process_matches_the_library(exported):
     assert served["sampled_twice_equal"]
 
     # score == the library's log-probs of the same tokens (the end token is not part of the text).
-    logprobs = ppo.logprobs_from_logits(response_logits(result.policy, sequence, view.positions), view.token_ids)
+    logprobs = masked.logprobs_from_logits(response_logits(result.policy, sequence, view.positions), view.token_ids)
     for row, text in enumerate(served["completions"]):
         n = served["score_lengths"][row]
         assert tokenizer.detokenize(view.token_ids[row, :n]) == text

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 
 RNG = np.random.default_rng(0)
 
@@ -53,27 +53,27 @@ def tolerance(dtype):
 def test_masked_mean_and_whiten(dtype):
     x = RNG.normal(size=(8, 7))
     mask = random_prefix_mask(8, 7)
-    got = ppo.masked_mean(tf.constant(x, dtype), tf.constant(mask))
+    got = masked.masked_mean(tf.constant(x, dtype), tf.constant(mask))
     np.testing.assert_allclose(got, np_masked_mean(x, mask), rtol=tolerance(dtype), atol=tolerance(dtype))
     for shift in (True, False):
-        got = ppo.whiten(tf.constant(x, dtype), tf.constant(mask), shift_mean=shift)
+        got = masked.whiten(tf.constant(x, dtype), tf.constant(mask), shift_mean=shift)
         np.testing.assert_allclose(got, np_whiten(x, mask, shift), rtol=tolerance(dtype), atol=tolerance(dtype))
 
 
 def test_whiten_edge_cases():
     mask = tf.constant([[True, True, False]])
-    constant = ppo.whiten(tf.constant([[2.0, 2.0, 5.0]], tf.float64), mask)  # zero variance: zeros, not NaN
+    constant = masked.whiten(tf.constant([[2.0, 2.0, 5.0]], tf.float64), mask)  # zero variance: zeros, not NaN
     np.testing.assert_array_equal(constant, [[0.0, 0.0, 0.0]])
-    nothing = ppo.whiten(tf.constant([[1.0, 2.0]], tf.float64), tf.constant([[False, False]]))
+    nothing = masked.whiten(tf.constant([[1.0, 2.0]], tf.float64), tf.constant([[False, False]]))
     np.testing.assert_array_equal(nothing, [[0.0, 0.0]])
-    assert float(ppo.masked_mean(tf.constant([1.0]), tf.constant([False]))) == 0.0
+    assert float(masked.masked_mean(tf.constant([1.0]), tf.constant([False]))) == 0.0
 
 
 def test_nan_in_padding_never_leaks():
     x = tf.constant([[1.0, 3.0, np.nan, np.inf]], tf.float64)
     mask = tf.constant([[True, True, False, False]])
-    assert float(ppo.masked_mean(x, mask)) == 2.0
-    assert np.all(np.isfinite(ppo.whiten(x, mask)))
+    assert float(masked.masked_mean(x, mask)) == 2.0
+    assert np.all(np.isfinite(masked.whiten(x, mask)))
     advantages, returns = ppo.gae(x, x, mask, 1.0, 0.95)
     assert np.all(np.isfinite(advantages)) and np.all(np.isfinite(returns))
     loss = ppo.policy_loss(x, tf.zeros_like(x), tf.ones_like(x), mask, 0.2)
@@ -129,9 +129,9 @@ def test_entropy_and_logprobs_from_logits(dtype):
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     want_entropy = -(np.exp(log_softmax) * log_softmax).sum(-1)
     want_logprobs = np.take_along_axis(log_softmax, tokens[..., None], -1)[..., 0]
-    np.testing.assert_allclose(ppo.entropy_from_logits(tf.constant(logits, dtype)), want_entropy,
+    np.testing.assert_allclose(masked.entropy_from_logits(tf.constant(logits, dtype)), want_entropy,
                                rtol=tolerance(dtype), atol=tolerance(dtype))
-    np.testing.assert_allclose(ppo.logprobs_from_logits(tf.constant(logits, dtype), tf.constant(tokens)),
+    np.testing.assert_allclose(masked.logprobs_from_logits(tf.constant(logits, dtype), tf.constant(tokens)),
                                want_logprobs, rtol=tolerance(dtype), atol=tolerance(dtype))
 
 
@@ -237,12 +237,12 @@ def test_adaptive_kl_controller():
 _X, _Y, _Z = RNG.normal(size=(3, 5, 6))
 _SCORES = RNG.normal(size=5)
 MASKED_FUNCTIONS = {
-    "masked_sum": lambda mask: ppo.masked_sum(_X, mask),
-    "masked_sum_axis": lambda mask: ppo.masked_sum(_X, mask, axis=1),
-    "masked_mean": lambda mask: ppo.masked_mean(_X, mask),
-    "global_masked_mean": lambda mask: ppo.global_masked_mean(_X, mask),
-    "masked_var": lambda mask: ppo.masked_var(_X, mask),
-    "whiten": lambda mask: ppo.whiten(_X, mask),
+    "masked_sum": lambda mask: masked.masked_sum(_X, mask),
+    "masked_sum_axis": lambda mask: masked.masked_sum(_X, mask, axis=1),
+    "masked_mean": lambda mask: masked.masked_mean(_X, mask),
+    "global_masked_mean": lambda mask: masked.global_masked_mean(_X, mask),
+    "masked_var": lambda mask: masked.masked_var(_X, mask),
+    "whiten": lambda mask: masked.whiten(_X, mask),
     "gae": lambda mask: ppo.gae(_X, _Y, mask, 0.9, 0.95),
     "shaped_rewards": lambda mask: ppo.shaped_rewards(_SCORES, -np.abs(_X), -np.abs(_Y), mask, 0.1),
     "policy_loss": lambda mask: ppo.policy_loss(_X * 0.1, _Y * 0.1, _Z, mask, 0.2),
@@ -276,6 +276,6 @@ def test_numeric_mask_inside_tf_function():
 @pytest.mark.parametrize("bad", [[[1.0, 0.5]], [[2, 0]], [[1.0, np.nan]]])
 def test_mask_with_other_values_than_zero_and_one_raises(bad):
     with pytest.raises(ValueError, match="mask must be bool or hold only 0 and 1"):
-        ppo.masked_mean(tf.ones([1, 2]), bad)
+        masked.masked_mean(tf.ones([1, 2]), bad)
     with pytest.raises(ValueError, match="mask must be bool or hold only 0 and 1"):
-        ppo.as_bool_mask(bad)
+        masked.as_bool_mask(bad)

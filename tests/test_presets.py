@@ -13,7 +13,7 @@ from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import save_preset
 from tf_ppo.models import AdaptersOff, ValueModel, trunk_and_head, weight_bytes
-from tf_ppo.rl.functional.ppo import logprobs_from_logits
+from tf_ppo.rl.functional.masked import logprobs_from_logits
 from tf_ppo.generation.sampling import generate, response_logits, response_view
 from tf_ppo.preference.reward_model import train_reward_model
 from tf_ppo.sft import sft

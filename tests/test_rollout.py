@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import load_tokenizer
@@ -66,9 +66,9 @@ def test_response_logprobs_match_per_row_computation(sft_policy):
     prompt_ids, lengths = encode_prompts(tokenizer, PROMPTS, 12)
     sequence = generate(sft_policy, prompt_ids, lengths, tf.constant([5, 5]), 6)
     view = response_view(sequence, lengths, 6)
-    batched = ppo.logprobs_from_logits(response_logits(sft_policy, sequence, view.positions), view.token_ids)
+    batched = masked.logprobs_from_logits(response_logits(sft_policy, sequence, view.positions), view.token_ids)
     for row, length in enumerate(lengths):
         alone = sequence[row: row + 1, : length + 6]
         logits = sft_policy({"token_ids": alone, "padding_mask": tf.ones_like(alone, tf.bool)})
-        want = ppo.logprobs_from_logits(logits[0, length - 1: length + 5], alone[0, length:])
+        want = masked.logprobs_from_logits(logits[0, length - 1: length + 5], alone[0, length:])
         np.testing.assert_allclose(batched[row], want, atol=1e-5)

@@ -26,7 +26,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
@@ -98,7 +98,7 @@ class PolicyModule(tf.Module):
     @compiled(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
     def score(self, prompts, completions):
         sequence_ids, positions, completion_ids, mask, lengths = self._completion_view(prompts, completions)
-        logprobs = ppo.logprobs_from_logits(response_logits(self.policy, sequence_ids, positions), completion_ids)
+        logprobs = masked.logprobs_from_logits(response_logits(self.policy, sequence_ids, positions), completion_ids)
         logprobs = tf.where(mask, logprobs, tf.zeros_like(logprobs))
         return {"logprobs": logprobs, "sum_logprobs": tf.reduce_sum(logprobs, axis=1), "lengths": lengths}
 

@@ -17,7 +17,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.training.distribute import resolve_strategy
@@ -45,7 +45,7 @@ def next_token_loss(policy, token_ids, padding_mask, training=False):
     """
     logits = policy({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=token_ids[:, 1:], logits=logits[:, :-1])
-    return ppo.masked_mean(losses, padding_mask[:, 1:])  # [batch, len - 1] -> scalar
+    return masked.masked_mean(losses, padding_mask[:, 1:])  # [batch, len - 1] -> scalar
 
 
 def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strategy=None):

@@ -33,7 +33,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.data import DataError, start_token_ids
@@ -130,7 +130,7 @@ def sequence_logps(model, token_ids, padding_mask, response_mask, training=False
     (1, True)
     """
     logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)  # [N, L, V]
-    logps = ppo.logprobs_from_logits(tf.cast(logits[:, :-1], tf.float32), token_ids[:, 1:])  # [N, L - 1]
+    logps = masked.logprobs_from_logits(tf.cast(logits[:, :-1], tf.float32), token_ids[:, 1:])  # [N, L - 1]
     mask = tf.cast(response_mask, tf.float32)
     return tf.reduce_sum(logps * mask, axis=1), tf.reduce_sum(mask, axis=1)
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_ppo.rl import algorithms
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.rl.algorithms import Experience, Forward
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
@@ -275,7 +275,7 @@ class PPOTrainer:
             logprobs, logits = trainer.response_logprobs(trainer.policy, batch["sequence_ids"], batch["responses"])
         """
         logits = response_logits(model, sequence_ids, responses.positions) / self.config.temperature
-        return ppo.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
+        return masked.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
 
     def _score_fn(self, batch):
         """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts.
@@ -286,7 +286,7 @@ class PPOTrainer:
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], self.config.response_length,
                                   end_token)
         logprobs, logits = self.response_logprobs(self.policy, batch["sequence_ids"], responses)
-        scored = {"responses": responses, "logprobs": logprobs, "entropy": ppo.entropy_from_logits(logits)}
+        scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
         if self.reference is not None:
             scored["ref_logprobs"], _ = self.response_logprobs(self.reference, batch["sequence_ids"], responses)
         if self.value_model is not None:
@@ -313,7 +313,7 @@ class PPOTrainer:
                     values = response_logits(self.value_model, minibatch.sequence_ids, responses.positions)
                 loss, stats = self.algorithm.loss(Forward(logprobs, logits, values), minibatch)
                 if c.entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
-                    loss -= c.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), minibatch.loss_mask)
+                    loss -= c.entropy_coef * masked.masked_mean(masked.entropy_from_logits(logits), minibatch.loss_mask)
                 scaled_loss = self.optimizer.scale_loss(loss)  # x loss scale under mixed_float16, else the loss
             gradients = tape.gradient(scaled_loss, self.variables)
         return gradients, {"loss": loss, **stats}
@@ -355,7 +355,7 @@ class PPOTrainer:
         scored = self._in_chunks(lambda chunk, _: self._score(chunk),
                                  {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths})
         responses = scored["responses"]
-        entropy = float(ppo.masked_mean(scored["entropy"], responses.mask))
+        entropy = float(masked.masked_mean(scored["entropy"], responses.mask))
         scoring_done = time.perf_counter()
         texts = self.decode(responses)
         start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
@@ -575,7 +575,7 @@ class PPOTrainer:
                 raise RewardFunctionFailed(f"evaluation: {rollout.reward_failure}")
             experience = rollout.experience
             if experience.ref_logprobs is not None:
-                kls += list(ppo.masked_sum(experience.logprobs - experience.ref_logprobs, experience.responses.mask,
+                kls += list(masked.masked_sum(experience.logprobs - experience.ref_logprobs, experience.responses.mask,
                                            axis=1).numpy())
             scores += list(experience.scores.numpy())
             texts += rollout.texts

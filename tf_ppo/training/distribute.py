@@ -5,7 +5,7 @@ One code path serves one CPU, 8 GPUs (MirroredStrategy) and several hosts
 the identity. The rules that make a multi-replica update equal to the
 single-device one on the same global batch:
   * every replica's loss is its sum over tokens divided by the GLOBAL token
-    count (`ppo.masked_mean` does this inside `strategy.run`), so the SUM of
+    count (`masked.masked_mean` does this inside `strategy.run`), so the SUM of
     the replicas' gradients is the global gradient;
   * gradients are summed across replicas first, then clipped, then applied
     once, in cross-replica context (clipping per replica is not equivalent);

@@ -1,7 +1,7 @@
 """The supervised loop of SFT, reward-model training and DPO: one compiled step, one epoch loop.
 
 Each stage gives a `loss_fn(batch) -> (loss, metrics)` for one replica's
-share of a batch (means over the GLOBAL batch, as `ppo.masked_mean` takes
+share of a batch (means over the GLOBAL batch, as `masked.masked_mean` takes
 them inside `strategy.run`, so the replicas' shares add up); the loop does the
 rest: gradients, the sum over replicas, global-norm clipping of that sum,
 skipping a non-finite step, Adam, checkpoints every few steps with exact
@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.training.checkpoints import restore_latest, write_atomically
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError

@@ -11,7 +11,7 @@ import typing
 
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.rl.functional.estimators import aggregate_token_loss
 from tf_ppo.generation.sampling import Responses
 
@@ -131,8 +131,8 @@ class Algorithm:
         per_token, clipped = ppo.clipped_surrogate(forward.logprobs, minibatch.logprobs, minibatch.advantages,
                                                    c.epsilon, c.epsilon_high, c.dual_clip)
         mask = minibatch.loss_mask
-        return per_token, {"clipfrac": ppo.masked_mean(tf.cast(clipped, per_token.dtype), mask),
-                           "approx_kl": 0.5 * ppo.masked_mean(tf.square(forward.logprobs - minibatch.logprobs), mask)}
+        return per_token, {"clipfrac": masked.masked_mean(tf.cast(clipped, per_token.dtype), mask),
+                           "approx_kl": 0.5 * masked.masked_mean(tf.square(forward.logprobs - minibatch.logprobs), mask)}
 
     def aggregate(self, per_token, mask):
         """The minibatch's loss from per-token losses, weighed as `config.loss_type` says."""

@@ -1,6 +1,6 @@
 """GRPO (Shao et al. 2024): group-normalised advantages, no critic, the KL to the reference as a loss term."""
 
-from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.functional import estimators, masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
 from tf_ppo.rl.algorithms.registry import register
 
@@ -57,5 +57,5 @@ class GRPO(Algorithm):
         if self.beta > 0:
             kl = ppo.kl_penalty(forward.logprobs, minibatch.ref_logprobs, "k3")  # [batch, R]
             per_token = per_token + self.beta * kl
-            metrics["kl_loss"] = ppo.masked_mean(kl, mask)
+            metrics["kl_loss"] = masked.masked_mean(kl, mask)
         return self.aggregate(per_token, mask), metrics

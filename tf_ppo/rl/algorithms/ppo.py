@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
 from tf_ppo.rl.algorithms.registry import register
 
@@ -47,10 +47,10 @@ class PPO(Algorithm):
         rewards, kl = ppo.shaped_rewards(experience.scores, experience.logprobs, experience.ref_logprobs, mask,
                                          kl_coef, c.kl_estimator)
         if c.whiten_rewards:
-            rewards = ppo.whiten(rewards, mask, shift_mean=False)
+            rewards = masked.whiten(rewards, mask, shift_mean=False)
         advantages, returns = ppo.gae(rewards, experience.values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
-            advantages = ppo.whiten(advantages, mask)
+            advantages = masked.whiten(advantages, mask)
         return experience._replace(advantages=advantages, returns=returns), kl
 
     def loss(self, forward, minibatch):

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.functional import estimators, masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
 from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
 from tf_ppo.rl.algorithms.registry import register
@@ -35,7 +35,7 @@ class ReinforcePP(Algorithm):
         per_token_kl = tf.zeros_like(experience.logprobs) if kl is None else kl
         returns = estimators.reinforce_returns(self.baseline_scores(experience.scores), per_token_kl, mask,
                                                kl_coef)
-        return experience._replace(advantages=ppo.whiten(returns, mask)), kl
+        return experience._replace(advantages=masked.whiten(returns, mask)), kl
 
 
 @register

@@ -1,6 +1,6 @@
 """RLOO (Ahmadian et al. 2024): REINFORCE with the leave-one-out mean of the other samples as baseline."""
 
-from tf_ppo.rl.functional import estimators, ppo
+from tf_ppo.rl.functional import estimators, masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
 from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
 from tf_ppo.rl.algorithms.registry import register
@@ -31,6 +31,6 @@ class RLOO(Algorithm):
         rewards, kl = experience.scores, None
         if experience.ref_logprobs is not None:
             kl = ppo.token_kl(experience.logprobs, experience.ref_logprobs, mask, self.kl_estimator)
-            rewards = rewards - kl_coef * ppo.masked_sum(kl, mask, axis=1)
+            rewards = rewards - kl_coef * masked.masked_sum(kl, mask, axis=1)
         advantages = estimators.leave_one_out_advantages(rewards, self.num_generations)
         return experience._replace(advantages=estimators.sequence_to_tokens(advantages, mask)), kl

@@ -16,7 +16,7 @@ References:
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.rl.functional import ppo
+from tf_ppo.rl.functional import masked, ppo
 
 GROUP_STD_EPS = 1e-4  # TRL's GRPO: advantages / (std + 1e-4), so a group of equal rewards gives 0, not NaN
 SCALE_REWARDS = ("group", "batch", "none")
@@ -119,7 +119,7 @@ def reinforce_returns(scores, kl, mask, kl_coef, gamma=1.0):
     >>> reinforce_returns(tf.constant([1.0]), tf.constant([[0.5, 0.5]]), tf.constant([[True, True]]), 0.1).numpy()
     array([[0.9 , 0.95]], dtype=float32)
     """
-    mask = ppo.as_bool_mask(mask)
+    mask = masked.as_bool_mask(mask)
     rewards, _ = ppo.shaped_rewards(scores, kl, tf.zeros_like(kl), mask, kl_coef, "k1")  # k1 of kl - 0 is kl
     returns, _ = ppo.gae(rewards, tf.zeros_like(rewards), mask, gamma, 1.0)
     return returns
@@ -132,7 +132,7 @@ def sequence_to_tokens(advantages, mask):
     >>> sequence_to_tokens(tf.constant([2.0]), tf.constant([[True, False]])).numpy().tolist()
     [[2.0, 0.0]]
     """
-    mask = ppo.as_bool_mask(mask)
+    mask = masked.as_bool_mask(mask)
     spread = tf.broadcast_to(advantages[:, None], tf.shape(mask))
     return tf.where(mask, spread, tf.zeros_like(spread))
 
@@ -151,20 +151,20 @@ def aggregate_token_loss(per_token, mask, loss_type, response_length):
     >>> [round(float(aggregate_token_loss(per_token, mask, t, 2)), 4) for t in ("grpo", "dapo", "dr_grpo")]
     [2.0, 2.0, 1.5]
     """
-    mask = ppo.as_bool_mask(mask)
+    mask = masked.as_bool_mask(mask)
     if loss_type == "dapo":
-        return ppo.masked_mean(per_token, mask)
+        return masked.masked_mean(per_token, mask)
     rows = _global_rows(per_token)
     if loss_type == "grpo":
-        return tf.reduce_sum(ppo.masked_mean(per_token, mask, axis=1)) / rows
+        return tf.reduce_sum(masked.masked_mean(per_token, mask, axis=1)) / rows
     if loss_type == "dr_grpo":
-        return ppo.masked_sum(per_token, mask) / (rows * response_length)
+        return masked.masked_sum(per_token, mask) / (rows * response_length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
 def _global_rows(per_token):
     rows = tf.cast(tf.shape(per_token)[0], per_token.dtype)
-    context = ppo.replica_context()
+    context = masked.replica_context()
     return rows if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, rows)
 
 
