@@ -37,7 +37,8 @@ import tensorflow as tf
 from tf_ppo import PPOConfig, PPOTrainer, RewardModel
 from tf_ppo.data import prompt_dataset, read_prompt_csv
 from tf_ppo.models import build_backbone, build_policy, load_tokenizer
-from tf_ppo.generation.sampling import response_view
+from tf_ppo.generation.responses import response_view
+from tf_ppo.rl.rollout import response_logprobs
 
 from padded_vocabulary import padded_vocabulary  # noqa: E402  (benchmarks/ is on the path: run as a script)
 
@@ -319,7 +320,7 @@ def policy_logprobs_seconds(trainer, args):
     prompt_lengths = trainer.prompt_lengths[: args.batch]
     sequence_ids = trainer.sample(trainer.prompt_ids[: args.batch], prompt_lengths, tf.constant([0, 1]))
     responses = response_view(sequence_ids, prompt_lengths, args.response_length)
-    logprobs = tf.function(lambda ids: trainer.response_logprobs(trainer.policy, ids, responses)[0],
+    logprobs = tf.function(lambda ids: response_logprobs(trainer.policy, ids, responses, trainer.config.temperature)[0],
                            jit_compile=not args.no_train_jit)
     return median_seconds(lambda: logprobs(sequence_ids).numpy())
 

@@ -2,7 +2,7 @@
 
     python benchmarks/response_logits_memory.py            # GPT-2's 50,257-token vocabulary, 256 + 32 tokens
 
-`tf_ppo.generation.sampling.response_logits` gathers the backbone's hidden states at the
+`tf_ppo.models.forward.response_logits` gathers the backbone's hidden states at the
 positions that predict a response token and applies the vocabulary projection
 there. The alternative runs the whole model (logits at every position) and
 gathers after. Each way runs in its own process (peak RSS only grows), on a
@@ -33,7 +33,7 @@ def peak_rss_mb(args):
     import tensorflow as tf
 
     from tf_ppo.rl.functional import masked
-    from tf_ppo.generation.sampling import response_logits
+    from tf_ppo.models.forward import response_logits
 
     length = args.prompt_length + args.response_length
     policy = keras_hub.models.GPT2CausalLM(keras_hub.models.GPT2Backbone(

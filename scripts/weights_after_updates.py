@@ -9,7 +9,7 @@ largest difference must be 0):
 
 `--all` writes one `<run>.npz` per entry of RUNS into the directory: PPO, GRPO with and without a
 reference, RLOO, REINFORCE++ and REINFORCE++-baseline (4 updates each), SFT, the reward model, and DPO
-with a precomputed and with a live reference (one epoch over the first 128 rows of their data). Every run starts from the same
+with a precomputed and with a live reference (one epoch over the first 128 rows of their data, and of its held-out rows). Every run starts from the same
 seeded random-init policy and uses only the top-level API (`tf_ppo.train`, `sft`, `train_reward_model`,
 `dpo`), so the script runs unchanged against an older checkout.
 
@@ -37,7 +37,7 @@ RL_RUNS = {
     "reinforce_pp": {"algorithm": "reinforce_pp"},
     "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4},
 }
-# One epoch over the first 128 rows of each stage's data (less its held-out rows), 32 rows a step.
+# One epoch over the first 128 rows of each stage's data (and of each split's), 32 rows a step.
 SUPERVISED_RUNS = ("sft", "reward_model", "dpo_precomputed", "dpo_live")
 RUNS = tuple(RL_RUNS) + SUPERVISED_RUNS
 ROWS = 128
@@ -54,11 +54,13 @@ def random_policy(config):
 
 
 def first_rows(source, directory, rows=ROWS):
-    """A CSV of the first `rows` rows of a shipped CSV (what the supervised stages train on here)."""
+    """A CSV of the first `rows` rows of a shipped CSV (of each split, if it has a `split` column)."""
     import pandas as pd
 
     path = pathlib.Path(directory) / pathlib.Path(source).name
-    pd.read_csv(source).head(rows).to_csv(path, index=False)
+    table = pd.read_csv(source)
+    table = table.groupby("split", sort=False).head(rows) if "split" in table else table.head(rows)
+    table.to_csv(path, index=False)
     return str(path)
 
 
@@ -105,6 +107,9 @@ def weights_of(run, updates):
 
 def compare_files(before_path, after_path):
     """The largest absolute difference between two saved runs, or None when their weights differ in kind."""
+    if not before_path.exists():
+        print(f"{before_path}: missing")
+        return None
     before, after = np.load(before_path), np.load(after_path)
     if sorted(before.files) != sorted(after.files):
         print(f"{after_path}: different weights: {sorted(set(before.files) ^ set(after.files))}")
@@ -115,8 +120,8 @@ def compare_files(before_path, after_path):
 def compare(before, after, tolerance):
     """Compare two .npz files, or two directories of them run by run; exit status 1 above `tolerance`."""
     before, after = pathlib.Path(before), pathlib.Path(after)
-    pairs = ([(before / f"{run}.npz", after / f"{run}.npz") for run in RUNS] if before.is_dir()
-             else [(before, after)])
+    pairs = ([(before / f"{run}.npz", after / f"{run}.npz") for run in RUNS if (after / f"{run}.npz").exists()]
+             if before.is_dir() else [(before, after)])
     worst = 0.0
     for before_path, after_path in pairs:
         largest = compare_files(before_path, after_path)
@@ -130,6 +135,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--all", action="store_true", help="every run of RUNS, one .npz each in the directory")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, help="with --all: only these runs")
     parser.add_argument("--updates", type=int, default=4)
     parser.add_argument("--compare", action="store_true", help="compare two .npz files or two --all directories")
     parser.add_argument("--tolerance", type=float, default=0.0, help="largest difference that passes --compare")
@@ -143,7 +149,7 @@ def main(argv=None):
     if args.all:
         directory = pathlib.Path(args.paths[0])
         directory.mkdir(parents=True, exist_ok=True)
-        for run in RUNS:
+        for run in args.runs or RUNS:
             weights = weights_of(run, args.updates)
             np.savez(directory / f"{run}.npz", **weights)
             print(f"{directory / run}.npz: {len(weights)} arrays, from {tf_ppo.__file__}", flush=True)

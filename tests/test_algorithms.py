@@ -130,14 +130,14 @@ def test_a_failing_reward_function_skips_the_update_and_names_it(finished):
     def broken_reward(texts):
         raise ValueError("no judge today")
 
-    good = trainer.reward_fns
-    trainer.reward_fns, trainer.consecutive_skips = [broken_reward], 0
+    good = trainer.engine.reward_fns
+    trainer.engine.reward_fns, trainer.learner.skips.count = [broken_reward], 0
     try:
         batch = {"prompt_ids": trainer.prompt_ids[:4], "prompt_lengths": trainer.prompt_lengths[:4]}
         with pytest.warns(UserWarning, match="update 9 skipped: reward function broken_reward raised ValueError"):
             logs = trainer.run_update(batch, 9)
     finally:
-        trainer.reward_fns = good
+        trainer.engine.reward_fns = good
     assert logs["skipped_steps"] == 2 and np.isnan(logs["loss"])
     for old, new in zip(before, trainer.policy.get_weights()):
         np.testing.assert_array_equal(old, new)
@@ -146,13 +146,13 @@ def test_a_failing_reward_function_skips_the_update_and_names_it(finished):
 def test_a_nan_advantage_skips_the_step_inside_the_graph(finished):
     _, trainer, _ = finished
     rollout = trainer.rollout(trainer.prompt_ids[:16], trainer.prompt_lengths[:16], tf.constant([3, 4]))
-    experience, _ = trainer._advantages(rollout.experience, tf.constant(0.1))
+    experience, _ = trainer.advantages(rollout.experience, tf.constant(0.1))
     advantages = experience.advantages.numpy()
     advantages[0, 0] = np.nan
-    before = [v.numpy().copy() for v in trainer.variables]
+    before = [v.numpy().copy() for v in trainer.learner.variables]
     step = trainer.train_step(experience._replace(advantages=tf.constant(advantages)).rows(tf.range(8)))
     assert not bool(step["applied"])
-    for old, variable in zip(before, trainer.variables):
+    for old, variable in zip(before, trainer.learner.variables):
         np.testing.assert_array_equal(old, variable.numpy())
 
 
@@ -241,16 +241,16 @@ def test_algorithm_flags_and_json_round_trip():
 
 def test_several_reward_functions_are_weighted_and_logged_by_name(finished):
     _, trainer, _ = finished
-    good = trainer.reward_fns, trainer.reward_weights
+    good = trainer.engine.reward_fns, trainer.engine.reward_weights
 
     def length(texts):
         return [len(text) for text in texts]
 
-    trainer.reward_fns, trainer.reward_weights = [varied_reward, length], (1.0, 0.5)
+    trainer.engine.reward_fns, trainer.engine.reward_weights = [varied_reward, length], (1.0, 0.5)
     try:
         rollout = trainer.rollout(trainer.prompt_ids[:16], trainer.prompt_lengths[:16], tf.constant([7, 8]))
     finally:
-        trainer.reward_fns, trainer.reward_weights = good
+        trainer.engine.reward_fns, trainer.engine.reward_weights = good
     each = rollout.reward_scores
     np.testing.assert_allclose(rollout.experience.scores.numpy(), each["varied_reward"] + 0.5 * each["length"],
                                rtol=1e-6)

@@ -1,4 +1,4 @@
-"""The config dataclasses: types checked, typos named, one source for help and README, portable shipped data."""
+"""The config dataclasses: types checked, typos named, one source for help and reference, portable shipped data."""
 
 import dataclasses
 import json
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tf_ppo import config as config_module
-from tf_ppo.config import (DATA_DIR, ConfigError, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError,
-                           reference_markdown, with_reference)
+from tf_ppo.config import (DATA_DIR, ConfigError, ModelConfig, PPOConfig, RewardConfig, RLConfig, SFTConfig,
+                           UnknownFieldError, reference_markdown, with_reference)
+from tf_ppo.config import fields, reference
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
@@ -27,7 +28,7 @@ def typed_fields():
     """(section, field name, wrong value, expected words) for every field whose annotation is a plain type."""
     for section in SECTIONS:
         for field in dataclasses.fields(section):
-            kind, optional = config_module.split_optional(field.type)
+            kind, optional = fields.split_optional(field.type)
             if kind in WRONG:
                 value, words = WRONG[kind]
                 yield pytest.param(section, field.name, value, words + (" or None" if optional else ""),
@@ -122,29 +123,41 @@ def test_shipped_names_resolve_and_a_wrong_one_is_named():
 def test_data_dir_is_the_installed_package_when_there_is_one(tmp_path, monkeypatch):
     (tmp_path / "tf_ppo_data").mkdir()
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert config_module._shipped_data_dir() == (tmp_path / "tf_ppo_data").resolve()
+    assert fields._shipped_data_dir() == (tmp_path / "tf_ppo_data").resolve()
 
 
 def test_help_and_reference_come_from_the_field_metadata():
     for section in SECTIONS:
-        table = reference_markdown().split(f"### `{section.__name__}`")[1].split("### ")[0]
+        table = reference_markdown().split(f"## `{section.__name__}`")[1].split("## ")[0]
         for field in dataclasses.fields(section):
             assert field.metadata["help"], f"{section.__name__}.{field.name} has no meaning"
-            assert f"| `{field.name}` | `{config_module._cell(config_module.type_name(field.type))}` |" in table
+            assert f"| `{field.name}` | `{reference._cell(reference.type_name(field.type))}` |" in table
 
 
-def test_readme_reference_is_in_sync():
-    readme = (ROOT / "README.md").read_text()
-    assert with_reference(readme) == readme, "README.md is stale: run python -m tf_ppo.config"
+def test_reference_page_is_in_sync():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert reference.PAGE == ROOT / "docs" / "configuration.md"  # what `python -m tf_ppo.config` rewrites
+    assert page.startswith("# Configuration reference\n")
+    assert with_reference(page) == page, "docs/configuration.md is stale: run python -m tf_ppo.config"
 
 
-def test_python_m_config_rewrites_and_checks_a_readme(tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- config-reference:start -->\nold\n<!-- config-reference:end -->\nend\n")
-    assert config_module.main(["--check", str(readme)]) == 1
-    assert config_module.main([str(readme)]) == 0
-    assert config_module.main(["--check", str(readme)]) == 0
-    assert "| `kl_coef` | `float` | `0.1` |" in readme.read_text() and readme.read_text().endswith("end\n")
+def test_python_m_config_rewrites_and_checks_a_page(tmp_path, capsys):
+    page = tmp_path / "configuration.md"
+    page.write_text("# x\n<!-- config-reference:start -->\nold\n<!-- config-reference:end -->\nend\n")
+    assert reference.main(["--check", str(page)]) == 1
+    assert reference.main([str(page)]) == 0
+    assert reference.main(["--check", str(page)]) == 0
+    assert "| `kl_coef` | `float` | `0.1` |" in page.read_text() and page.read_text().endswith("end\n")
+
+
+def test_the_package_names_every_config_name():
+    assert RLConfig is PPOConfig  # one class: error messages keep saying PPOConfig.<field>
+    assert config_module.main is reference.main  # `python -m tf_ppo.config`
+    for name in config_module.__all__:
+        assert getattr(config_module, name) is not None, name
+    with pytest.raises(UnknownFieldError) as caught:  # shown where users import it from
+        PPOConfig(kl_cof=0.1)
+    assert type(caught.value).__module__ == "tf_ppo.config" and ConfigError.__module__ == "tf_ppo.config"
 
 
 def test_wheel_ships_the_data_and_every_module(tmp_path):

@@ -12,7 +12,7 @@ from test_ppo_math import random_prefix_mask, tolerance
 from tf_ppo import PPOConfig
 from tf_ppo.rl.functional import estimators, ppo
 from tf_ppo.rl.algorithms import ALGORITHMS, Experience, Forward, create
-from tf_ppo.generation.sampling import Responses
+from tf_ppo.generation.responses import Responses
 
 RNG = np.random.default_rng(1)
 

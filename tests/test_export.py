@@ -16,7 +16,9 @@ from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import ExportError, export
 from tf_ppo.models import load_tokenizer
-from tf_ppo.generation.sampling import generate, response_logits, response_view
+from tf_ppo.generation.sampling import generate
+from tf_ppo.models.forward import response_logits
+from tf_ppo.generation.responses import response_view
 
 PROMPTS = ["i thought the acting was", "the film is", "to be fair, the second half felt"]
 

@@ -97,7 +97,7 @@ def test_a_skipped_rollout_does_not_move_the_adaptive_kl_coefficient(tmp_path, s
 def test_loss_metrics_average_the_applied_steps_only(tmp_path, sft_policy):
     trainer = PPOTrainer(tiny_config(tmp_path), policy=sft_policy, show_progress=False)
     batch = trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
-    experience, _ = trainer._advantages(batch.experience, tf.constant(0.1))
+    experience, _ = trainer.advantages(batch.experience, tf.constant(0.1))
     advantages = experience.advantages.numpy()
     advantages[0] = 3e38  # finite, but the minibatch holding row 0 overflows to an infinite loss
     losses = trainer.optimise(experience._replace(advantages=tf.constant(advantages)), update=1)
@@ -110,15 +110,15 @@ def test_a_small_evaluation_reuses_the_compiled_rollout(tmp_path, sft_policy):
     trainer.rollout(trainer.prompt_ids[:32], trainer.prompt_lengths[:32], tf.constant([1, 2]))
     evaluation = trainer.evaluate()
     assert len(evaluation["samples"]) == 8
-    assert trainer._generate.experimental_get_tracing_count() == 1
-    assert trainer._score.experimental_get_tracing_count() == 1
+    assert trainer.engine._generate.experimental_get_tracing_count() == 1
+    assert trainer.engine._score.experimental_get_tracing_count() == 1
 
 
 def test_prompt_texts_keep_their_first_token_when_the_tokenizer_has_no_start_token(tmp_path, sft_policy):
     sft_policy.preprocessor.tokenizer.start_token_id = None  # as Qwen's tokenizer: no start token
     trainer = PPOTrainer(tiny_config(tmp_path), policy=sft_policy, show_progress=False)
     prompts = ["the film was", "i thought the plot was"] * 16
-    token_ids, lengths = trainer._encode(prompts)
+    token_ids, lengths = trainer.engine.encode(prompts)
     assert lengths[0] == len(trainer.tokenizer("the film was"))  # no start token was added
     batch = trainer.rollout(token_ids, lengths, tf.constant([1, 2]))
     assert batch.prompt_texts == prompts
@@ -128,9 +128,9 @@ def test_evaluation_pairs_each_sample_with_the_prompt_prefix_it_continued(tmp_pa
     trainer = PPOTrainer(tiny_config(tmp_path, prompt_tokens_min=2, prompt_tokens_max=3), policy=sft_policy,
                          show_progress=False)
     samples = trainer.evaluate()["samples"]
-    for (prompt, _), full_prompt in zip(samples, trainer.eval_prompts):
+    for (prompt, _), full_prompt in zip(samples, trainer.evaluator.prompts):
         assert full_prompt.startswith(prompt) and 2 <= len(trainer.tokenizer(prompt)) <= 3, (prompt, full_prompt)
-    assert any(prompt != full for (prompt, _), full in zip(samples, trainer.eval_prompts))
+    assert any(prompt != full for (prompt, _), full in zip(samples, trainer.evaluator.prompts))
 
 
 def test_export_of_an_unfinished_lora_run_keeps_its_adapters(tmp_path, sft_policy_path):

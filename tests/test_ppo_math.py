@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tf_ppo.rl.functional import masked, ppo
+from tf_ppo.training.guarded_step import clip_gradients
 
 RNG = np.random.default_rng(0)
 
@@ -209,17 +210,17 @@ def test_explained_variance():
 def test_clip_gradients():
     gradients = [tf.constant(RNG.normal(size=(3, 4)) * 5), tf.constant(RNG.normal(size=5) * 5)]
     norm = np.sqrt(sum((g.numpy() ** 2).sum() for g in gradients))
-    clipped, got_norm = ppo.clip_gradients(gradients, "global_norm", 1.0)
+    clipped, got_norm = clip_gradients(gradients, "global_norm", 1.0)
     np.testing.assert_allclose(got_norm, norm, rtol=1e-6)
     for g, c in zip(gradients, clipped):
         np.testing.assert_allclose(c, g.numpy() / norm, rtol=1e-6)
-    clipped, _ = ppo.clip_gradients(gradients, "value", 1.0)
+    clipped, _ = clip_gradients(gradients, "value", 1.0)
     for g, c in zip(gradients, clipped):
         np.testing.assert_array_equal(c, np.clip(g.numpy(), -1, 1))
-    unchanged, _ = ppo.clip_gradients(gradients, "global_norm", None)
+    unchanged, _ = clip_gradients(gradients, "global_norm", None)
     np.testing.assert_array_equal(unchanged[0], gradients[0])
     # A norm measured beforehand is used as given, not measured again.
-    clipped, got_norm = ppo.clip_gradients(gradients, "global_norm", 1.0, global_norm=tf.constant(2 * norm))
+    clipped, got_norm = clip_gradients(gradients, "global_norm", 1.0, global_norm=tf.constant(2 * norm))
     np.testing.assert_allclose(got_norm, 2 * norm, rtol=1e-6)
     np.testing.assert_allclose(clipped[0], gradients[0].numpy() / (2 * norm), rtol=1e-6)
 

@@ -9,7 +9,7 @@ from tf_ppo.config import ModelConfig
 from tf_ppo.models import build_backbone, build_policy, build_value_model, load_tokenizer
 from tf_ppo.models.remat import recomputed_blocks, transformer_blocks
 from tf_ppo.preference.reward_model import RewardModel
-from tf_ppo.generation.sampling import response_logits
+from tf_ppo.models.forward import response_logits
 from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps
 from tf_ppo.sft import next_token_loss
 

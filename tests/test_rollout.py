@@ -7,7 +7,9 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import load_tokenizer
-from tf_ppo.generation.sampling import generate, response_logits, response_view, sample_next_token
+from tf_ppo.generation.sampling import generate, sample_next_token
+from tf_ppo.models.forward import response_logits
+from tf_ppo.generation.responses import response_view
 
 PROMPTS = ["i thought the acting was", "the film is", "to be fair, the second half felt"]
 

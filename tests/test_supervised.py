@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.training.supervised import NonFiniteError, SupervisedLoop
+from tf_ppo.training.guarded_step import NonFiniteError
+from tf_ppo.training.supervised import SupervisedLoop
 
 
 def linear_loop(max_consecutive_skips=3):

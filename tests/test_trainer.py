@@ -66,7 +66,7 @@ def test_parameter_report_counts_trainable_frozen_and_bytes(great_run):
 def test_compiled_steps_trace_once(great_run):
     trainer, result = great_run
     assert len({row["kl_coef"] for row in result.history}) > 1
-    for fn in (trainer._generate, trainer._score, trainer._advantages, trainer._train_step):
+    for fn in (trainer.engine._generate, trainer.engine._score, trainer._advantages, trainer.learner.step._step):
         assert fn.experimental_get_tracing_count() == 1, fn
 
 
@@ -159,8 +159,8 @@ def test_train_step_skips_a_nan_loss_inside_the_graph(tmp_path, sft_policy):
     advantages[0, 0] = np.nan  # a real (unmasked) token
     minibatch = batch.experience._replace(advantages=tf.constant(advantages),
                                           returns=tf.zeros_like(batch.experience.values))
-    before = [v.numpy().copy() for v in trainer.variables]
+    before = [v.numpy().copy() for v in trainer.learner.variables]
     assert not bool(trainer.train_step(minibatch)["applied"])
-    for old, variable in zip(before, trainer.variables):
+    for old, variable in zip(before, trainer.learner.variables):
         np.testing.assert_array_equal(old, variable.numpy())
     assert int(trainer.optimizer.iterations.numpy()) == 0  # Adam's step and moments untouched too

@@ -17,7 +17,10 @@ from tf_ppo.pipeline import PipelineResult, pipeline
 from tf_ppo.preference.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.training.checkpoints import CheckpointError
-from tf_ppo.rl.trainer import Callback, NonFiniteError, OveroptimisationWarning, PPOTrainer, TrainResult, train
+from tf_ppo.rl.callbacks import Callback
+from tf_ppo.rl.evaluator import evaluate
+from tf_ppo.rl.trainer import OveroptimisationWarning, PPOTrainer, RLTrainer, TrainResult, train
+from tf_ppo.training.guarded_step import NonFiniteError
 
 __all__ = [
     "algorithms",
@@ -54,6 +57,8 @@ __all__ = [
     "NonFiniteError",
     "OveroptimisationWarning",
     "PPOTrainer",
+    "RLTrainer",
+    "evaluate",
     "TrainResult",
     "train",
 ]

@@ -85,12 +85,12 @@ def build_parser():
     False
     """
     # allow_abbrev=False on every parser: a prefix such as --target must not silently set --target_kl.
-    parser = argparse.ArgumentParser(prog="tf-ppo", description="PPO fine-tuning of Keras language models.",
+    parser = argparse.ArgumentParser(prog="tf-ppo", description="RL fine-tuning (PPO, GRPO, RLOO, REINFORCE++; DPO) of Keras language models.",
                                      allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = _add_command(commands, "demo", "SFT a tiny policy on data/, then PPO it toward positive sentiment "
                                           "(--task arithmetic --algorithm grpo: word problems, exact-match reward)")
-    train = _add_command(commands, "train", "PPO (the policy is SFT-trained first if not cached)")
+    train = _add_command(commands, "train", "RL with --algorithm (PPO by default; the policy is SFT-trained first if not cached)")
     sft = _add_command(commands, "sft", "supervised fine-tuning only")
     reward = _add_command(commands, "reward", "train a reward model on preference pairs (--reward.* flags)")
     pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO (or --method dpo: SFT -> DPO), "
@@ -384,7 +384,8 @@ def launch_workers(argv, workers):
     """
     child_argv = _without_flag(argv, "--workers") + ["--strategy", "multi_worker"]
     if not any(arg.startswith("--run_dir") for arg in child_argv):  # every worker must name the same run
-        child_argv += ["--run_dir", f"runs/ppo-{time.strftime('%Y%m%d-%H%M%S')}"]
+        algorithm = _flag_value(child_argv, "--algorithm") or PPOConfig().algorithm
+        child_argv += ["--run_dir", f"runs/{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"]
     ports = [free_port() for _ in range(workers)]
     processes = []
     for index, tf_config in enumerate(local_cluster(ports)):
@@ -403,6 +404,21 @@ def launch_workers(argv, workers):
                     process.terminate()
             return failed[0] if failed else 0
         time.sleep(0.5)
+
+
+def _flag_value(argv, flag):
+    """The value of `flag` in `argv` (`--flag value` or `--flag=value`), or None.
+
+    Example:
+    >>> _flag_value(["train", "--algorithm=grpo"], "--algorithm"), _flag_value(["--seed", "3"], "--seed")
+    ('grpo', '3')
+    """
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None
 
 
 def _without_flag(argv, flag):

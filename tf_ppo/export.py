@@ -31,7 +31,9 @@ from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
 from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
-from tf_ppo.generation.sampling import generate, response_logits, response_tokens, response_view
+from tf_ppo.generation.sampling import generate
+from tf_ppo.models.forward import response_logits
+from tf_ppo.generation.responses import response_tokens, response_view
 
 
 class ExportError(ValueError):

@@ -34,7 +34,8 @@ from tf_ppo.preference.dpo import dpo
 from tf_ppo.preference.reward_model import RewardModel, save_atomically, train_reward_model
 from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.sft import sft
-from tf_ppo.rl.trainer import PPOTrainer, TrainResult, train
+from tf_ppo.rl.evaluator import evaluate
+from tf_ppo.rl.trainer import TrainResult, train
 
 
 @dataclasses.dataclass
@@ -118,13 +119,10 @@ def _dpo_stage(config, directory, policy, gold_reward_fn, show_progress):
     """DPO from the SFT policy, then the SFT and DPO policies' completions judged as the PPO route's are."""
     result = dpo(config.replace(run_dir=str(directory)), policy=policy, show_progress=show_progress,
                  resume=(directory / "checkpoints" / "checkpoint").exists())
-    # The PPO trainer's own evaluation, with the SFT policy as the reference: the same prompts, seed, gold
-    # judge and KL estimate as the PPO route. The proxy is left out: DPO has none.
-    judge = PPOTrainer(config.replace(run_dir=str(directory / "evaluation")), reward_fn=gold_reward_fn,
-                       policy=policy, gold_reward_fn=gold_reward_fn, show_progress=False)
-    before = judge.evaluate()
-    judge.policy.set_weights(result.policy.get_weights())
-    after = judge.evaluate()
+    # The RL runs' own evaluation, with the SFT policy as the reference: the same prompts, seed, gold judge and
+    # KL estimate as the PPO route. The proxy is left out: DPO has none.
+    before, after = (evaluate(judged, config, reference=policy, reward_fn=gold_reward_fn,
+                              gold_reward_fn=gold_reward_fn) for judged in (policy, result.policy))
     before["score_mean"] = after["score_mean"] = None
     return dataclasses.replace(result, evaluations=(before, after))
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from tf_ppo.config import main
+from tf_ppo.config.reference import main
 
 sys.exit(main())

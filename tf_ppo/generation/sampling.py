@@ -1,33 +1,21 @@
-"""Rollouts: sample responses with a KV cache, then view them per response token.
+"""Sampling: responses drawn with a KV cache, Philox noise per row, temperature, top-k and top-p.
 
 Buffer layout. A rollout buffer `sequence_ids` is `[batch, P + R]`: each row
 holds its prompt (right-padded to P, the first `prompt_lengths[i]` slots real),
 and its response starts right after its own prompt, at `prompt_lengths[i]`.
 Right padding keeps GPT-2's absolute positions right for every row (the same
-scheme keras-hub's own `generate_step` uses). `response_view` then gathers the
-R response slots of every row into an aligned `[batch, R]` view, on which all
-the PPO maths works.
-
-The logits for response token j of row i come from the position before it,
-`positions[i, j] - 1`; `response_logits` is the one function that computes
-them, for the rollout scoring and the training step alike, so old and new
-log-probs take exactly the same numerical path. It applies the output head
-(the vocabulary projection) at those positions only, not over the prompt
-(`tf_ppo.models.trunk_and_head`).
+scheme keras-hub's own `generate_step` uses). `tf_ppo.generation.responses`
+then views the R response slots of every row as an aligned `[batch, R]` view.
 """
-
-import collections
 
 import tensorflow as tf
 
 from tf_ppo.training.compiled import compiled  # noqa: F401  used by the doctests
 from tf_ppo.generation.decoding import decoder_for
-from tf_ppo.models import trunk_and_head
 
 # Response tokens per decoding segment. Shorter segments attend over fewer unwritten positions but add a
 # compiled loop each; 16 measured best (benchmarks/ppo_throughput.py --scaling 32,64,128).
 SEGMENT_LENGTH = 16
-Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
 
 
 def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_offset=0):
@@ -193,69 +181,3 @@ def segment_ends(prompt_width, response_length, total_length, segment_length=SEG
         return [total_length]
     return [prompt_width + min(end, response_length)
             for end in range(segment_length, response_length + segment_length, segment_length)]
-
-
-def response_view(sequence_ids, prompt_lengths, response_length, end_token_id=None):
-    """Gather each row's R response slots into an aligned `[batch, R]` view.
-
-    With `end_token_id`, a response ends at its first end token (which stays
-    in the response: stopping is an action the policy is rewarded for);
-    everything after it is masked out.
-
-    Returns:
-        `Responses(positions, token_ids, mask)`, each `[batch, R]`:
-        buffer index, token id, and True on real response tokens.
-
-    Example:
-    >>> view = response_view(tf.constant([[5, 6, 7, 0, 8]]), tf.constant([2]), 3, end_token_id=0)
-    >>> view.token_ids.numpy().tolist(), view.mask.numpy().tolist()
-    ([[7, 0, 8]], [[True, True, False]])
-    """
-    positions = prompt_lengths[:, None] + tf.range(response_length)[None, :]  # [batch, R]
-    token_ids = tf.gather(sequence_ids, positions, batch_dims=1)  # [batch, R]
-    if end_token_id is None:
-        return Responses(positions, token_ids, tf.ones_like(token_ids, tf.bool))
-    is_end = tf.cast(token_ids == end_token_id, tf.int32)
-    ends_before = tf.cumsum(is_end, axis=1, exclusive=True)  # end tokens strictly before j
-    return Responses(positions, token_ids, ends_before == 0)
-
-
-def response_tokens(responses, end_token_id):
-    """Each response's own tokens as a ragged `[batch, None]`: no end token, no padding after it.
-
-    Example:
-    >>> view = response_view(tf.constant([[5, 6, 7, 0, 8]]), tf.constant([2]), 3, end_token_id=0)
-    >>> response_tokens(view, 0).to_list()
-    [[7]]
-    """
-    return tf.ragged.boolean_mask(responses.token_ids, responses.mask & (responses.token_ids != end_token_id))
-
-
-def response_logits(model, sequence_ids, positions):
-    """Logits predicting each response token: the model's output at `positions - 1`.
-
-    Args:
-        model: policy (logits `[batch, S, V]`) or value model (`[batch, S]`).
-        sequence_ids: int32 `[batch, S]` rollout buffer.
-        positions: int32 `[batch, R]` from `response_view`.
-
-    Returns:
-        `[batch, R, V]` logits (or `[batch, R]` values).
-
-    Example:
-    >>> from tf_ppo.models import BigramLM
-    >>> policy = BigramLM(vocabulary_size=5, hidden_dim=2)
-    >>> response_logits(policy, tf.constant([[1, 2, 3]]), tf.constant([[1, 2]])).shape
-    TensorShape([1, 2, 5])
-    """
-    # All-True padding mask: attention is causal, so a response position only
-    # sees its prompt and earlier response tokens, never the padding after it.
-    inputs = {"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)}
-    split = trunk_and_head(model)
-    if split is None:
-        outputs = tf.gather(model(inputs, training=False), positions - 1, batch_dims=1)
-    else:  # the head (output projection) only where a response token is predicted, not over the prompt
-        trunk, head = split
-        outputs = head(tf.gather(trunk(inputs, training=False), positions - 1, batch_dims=1))
-    # float32 whatever the model's precision: log-softmax, ratios and KL need it.
-    return tf.cast(outputs, tf.float32)

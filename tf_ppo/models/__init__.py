@@ -362,7 +362,7 @@ def trunk_and_head(model):
     and the head maps those, position by position, to the model's outputs
     (logits `[.., vocab]` or values). PPO needs the outputs at the response
     positions only, so gathering the hidden states first skips the output
-    projection and the log-softmax over the prompt (tf_ppo.generation.sampling.response_logits).
+    projection and the log-softmax over the prompt (tf_ppo.models.forward.response_logits).
     It splits a keras-hub `CausalLM` whose logits are its backbone's reversed
     token embedding (GPT-2, Llama, OPT, Gemma, Mistral, ...: checked on the
     model's functional graph, not by class), a `ValueModel` and `AdaptersOff`

@@ -46,7 +46,8 @@ from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.preference.reward_model import read_preferences, split_rows
 from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
 from tf_ppo.sft import default_policy
-from tf_ppo.training.supervised import SupervisedLoop, adam_for, epoch_batches
+from tf_ppo.training.guarded_step import adam_for
+from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
 EVALUATION = "evaluation.json"
 

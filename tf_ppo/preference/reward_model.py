@@ -30,7 +30,8 @@ from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, p
                          prompt_token_counts, start_token_ids)
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.models import copy_model, freeze_output_projection, load_tokenizer, policy_from_config, tokenizer_for
-from tf_ppo.generation.sampling import generate, response_tokens, response_view
+from tf_ppo.generation.sampling import generate
+from tf_ppo.generation.responses import response_tokens, response_view
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
 

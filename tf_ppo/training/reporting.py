@@ -13,7 +13,7 @@ import pathlib
 
 import tensorflow as tf
 
-UPDATE_LABEL = "PPO update"
+UPDATE_LABEL = "update"
 # (history key, panel title, y-axis label with its unit). The score's unit is the reward function's own.
 PLOTTED = (("score_mean", "reward (score)", "mean score per response"),
            ("kl", "KL to reference", "KL (nats per response)"),

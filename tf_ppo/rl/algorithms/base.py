@@ -1,61 +1,24 @@
-"""What an RL algorithm decides, and the typed batch it works on.
+"""What an RL algorithm decides.
 
-The run loop (`tf_ppo.rl.trainer.PPOTrainer`) samples, scores, rewards, checks
-for NaN, optimises, checkpoints and logs. An `Algorithm` answers the rest:
-which models it needs, how a scored rollout becomes advantages, and the loss
-of one minibatch. A new algorithm is a subclass in a module of its own,
-registered by name (`tf_ppo.rl.algorithms.register`); see `dr_grpo.py`.
+The run (`tf_ppo.rl.trainer.RLTrainer`) samples, scores and rewards
+(`RolloutEngine`), optimises (`Learner`), evaluates, checkpoints and logs. An
+`Algorithm` answers the rest: which models it needs, how a scored rollout
+becomes advantages, the loss of one minibatch (with the entropy bonus), and
+its KL coefficient's control. A new algorithm is a subclass in a module of its
+own, registered by name (`tf_ppo.rl.algorithms.register`); see `dr_grpo.py`
+and `gspo.py`.
+
+Masks. As in TRL, advantages and the KL read `Experience.model_mask` (every
+token the policy produced) and the loss reads `Experience.loss_mask`: a
+response left out by `mask_truncated_completions` still counts in its group's
+baseline and in the batch statistics (whitening), so leaving it out of the loss
+does not move the other responses' advantages.
 """
-
-import typing
 
 import tensorflow as tf
 
 from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.rl.functional.estimators import aggregate_token_loss
-from tf_ppo.generation.sampling import Responses
-
-
-class Experience(typing.NamedTuple):
-    """One scored rollout batch, every tensor aligned on rows; R = response_length.
-
-    Optional fields are None when the algorithm has no use for them (no
-    critic: no `values`/`returns`; no reference: no `ref_logprobs`).
-    """
-
-    sequence_ids: tf.Tensor  # int32 [batch, P + R]: prompt, then response (see tf_ppo.generation.sampling)
-    responses: Responses  # positions, token_ids, mask (bool): each [batch, R]
-    logprobs: tf.Tensor  # [batch, R] log-probs of the sampling policy ("old" log-probs)
-    scores: tf.Tensor  # [batch] reward of each whole response
-    loss_mask: tf.Tensor  # bool [batch, R]: the tokens the loss counts (responses.mask, less masked-out rows)
-    ref_logprobs: typing.Optional[tf.Tensor] = None  # [batch, R] reference log-probs
-    values: typing.Optional[tf.Tensor] = None  # [batch, R] the critic's V(s_t), at sampling time
-    advantages: typing.Optional[tf.Tensor] = None  # [batch, R]
-    returns: typing.Optional[tf.Tensor] = None  # [batch, R] the critic's regression targets
-
-    def rows(self, indices):
-        """The experience of some rows (a minibatch), None fields kept None.
-
-        Example:
-            minibatch = experience.rows(tf.range(8))
-        """
-        return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, indices), self)
-
-    def present(self):
-        """The fields that hold a tensor, by name (what crosses into a compiled step: None cannot).
-
-        Example:
-            "values" in experience.present()
-        """
-        return {name: value for name, value in self._asdict().items() if value is not None}
-
-
-class Forward(typing.NamedTuple):
-    """The models' outputs for a minibatch inside the gradient tape."""
-
-    logprobs: tf.Tensor  # [batch, R] the policy's current log-probs of the sampled tokens
-    logits: tf.Tensor  # [batch, R, V] divided by the temperature
-    values: typing.Optional[tf.Tensor] = None  # [batch, R] the critic's current values, if there is one
 
 
 class Algorithm:
@@ -79,6 +42,7 @@ class Algorithm:
 
     def __init__(self, config):
         self.config = config
+        self.kl_controller = self.make_kl_controller()  # its value is saved in every checkpoint
 
     @classmethod
     def validate(cls, config, fail):
@@ -110,6 +74,18 @@ class Algorithm:
     def initial_kl_coef(self):
         return self.beta
 
+    def make_kl_controller(self):
+        """The KL coefficient's controller: fixed at `initial_kl_coef()` (PPO: adaptive when `target_kl` is set)."""
+        return ppo.FixedKLController(self.initial_kl_coef())
+
+    def observe_kl(self, kl_per_response, rollouts):
+        """After an applied update: let the controller move the coefficient (the fixed one keeps it)."""
+        self.kl_controller.update(kl_per_response, rollouts)
+
+    def value_model_source(self, reward_fns):
+        """A model to start the critic from, or None (a fresh value head); only PPO has a critic."""
+        return None
+
     def advantages(self, experience, kl_coef):
         """`(experience with advantages (and returns), per-token KL [batch, R] or None)`; pure TensorFlow."""
         raise NotImplementedError
@@ -121,6 +97,18 @@ class Algorithm:
         """
         per_token, metrics = self.policy_terms(forward, minibatch)
         metrics["policy_loss"] = loss = self.aggregate(per_token, minibatch.loss_mask)
+        return loss, metrics
+
+    def objective(self, forward, minibatch):
+        """`(loss to minimise, metrics)`: `loss`, less `entropy_coef` x the mean entropy of the policy.
+
+        Example:
+            loss, metrics = algorithm.objective(Forward(logprobs, logits, values), minibatch)
+        """
+        loss, metrics = self.loss(forward, minibatch)
+        entropy_coef = self.config.entropy_coef
+        if entropy_coef:  # skipped at 0: a softmax over [batch, R, vocab] and its gradient cost real time
+            loss -= entropy_coef * masked.masked_mean(masked.entropy_from_logits(forward.logits), minibatch.loss_mask)
         return loss, metrics
 
     # --- shared pieces of the critic-free losses

@@ -43,7 +43,7 @@ class GRPO(Algorithm):
         return self.config.scale_rewards
 
     def advantages(self, experience, kl_coef):
-        mask = experience.responses.mask
+        mask = experience.model_mask
         advantages = estimators.group_advantages(experience.scores, self.num_generations, self.scale_rewards())
         kl = None
         if experience.ref_logprobs is not None:

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from tf_ppo.rl.functional import masked, ppo
+from tf_ppo.config import ConfigError
 from tf_ppo.rl.algorithms.base import Algorithm
 from tf_ppo.rl.algorithms.registry import register
 
@@ -41,9 +42,25 @@ class PPO(Algorithm):
     def initial_kl_coef(self):
         return self.config.kl_coef
 
+    def make_kl_controller(self):
+        """Adaptive (Ziegler et al. 2019) toward `target_kl` when it is set, else fixed at `kl_coef`."""
+        c = self.config
+        if c.target_kl is None:
+            return super().make_kl_controller()
+        return ppo.AdaptiveKLController(c.kl_coef, c.target_kl, c.kl_horizon)
+
+    def value_model_source(self, reward_fns):
+        """The RewardModel used as reward, when `value_from_reward_model` (as TRL), else None."""
+        if not self.config.value_from_reward_model:
+            return None
+        if not hasattr(reward_fns[0], "backbone"):
+            raise ConfigError(f"PPOConfig.value_from_reward_model needs a RewardModel as reward_fn, "
+                              f"got {type(reward_fns[0]).__name__}")
+        return reward_fns[0]
+
     def advantages(self, experience, kl_coef):
         c = self.config
-        mask = experience.responses.mask
+        mask = experience.model_mask
         rewards, kl = ppo.shaped_rewards(experience.scores, experience.logprobs, experience.ref_logprobs, mask,
                                          kl_coef, c.kl_estimator)
         if c.whiten_rewards:

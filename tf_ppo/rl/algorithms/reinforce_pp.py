@@ -28,7 +28,7 @@ class ReinforcePP(Algorithm):
         return scores
 
     def advantages(self, experience, kl_coef):
-        mask = experience.responses.mask
+        mask = experience.model_mask
         kl = None
         if experience.ref_logprobs is not None:
             kl = ppo.token_kl(experience.logprobs, experience.ref_logprobs, mask, self.kl_estimator)

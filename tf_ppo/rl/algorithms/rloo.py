@@ -27,7 +27,7 @@ class RLOO(Algorithm):
         return self.config.kl_estimator
 
     def advantages(self, experience, kl_coef):
-        mask = experience.responses.mask
+        mask = experience.model_mask
         rewards, kl = experience.scores, None
         if experience.ref_logprobs is not None:
             kl = ppo.token_kl(experience.logprobs, experience.ref_logprobs, mask, self.kl_estimator)

@@ -236,29 +236,3 @@ class AdaptiveKLController:
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value.assign(self.value * (1.0 + proportional_error * num_rollouts / self.horizon))
         return float(self.value.numpy())
-
-
-def clip_gradients(gradients, mode="global_norm", threshold=1.0, global_norm=None):
-    """Clip gradients by their global norm (default) or each entry to [-threshold, threshold].
-
-    `mode="value"` is the article's `tf.clip_by_value(grad, -1.0, 1.0)`; it
-    changes the gradient's direction, which is why global-norm clipping is the
-    default. `threshold=None` leaves gradients unchanged. `global_norm`, if
-    given, is the gradients' norm measured already (it is not measured again).
-
-    Returns:
-        `(clipped_gradients, global_norm)`, the norm measured before clipping.
-
-    Example:
-    >>> clipped, norm = clip_gradients([tf.constant([3.0, 4.0])], "global_norm", 1.0)
-    >>> clipped[0].numpy().tolist(), float(norm)
-    ([0.6000000238418579, 0.800000011920929], 5.0)
-    """
-    if global_norm is None:
-        global_norm = tf.linalg.global_norm(gradients)
-    if threshold is None:
-        return list(gradients), global_norm
-    if mode == "value":
-        return [tf.clip_by_value(g, -threshold, threshold) for g in gradients], global_norm
-    clipped, _ = tf.clip_by_global_norm(gradients, threshold, use_norm=global_norm)
-    return clipped, global_norm

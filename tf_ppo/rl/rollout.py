@@ -1,0 +1,224 @@
+"""The rollout engine: prompts in, a scored and rewarded `Experience` out.
+
+    sample   responses for a batch of rows, KV-cached and compiled, `rollout_batch_size` rows at a time;
+    score    the policy's (and the reference's) log-probs and the critic's values, one forward pass each;
+    reward   the reward function(s) on the decoded texts (and the gold judge, if one is given);
+    shape    the missing-EOS and overlong penalties, and the loss mask of `mask_truncated_completions`.
+
+The engine holds the models by role (a reference and a critic only when the
+algorithm uses them) and knows nothing of advantages or losses.
+"""
+
+import dataclasses
+import functools
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_ppo.data import encode_prompts, prompt_token_counts, start_token_ids
+from tf_ppo.generation.responses import response_tokens, response_view
+from tf_ppo.generation.sampling import generate
+from tf_ppo.models.forward import response_logits
+from tf_ppo.rl.experience import Experience
+from tf_ppo.rl.functional import masked
+from tf_ppo.rl.functional.estimators import overlong_penalty
+from tf_ppo.rl.rewards import RewardFunctionFailed, combined_scores, compute_scores
+from tf_ppo.training.compiled import compiled
+from tf_ppo.training.distribute import compiled_per_replica, gather, replica_row_offset, split_batch
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One sampled, scored and rewarded batch: the tensors the algorithm trains on, and what is logged."""
+
+    experience: Experience  # advantages not yet filled in
+    entropy: float  # mean entropy of the policy over response tokens, nats
+    texts: list  # decoded responses
+    prompt_texts: list  # the prompts as the policy saw them
+    gold_scores: np.ndarray | None  # the independent judge's scores, if one is given
+    reward_scores: dict  # name -> [batch] scores of each reward function (several reward functions only)
+    reward_failure: str | None  # why the reward could not be computed; the update is then skipped
+    seconds: dict  # generate / score / reward wall time
+
+
+def response_logprobs(model, sequence_ids, responses, temperature):
+    """Log-probs `[batch, R]` and logits `[batch, R, V]` of the response tokens, logits / temperature.
+
+    The one path that old (rollout) and new (training) log-probs both take.
+
+    Example:
+        logprobs, logits = response_logprobs(policy, experience.sequence_ids, experience.responses, 1.0)
+    """
+    logits = response_logits(model, sequence_ids, responses.positions) / temperature
+    return masked.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
+
+
+class RolloutEngine:
+    """Samples, scores, rewards and shapes rollouts of one policy; compiled once per phase.
+
+    Args:
+        config: the run's `PPOConfig`.
+        policy, tokenizer: the model that samples and its tokenizer.
+        strategy: the `tf.distribute.Strategy` the models live under.
+        reward_fns, reward_weights: the reward functions and their weights.
+        reference: the frozen reference (its log-probs feed the KL), or None.
+        value_model: the critic (its values feed GAE), or None.
+        gold_reward_fn: an independent judge, scored beside the reward, or None.
+
+    Example:
+        engine = RolloutEngine(config, policy, tokenizer, strategy, [sentiment_reward], (1.0,))
+        rollout = engine.rollout(prompt_ids, prompt_lengths, tf.constant([0, 1]))
+    """
+
+    def __init__(self, config, policy, tokenizer, strategy, reward_fns, reward_weights, reference=None,
+                 value_model=None, gold_reward_fn=None):
+        self.config, self.policy, self.tokenizer, self.strategy = config, policy, tokenizer, strategy
+        self.reward_fns, self.reward_weights, self.gold_reward_fn = reward_fns, reward_weights, gold_reward_fn
+        self.reference, self.value_model = reference, value_model
+        # One compiled function per phase, each with fixed shapes: traced once (once per device on several
+        # replicas). Each runs its replica part with `strategy.run` and gathers the global batch back (identity
+        # on one device). Sampling and scoring hold no cross-replica reduction: XLA on every replica.
+        generate_replica = compiled_per_replica(strategy, self._generate_fn, config.generation_jit)
+        score_replica = compiled_per_replica(strategy, self._score_fn, config.train_jit)
+        greedy_replica = compiled_per_replica(strategy, functools.partial(self._generate_fn, greedy=True),
+                                              config.generation_jit)
+        self._generate = compiled(functools.partial(self._on_replicas, generate_replica))
+        self._generate_greedy = compiled(functools.partial(self._on_replicas, greedy_replica))
+        self._score = compiled(functools.partial(self._on_replicas, score_replica))
+
+    # ----------------------------------------------------------------- compiled phases
+
+    def _on_replicas(self, replica_fn, *args):
+        return gather(self.strategy, self.strategy.run(replica_fn, args=args))
+
+    def _generate_fn(self, batch, seed, chunk_start, greedy=False):
+        """One replica: sample responses for its share of the prompts (greedy: the most likely token each step).
+
+        `chunk_start` is the batch row of the chunk's first row: every row draws its own noise, whatever
+        chunk and replica it is sampled in.
+        """
+        c = self.config
+        row_offset = chunk_start + replica_row_offset(tf.shape(batch["prompt_ids"])[0])
+        top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
+        return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
+                        c.temperature, top_k, top_p, row_offset)
+
+    def _score_fn(self, batch):
+        """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts.
+
+        Returns a dict; `ref_logprobs` and `values` only when the run has a reference and a critic.
+        """
+        c = self.config
+        responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
+                                  self.tokenizer.end_token_id if c.stop_at_eos else None)
+        logprobs, logits = response_logprobs(self.policy, batch["sequence_ids"], responses, c.temperature)
+        scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
+        if self.reference is not None:
+            scored["ref_logprobs"], _ = response_logprobs(self.reference, batch["sequence_ids"], responses,
+                                                          c.temperature)
+        if self.value_model is not None:
+            scored["values"] = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
+        return scored
+
+    def _in_chunks(self, run_chunk, tensors):
+        """`run_chunk(chunk, chunk_start)` on `rollout_batch_size` rows at a time; the outputs concatenated.
+
+        A chunk is split over the replicas. One chunk (the default) is the whole batch, run as is.
+        """
+        rows = len(next(iter(tensors.values())))
+        size = self.config.rollout_batch_size or rows
+        outputs = [run_chunk(split_batch(self.strategy, {name: value[start: start + size]
+                                                         for name, value in tensors.items()}),
+                             tf.constant(start, tf.int32))
+                   for start in range(0, rows, size)]
+        if len(outputs) == 1:
+            return outputs[0]
+        return tf.nest.map_structure(lambda *chunks: tf.concat(chunks, axis=0), *outputs)
+
+    # ----------------------------------------------------------------- public steps
+
+    def encode(self, prompts, seed=None):
+        """Token ids and lengths of prompt texts, cut to their first k tokens if the config asks.
+
+        Example:
+            prompt_ids, prompt_lengths = engine.encode(["the movie was"])
+        """
+        c = self.config
+        counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
+                                     c.seed if seed is None else seed)
+        return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
+
+    def sample(self, prompt_ids, prompt_lengths, seed, greedy=False):
+        """Prompt + response token ids `[rows, P + R]`, sampled (or greedy) in `rollout_batch_size` chunks.
+
+        Example:
+            sequence_ids = engine.sample(prompt_ids[:32], prompt_lengths[:32], tf.constant([0, 1]))
+        """
+        generate_fn = self._generate_greedy if greedy else self._generate
+        return self._in_chunks(lambda chunk, chunk_start: generate_fn(chunk, seed, chunk_start),
+                               {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
+
+    def rollout(self, prompt_ids, prompt_lengths, seed):
+        """Sample, score, reward and shape one batch of rows (already repeated per generation).
+
+        Example:
+            rollout = engine.rollout(prompt_ids[:32], prompt_lengths[:32], tf.constant([0, 1]))
+            rollout.experience.logprobs.shape  # [32, response_length]
+        """
+        started = time.perf_counter()
+        sequence_ids = self.sample(prompt_ids, prompt_lengths, seed)
+        generated = time.perf_counter()
+        scored = self._in_chunks(lambda chunk, _: self._score(chunk),
+                                 {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths})
+        responses = scored["responses"]
+        entropy = float(masked.masked_mean(scored["entropy"], responses.mask))
+        scoring_done = time.perf_counter()
+        texts = self.decode(responses)
+        start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
+        prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:],
+                                                                    lengths=prompt_lengths - start))
+        scores, reward_scores, failure = self._rewards(texts, prompt_texts)
+        gold_scores = compute_scores(self.gold_reward_fn, texts, prompt_texts) if self.gold_reward_fn else None
+        scores, loss_mask = self._shape(scores, responses)
+        experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
+                                loss_mask, scored.get("ref_logprobs"), scored.get("values"))
+        return Rollout(experience, entropy, texts, prompt_texts, gold_scores, reward_scores, failure,
+                       {"generate": generated - started, "score": scoring_done - generated,
+                        "reward": time.perf_counter() - scoring_done})
+
+    def _shape(self, scores, responses):
+        """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`."""
+        c = self.config
+        ended = np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)  # [batch]
+        if c.missing_eos_penalty is not None:
+            scores = scores - c.missing_eos_penalty * ~ended
+        if c.overlong_buffer:
+            lengths = tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)
+            scores = scores + overlong_penalty(lengths, c.response_length, c.overlong_buffer,
+                                               c.overlong_penalty).numpy()
+        loss_mask = responses.mask
+        if c.mask_truncated_completions:
+            loss_mask = responses.mask & tf.constant(ended)[:, None]
+        return scores, loss_mask
+
+    def _rewards(self, texts, prompt_texts):
+        """`(weighted scores [batch], each function's scores by name, failure or None)`.
+
+        A reward function that raises gives NaN scores, so the non-finite guard
+        skips the update (and says which function failed) instead of ending the run.
+        """
+        try:
+            scores, each = combined_scores(self.reward_fns, self.reward_weights, texts, prompt_texts)
+        except RewardFunctionFailed as error:
+            return np.full(len(texts), np.nan), {}, str(error)
+        return scores, (each if len(self.reward_fns) > 1 else {}), None
+
+    def decode(self, responses):
+        """Response texts, without the end token and the padding after it."""
+        return self._detokenize(response_tokens(responses, self.tokenizer.end_token_id))
+
+    def _detokenize(self, token_ids):
+        texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings
+        return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+                for text in np.asarray(texts).tolist()]
