@@ -37,12 +37,14 @@ def gspo_config(loss_type="grpo", **changes):
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
 def test_gspo_loss_clips_one_sequence_level_ratio_per_response(dtype, loss_type):
     algorithm = create(gspo_config(loss_type))
-    batch, _ = algorithm.advantages(experience(dtype, ended=np.array([True, False] * (BATCH // 2))),
-                                    tf.constant(0.0, dtype))
+    ended = np.arange(BATCH) != BATCH - 1  # the last response is truncated: out of the loss
+    batch, _ = algorithm.advantages(experience(dtype, ended), tf.constant(0.0, dtype))
     a = arrays(batch)
-    # Each row's log-ratios around its own offset: some responses inside the clip range, some beyond either end.
-    offsets = np.linspace(-0.2, 0.2, BATCH)[:, None]
-    new_logprobs = a["logprobs"] + offsets + RNG.normal(scale=0.01, size=a["logprobs"].shape)
+    # Each row's log-ratios around its own offset: half the responses beyond the clip range on the side of their
+    # advantage (the clip is active there), half inside it.
+    row_advantages = np.asarray(batch.advantages).sum(axis=1)
+    offsets = np.where(np.arange(BATCH) % 2 == 0, 0.2 * np.sign(row_advantages), 0.01)[:, None]
+    new_logprobs = a["logprobs"] + offsets + RNG.normal(scale=0.1, size=a["logprobs"].shape)
     loss, metrics = algorithm.loss(Forward(tf.constant(new_logprobs, dtype), None), batch)
     mask = a["loss_mask"]
     per_token = np_sequence_ratio_loss(new_logprobs, a["logprobs"], np.asarray(batch.advantages), mask)
