@@ -128,7 +128,8 @@ def test_data_dir_is_the_installed_package_when_there_is_one(tmp_path, monkeypat
 
 def test_help_and_reference_come_from_the_field_metadata():
     for section in SECTIONS:
-        table = reference_markdown().split(f"## `{section.__name__}`")[1].split("## ")[0]
+        # Every table of the section (PPOConfig has one per group).
+        table = "".join(part.split("## ")[0] for part in reference_markdown().split(f"## `{section.__name__}`")[1:])
         for field in dataclasses.fields(section):
             assert field.metadata["help"], f"{section.__name__}.{field.name} has no meaning"
             assert f"| `{field.name}` | `{reference._cell(reference.type_name(field.type))}` |" in table
@@ -185,3 +186,13 @@ def _strings(values):
             yield from _strings(value)
         elif isinstance(value, str):
             yield value
+
+
+def test_the_groups_partition_the_rl_fields_and_section_reads_them():
+    from tf_ppo.config import GROUPS
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(field.name for field in dataclasses.fields(PPOConfig))  # each field once
+    config = PPOConfig(batch_size=16, algorithm="grpo", num_generations=4)
+    assert config.section("rollout")["batch_size"] == 16 and config.section("algorithm")["num_generations"] == 4
+    with pytest.raises(ConfigError, match="no group 'rollouts'"):
+        config.section("rollouts")

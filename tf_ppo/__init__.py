@@ -19,7 +19,8 @@ from tf_ppo.sft import default_policy, sft
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.rl.callbacks import Callback
 from tf_ppo.rl.evaluator import evaluate
-from tf_ppo.rl.trainer import OveroptimisationWarning, PPOTrainer, RLTrainer, TrainResult, train
+from tf_ppo.rl.logs import OveroptimisationWarning
+from tf_ppo.rl.trainer import PPOTrainer, RLTrainer, TrainResult, train
 from tf_ppo.training.guarded_step import NonFiniteError
 
 __all__ = [

@@ -19,7 +19,7 @@ True
 from tf_ppo.config.fields import (DATA_DIR, OBJECT_MARK, SHIPPED, TYPE_WORDS, ConfigError, UnknownFieldError,
                                   did_you_mean, portable, split_optional)
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
-from tf_ppo.config.rl import NESTED, SECTIONS, SYNONYMS, TASK_DEFAULTS, PPOConfig, RLConfig
+from tf_ppo.config.rl import GROUPS, NESTED, SECTIONS, SYNONYMS, TASK_DEFAULTS, PPOConfig, RLConfig
 from tf_ppo.config.reference import (MARKERS, SECTION_TITLES, default_text, help_text, main, reference_markdown,
                                      type_name, with_reference)
 
@@ -27,7 +27,7 @@ __all__ = [
     "ConfigError", "UnknownFieldError", "DATA_DIR", "SHIPPED", "OBJECT_MARK", "TYPE_WORDS",
     "did_you_mean", "portable", "split_optional",
     "ModelConfig", "SFTConfig", "RewardConfig", "DPOConfig",
-    "PPOConfig", "RLConfig", "NESTED", "SECTIONS", "SYNONYMS", "TASK_DEFAULTS",
+    "PPOConfig", "RLConfig", "GROUPS", "NESTED", "SECTIONS", "SYNONYMS", "TASK_DEFAULTS",
     "MARKERS", "SECTION_TITLES", "default_text", "help_text", "main", "reference_markdown", "type_name",
     "with_reference",
 ]

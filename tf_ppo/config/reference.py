@@ -9,7 +9,7 @@ import pathlib
 import sys
 
 from tf_ppo.config.fields import ConfigError, portable, split_optional
-from tf_ppo.config.rl import SECTIONS, PPOConfig
+from tf_ppo.config.rl import GROUPS, SECTIONS, PPOConfig
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 
 
@@ -68,17 +68,21 @@ def reference_markdown():
     >>> print(reference_markdown().splitlines()[0])
     Generated from the fields of `tf_ppo/config/` by `python -m tf_ppo.config` (a test keeps it in
     >>> [line for line in reference_markdown().splitlines() if line.startswith("#")][:2]
-    ['## `PPOConfig`: flags `--FIELD`', '## `ModelConfig` (`PPOConfig.model`): flags `--model.FIELD`']
+    ['## `PPOConfig`: flags `--FIELD`, model', '## `PPOConfig`: flags `--FIELD`, rollout']
     """
     parts = ["Generated from the fields of `tf_ppo/config/` by `python -m tf_ppo.config` (a test keeps it in\n"
              "sync). On the command line, booleans are `true`/`false` (`1`/`0`), optional fields take `null`;\n"
              "`shipped:NAME` is a file of the shipped `data/`, wherever tf_ppo is installed.\n"]
     for section in SECTIONS:
-        rows = [f"| `{field.name}` | `{_cell(type_name(field.type))}` | `{_cell(default_text(field))}` | "
-                f"{_cell(field.metadata['help']).replace('<', '&lt;')} |"  # <date> would be read as HTML
-                for field in dataclasses.fields(section)]
-        parts.append("\n".join([f"## {SECTION_TITLES[section]}\n", "| field | type | default | meaning |",
-                                "|---|---|---|---|", *rows]) + "\n")
+        by_name = {field.name: field for field in dataclasses.fields(section)}
+        groups = GROUPS if section is PPOConfig else {None: by_name}
+        for group, names in groups.items():
+            title = SECTION_TITLES[section] + (f", {group}" if group else "")
+            rows = [f"| `{name}` | `{_cell(type_name(by_name[name].type))}` | `{_cell(default_text(by_name[name]))}` | "
+                    f"{_cell(by_name[name].metadata['help']).replace('<', '&lt;')} |"  # <date> would be read as HTML
+                    for name in names]
+            parts.append("\n".join([f"## {title}\n", "| field | type | default | meaning |", "|---|---|---|---|",
+                                    *rows]) + "\n")
     return "\n".join(parts)
 
 

@@ -238,6 +238,17 @@ class PPOConfig(Checked):
                                      f"{self.num_generations}, got {self.batch_size}")
         algorithm.validate(self, lambda name, message: fail(self, name, message))
 
+    def section(self, group):
+        """The fields of one group of `GROUPS` (model, rollout, algorithm, optimisation, evaluation, run).
+
+        Example:
+        >>> PPOConfig(batch_size=16).section("rollout")["batch_size"]
+        16
+        """
+        if group not in GROUPS:
+            raise ConfigError(f"PPOConfig has no group {group!r}; its groups: {', '.join(GROUPS)}")
+        return {name: getattr(self, name) for name in GROUPS[group]}
+
     @property
     def mini_batch_size(self):
         return self.batch_size // self.num_mini_batches
@@ -291,6 +302,27 @@ class PPOConfig(Checked):
         return cls.from_json(pathlib.Path(path).read_text())
 
 
+# PPOConfig's fields by group: `config.section(name)`, the reference's tables and the `tf-ppo` help. The
+# fields stay flat (`PPOConfig(batch_size=16)`, `--batch_size`, config.json): `model` and `algorithm` are
+# fields already, so the groups cannot be nested arguments of the same names.
+GROUPS = {
+    "model": ("model", "vocabulary", "merges", "dtype", "gradient_checkpointing", "lora_rank",
+              "value_from_reward_model"),
+    "rollout": ("prompts", "batch_size", "rollout_batch_size", "max_prompt_length", "truncate_prompts",
+                "prompt_tokens_min", "prompt_tokens_max", "response_length", "temperature", "top_k", "top_p",
+                "stop_at_eos", "generation_jit", "reward_weights", "missing_eos_penalty", "overlong_buffer",
+                "overlong_penalty", "mask_truncated_completions"),
+    "algorithm": ("algorithm", "num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type",
+                  "scale_rewards", "dual_clip", "kl_coef", "kl_estimator", "target_kl", "kl_horizon",
+                  "whiten_rewards", "whiten_advantages", "gamma", "lam", "num_ppo_epochs", "cliprange",
+                  "cliprange_value", "vf_coef", "entropy_coef"),
+    "optimisation": ("num_mini_batches", "learning_rate", "adam_epsilon", "clip_mode", "max_grad_norm",
+                     "max_approx_kl", "max_consecutive_skips", "train_jit"),
+    "evaluation": ("eval_prompts_csv", "eval_every", "eval_size", "eval_pass_k", "eval_pass_samples",
+                   "fluency_corpus", "overoptimisation_window"),
+    "run": ("task", "total_updates", "run_dir", "seed", "checkpoint_every", "strategy", "collective_timeout", "sft",
+            "reward", "dpo"),
+}
 SYNONYMS = {"cliprange": "epsilon", "epsilon": "cliprange", "kl_coef": "beta", "beta": "kl_coef",
             "num_ppo_epochs": "num_iterations", "num_iterations": "num_ppo_epochs"}  # PPO's name, GRPO's name
 # What each task sets: the fields (and section fields) it gives other values than the sentiment defaults.

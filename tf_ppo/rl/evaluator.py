@@ -14,7 +14,7 @@ from tf_ppo.generation.responses import response_view
 from tf_ppo.models import tokenizer_for
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import pass_at_k
-from tf_ppo.rl.rewards import RewardFunctionFailed, corpus_bigrams, is_fluent
+from tf_ppo.rl.rewards import RewardFunctionFailed, corpus_bigrams, is_fluent, reward_functions
 from tf_ppo.rl.rollout import RolloutEngine
 from tf_ppo.tasks import TASKS
 from tf_ppo.training.distribute import resolve_strategy
@@ -137,8 +137,6 @@ def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn
         figures = tf_ppo.evaluate(result.policy, config, reference=sft_policy)
         figures["score_mean"], figures["heldout_kl"]
     """
-    from tf_ppo.rl.trainer import reward_functions  # the trainer imports this module
-
     config = config or PPOConfig()
     reward_fns, weights = reward_functions(reward_fn, config)
     engine = RolloutEngine(config, policy, tokenizer_for(config, policy),

@@ -11,6 +11,9 @@ import re
 
 import numpy as np
 
+from tf_ppo.config import ConfigError
+from tf_ppo.tasks import TASKS
+
 _WORD = re.compile(r"[a-z']+|[.,!?]")
 
 
@@ -179,3 +182,25 @@ def _slope_t(values):
     residuals = y - y.mean() - slope * x
     standard_error = np.sqrt(np.dot(residuals, residuals) / (len(y) - 2) / np.dot(x, x))
     return slope / standard_error if standard_error > 0 else np.sign(slope) * np.inf
+
+
+def reward_functions(reward_fn, config):
+    """`(reward functions, their weights)`: the given ones (one, a RewardModel, or a list), else the task's.
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> fns, weights = reward_functions(len, PPOConfig())
+    >>> fns, weights
+    ([<built-in function len>], (1.0,))
+    """
+    task = TASKS[config.task]
+    if reward_fn is None:
+        reward_fns, weights = list(task.reward_fns), task.reward_weights
+    else:
+        reward_fns, weights = (list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]), None
+    if not reward_fns:
+        raise ConfigError("reward_fn: an empty list of reward functions")
+    if config.reward_weights is not None and len(config.reward_weights) != len(reward_fns):
+        raise ConfigError(f"PPOConfig.reward_weights has {len(config.reward_weights)} weights for "
+                          f"{len(reward_fns)} reward functions")
+    return reward_fns, config.reward_weights or weights or (1.0,) * len(reward_fns)

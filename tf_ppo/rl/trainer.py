@@ -12,11 +12,9 @@ KL control; the run never looks at which algorithm runs.
 
 import dataclasses
 import datetime
-import json
 import pathlib
 import shutil
 import time
-import warnings
 
 import keras
 import keras_hub
@@ -35,21 +33,17 @@ from tf_ppo.rl.evaluator import Evaluator, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
 from tf_ppo.rl.learner import Learner
-from tf_ppo.rl.rewards import proxy_rises_gold_falls, reward_names
+from tf_ppo.rl.logs import OveroptimisationWatch, gold_metrics, heldout_metrics, metrics_line, summary
+from tf_ppo.rl.rewards import reward_functions, reward_names
 from tf_ppo.rl.rollout import RolloutEngine
 from tf_ppo.rl.run_files import EVALUATION_AFTER, EVALUATION_BEFORE, read_evaluation, write_evaluation
 from tf_ppo.sft import default_policy
-from tf_ppo.tasks import TASKS
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
 from tf_ppo.training.distribute import is_chief, resolve_strategy, weights_fingerprint, writable_dir
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.interrupts import sigterm_stops
 from tf_ppo.training.reporting import RunLog, plot_curves, read_history
-
-
-class OveroptimisationWarning(UserWarning):
-    """The proxy reward keeps rising while the gold score falls: reward hacking."""
 
 
 @dataclasses.dataclass
@@ -86,7 +80,7 @@ class RLTrainer:
         value_source = self.algorithm.value_model_source(reward_fns)
         self.callbacks = UpdateCallbacks(callbacks, self)
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
-        self.overoptimising = False
+        self.overoptimisation = OveroptimisationWatch(config.overoptimisation_window) if gold_reward_fn else None
         self.stop_training = self.preempted = False
         self.run_dir = pathlib.Path(config.run_dir or f"runs/{config.algorithm}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         keras.utils.set_random_seed(config.seed)
@@ -246,7 +240,7 @@ class RLTrainer:
             **logs,
             "response_length": float(tf.reduce_mean(tf.reduce_sum(tf.cast(mask, tf.float32), axis=1))),
             **self._fluency(rollout),
-            **self._gold(rollout),
+            **gold_metrics(rollout),
             **{f"seconds_{phase}": seconds for phase, seconds in rollout.seconds.items()},
             "seconds_optimise": time.perf_counter() - optimise_started,
             "seconds_update": time.perf_counter() - started,
@@ -292,7 +286,8 @@ class RLTrainer:
                 progress.update(1)
                 if self.show_progress:
                     tqdm.write(metrics_line(update, c.total_updates, logs, self.algorithm.kl_estimator))
-                self._warn_if_overoptimising(history)
+                if self.overoptimisation is not None:
+                    self.overoptimisation.check(history)
                 if self.callbacks.update_end(update, logs):
                     self.stop_training = True
                 # Last in the update, so a SIGTERM that arrives during the callbacks still gets its checkpoint.
@@ -340,26 +335,6 @@ class RLTrainer:
     def _fluency(self, rollout):
         bigrams = self.evaluator.bigrams
         return {} if bigrams is None else {"fluency": fluency(zip(rollout.prompt_texts, rollout.texts), bigrams)}
-
-    def _gold(self, rollout):
-        """The gold score beside the proxy, and how well they agree on this batch."""
-        if rollout.gold_scores is None:
-            return {}
-        proxy, gold = rollout.experience.scores.numpy(), rollout.gold_scores
-        agree = float(np.corrcoef(proxy, gold)[0, 1]) if proxy.std() > 0 and gold.std() > 0 else 0.0
-        return {"gold_score_mean": float(np.mean(gold)), "proxy_gold_correlation": agree}
-
-    def _warn_if_overoptimising(self, history):
-        """Warn once each time the proxy starts rising while the gold score falls."""
-        window = self.config.overoptimisation_window
-        rows = [row for row in history if "gold_score_mean" in row]  # a resumed run's older rows may have none
-        diverging = self.gold_reward_fn is not None and proxy_rises_gold_falls(
-            [row["score_mean"] for row in rows], [row["gold_score_mean"] for row in rows], window)
-        if diverging and not self.overoptimising:
-            warnings.warn(f"update {history[-1]['update']}: over the last {window} updates the proxy reward "
-                          f"rose while the gold score fell: the policy may be exploiting the reward model "
-                          f"(raise the KL coefficient or stop here)", OveroptimisationWarning)
-        self.overoptimising = diverging
 
     def _starting_evaluation(self, restored):
         """The starting policy's evaluation: measured once, at update 0, and read back by every resumed run.
@@ -421,43 +396,3 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
     trainer = RLTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy,
                         accuracy_fn)
     return trainer.train()
-
-
-def reward_functions(reward_fn, config):
-    """`(reward functions, their weights)`: the given ones (one, a RewardModel, or a list), else the task's.
-
-    Example:
-    >>> fns, weights = reward_functions(len, PPOConfig())
-    >>> fns, weights
-    ([<built-in function len>], (1.0,))
-    """
-    task = TASKS[config.task]
-    if reward_fn is None:
-        reward_fns, weights = list(task.reward_fns), task.reward_weights
-    else:
-        reward_fns, weights = (list(reward_fn) if isinstance(reward_fn, (list, tuple)) else [reward_fn]), None
-    if not reward_fns:
-        raise ConfigError("reward_fn: an empty list of reward functions")
-    if config.reward_weights is not None and len(config.reward_weights) != len(reward_fns):
-        raise ConfigError(f"PPOConfig.reward_weights has {len(config.reward_weights)} weights for "
-                          f"{len(reward_fns)} reward functions")
-    return reward_fns, config.reward_weights or weights or (1.0,) * len(reward_fns)
-
-
-def metrics_line(update, total_updates, logs, kl_estimator):
-    """The one-line progress report of an update."""
-    shown = ("score_mean", "gold_score_mean", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "value_loss",
-             "fluency")
-    # The batch KL with the configured estimator, named apart from the held-out evaluation's k1 `heldout_kl`.
-    labels = {"kl": f"kl[{kl_estimator}]"}
-    values = " ".join(f"{labels.get(key, key)} {logs[key]:.3f}" for key in shown if key in logs)
-    return f"update {update}/{total_updates}: {values} ({logs['seconds_update']:.2f} s)"
-
-
-def summary(evaluation):
-    return json.dumps({k: round(v, 3) for k, v in evaluation.items() if isinstance(v, float)})
-
-
-def heldout_metrics(evaluation):
-    """An evaluation's figures as history columns: `heldout_score_mean`, `heldout_accuracy`, `heldout_pass@4`, ..."""
-    return {f"heldout_{name}": value for name, value in evaluation.items() if isinstance(value, float)}
