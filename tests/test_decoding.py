@@ -7,7 +7,9 @@ from presets import causal_lm
 
 from tf_ppo.generation import sampling as rollout
 from tf_ppo.config import ModelConfig
-from tf_ppo.generation.decoding import GPT2Cache, KerasHubCache, decoder_for
+from tf_ppo.models.families import decoder_for
+from tf_ppo.models.families.generic import KerasHubCache
+from tf_ppo.models.families.gpt2 import GPT2Cache
 from tf_ppo.models import BigramLM, build_policy, copy_model, enable_lora
 from tf_ppo.generation.sampling import generate, segment_ends
 

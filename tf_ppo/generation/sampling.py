@@ -11,7 +11,7 @@ then views the R response slots of every row as an aligned `[batch, R]` view.
 import tensorflow as tf
 
 from tf_ppo.training.compiled import compiled  # noqa: F401  used by the doctests
-from tf_ppo.generation.decoding import decoder_for
+from tf_ppo.models.families import decoder_for
 
 # Response tokens per decoding segment. Shorter segments attend over fewer unwritten positions but add a
 # compiled loop each; 16 measured best (benchmarks/ppo_throughput.py --scaling 32,64,128).
@@ -124,7 +124,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
 
     Args:
         policy: a model with `_build_cache` / `call_with_cache` (see `tf_ppo.models`),
-            decoded through `tf_ppo.generation.decoding.decoder_for(policy)`.
+            decoded through `tf_ppo.models.families.decoder_for(policy)`.
         prompt_ids: int32 `[batch, P]`, right-padded prompts.
         prompt_lengths: int32 `[batch]`, real tokens per prompt.
         seed: int32 `[2]` stateless seed; step t samples with `fold_in(seed, t)`.

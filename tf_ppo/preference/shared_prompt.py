@@ -19,12 +19,11 @@ instead of 128. It needs a model whose positions can be given token by token: ke
 absolute positions, `TransformerDecoder` blocks). `packs_pairs` says whether a model is one; the DPO
 trainer runs any other model's two sequences apart.
 """
-import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
 from tf_ppo.models import AdaptersOff
+from tf_ppo.models.families import adapter_for
 
 PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3  # segment ids
 
@@ -41,7 +40,7 @@ def packs_pairs(model):
     """
     if isinstance(model, AdaptersOff):
         return packs_pairs(model.policy)
-    return isinstance(model, keras_hub.models.GPT2CausalLM)
+    return adapter_for(model).packs_prompts
 
 
 def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, rejected_padding, rejected_response):
@@ -122,18 +121,12 @@ def attention_mask(segments):
 
 
 def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
-    """The logits of packed rows: `model`'s own forward pass with given positions and attention mask.
+    """The logits of packed rows: the model family's forward pass with given positions and attention mask.
 
     Args:
         token_ids, position_ids: int32 `[pairs, P]`.
         mask: bool `[pairs, P, P]`, the keys each query may attend to (`attention_mask`).
-        sources: optional int32 `[pairs, K]`: the logits at these positions only (`[pairs, K, vocab]`);
-            the output projection, the largest matmul of a big vocabulary, skips the rest.
-
-    This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
-    normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
-    mask given per token, and with `sources` the last block computed there only (`_block_outputs_at`);
-    tests/test_shared_prompt.py fails if it ever differs from the model's own call.
+        sources: optional int32 `[pairs, K]`: the logits at these positions only (`[pairs, K, vocab]`).
 
     Example:
     >>> from tf_ppo.models import ModelConfig, build_policy
@@ -144,41 +137,7 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
     if isinstance(model, AdaptersOff):
         with model.switched_off():
             return packed_logits(model.policy, token_ids, position_ids, mask, sources, training)
-    backbone = model.backbone
-    tokens = backbone.token_embedding(token_ids)  # [pairs, P, hidden], the compute dtype
-    positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
-    hidden_states = backbone.embeddings_add((tokens, keras.ops.cast(positions, tokens.dtype)))
-    hidden_states = backbone.embeddings_dropout(hidden_states, training=training)
-    *blocks, last_block = backbone.transformer_layers
-    for block in blocks:
-        hidden_states = block(hidden_states, decoder_attention_mask=mask, training=training)
-    if sources is None:
-        hidden_states = last_block(hidden_states, decoder_attention_mask=mask, training=training)
-    else:  # [pairs, K, hidden]
-        hidden_states = _block_outputs_at(last_block, hidden_states, mask, sources, training)
-    return backbone.token_embedding(backbone.layer_norm(hidden_states), reverse=True)
-
-
-def _block_outputs_at(block, hidden_states, mask, sources, training):
-    """A keras-hub `TransformerDecoder`'s outputs at `sources` only `[pairs, K, hidden]`: keys and values from
-    every position, queries, residuals and the feed-forward at the sources alone.
-
-    The last block's states at the prompt positions feed nothing (no later block reads their keys and values,
-    and they predict no response token), so its query, output projection and feed-forward skip them. This
-    repeats `TransformerDecoder.call` (pre-normalisation, no cross-attention, as GPT-2's blocks) through the
-    block's private sublayers; tests/test_shared_prompt.py fails if it ever differs from the block's own call.
-    """
-    sequence_length = tf.shape(mask)[-1]
-    causal = tf.range(sequence_length)[None, :] <= tf.range(sequence_length)[:, None]  # [P, P]: key <= query
-    rows_mask = tf.gather(mask & causal, sources, batch_dims=1)  # [pairs, K, P]
-    normalised = block._self_attention_layer_norm(hidden_states)  # [pairs, P, hidden]
-    attended = block._self_attention_layer(query=tf.gather(normalised, sources, batch_dims=1), value=normalised,
-                                           attention_mask=rows_mask, training=training)  # [pairs, K, hidden]
-    states = tf.gather(hidden_states, sources, batch_dims=1) + block._self_attention_dropout(attended,
-                                                                                            training=training)
-    feedforward = block._feedforward_output_dense(block._feedforward_intermediate_dense(
-        block._feedforward_layer_norm(states)))
-    return states + block._feedforward_dropout(feedforward, training=training)
+    return adapter_for(model).packed_logits(model, token_ids, position_ids, mask, sources, training)
 
 
 def packed_pair_logps(model, batch, training=False):

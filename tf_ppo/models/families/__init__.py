@@ -1,0 +1,32 @@
+"""Model families: what differs between keras-hub architectures, one adapter each.
+
+The adapters are the one place that touches keras-hub's private internals (`_build_cache`,
+`call_with_cache`, the `TransformerDecoder`'s sublayers); each has a guard test that fails when
+keras-hub changes them. A family without an adapter of its own uses the generic one, which serves any
+keras-hub `CausalLM` through keras-hub's own cache. An adapter answers:
+
+    adapter.decoder(model)        the decoding cache the sampler steps (start / grow / step)
+    adapter.packs_prompts         whether positions and attention masks can be given token by token
+    adapter.packed_logits(...)    the forward pass over packed rows (the families that pack)
+
+Example:
+>>> from tf_ppo.models import BigramLM, ModelConfig, build_policy
+>>> adapter_for(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)).__module__
+'tf_ppo.models.families.gpt2'
+>>> type(decoder_for(BigramLM(vocabulary_size=5, hidden_dim=2))).__name__
+'KerasHubCache'
+"""
+
+from tf_ppo.models.families import generic, gpt2
+
+FAMILIES = (gpt2.Adapter,)  # the families with code of their own; any other model uses generic.Adapter
+
+
+def adapter_for(model):
+    """The adapter of `model`'s family: the first of `FAMILIES` that matches it, else the generic one."""
+    return next((adapter for adapter in FAMILIES if adapter.matches(model)), generic.Adapter)
+
+
+def decoder_for(model):
+    """The fastest decoding cache that serves `model`: its family adapter's."""
+    return adapter_for(model).decoder(model)

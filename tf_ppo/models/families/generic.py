@@ -1,0 +1,82 @@
+"""The generic family adapter: any keras-hub `CausalLM` (and tf_ppo's `BigramLM`) through keras-hub's own cache.
+
+keras-hub's `_build_cache` / `call_with_cache` are the decoding entry points of every family whose
+signature is the GPT-2 one (GPT-2, GPT-NeoX, OPT, Bloom, Falcon, Llama, Mistral, Gemma, Phi-3, Qwen, ...);
+tests/test_decoding.py checks this cache against `CausalLM.generate`.
+
+A decoding cache has three methods, which `tf_ppo.generation.sampling.generate` calls:
+
+    cache = decoder.start(prompt_ids)             # keys/values of the prompts: [.., P, ..]
+    cache = decoder.grow(cache, length)           # room for `length` positions (zeros, masked until written)
+    logits, cache = decoder.step(ids, index, cache)   # one token per row at position `index`
+
+keras-hub's cache is one stacked `[batch, layers, 2, S, heads, head_dim]` tensor, which its attention
+slices, restacks and transposes for every layer at every step; the GPT-2 adapter's cache avoids that.
+The sampler grows the cache segment by segment (`sampling.segment_ends`), so a step attends over the
+positions written so far rather than the whole buffer.
+"""
+
+import tensorflow as tf
+
+
+class Adapter:
+    """Any keras-hub `CausalLM`: keras-hub's own decoding cache; positions cannot be given per token, so no
+    prompt packing.
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> Adapter.matches(BigramLM(vocabulary_size=5, hidden_dim=2)), Adapter.packs_prompts
+    (True, False)
+    """
+
+    packs_prompts = False  # whether `packed_logits` can run the family
+
+    @staticmethod
+    def matches(model):
+        return True
+
+    @staticmethod
+    def decoder(model):
+        """The decoding cache the sampler steps (`start`, `grow`, `step`)."""
+        return KerasHubCache(model)
+
+    @staticmethod
+    def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
+        raise TypeError(f"{type(model).__name__}: its positions cannot be given token by token, so its prompts "
+                        f"cannot be packed (tf_ppo packs keras-hub GPT-2 models)")
+
+
+class KerasHubCache:
+    """keras-hub's own decoding cache, through the model's `_build_cache` / `call_with_cache`.
+
+    The cache is `[batch, layers, 2, S, heads, head_dim]`, keras-hub's layout for
+    every CausalLM (tf_ppo's `BigramLM` has the same layout with no layers).
+
+    Example:
+    >>> from tf_ppo.models import build_policy, ModelConfig
+    >>> decoder = KerasHubCache(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50))
+    >>> cache = decoder.grow(decoder.start(tf.constant([[1, 2, 3]])), 5)
+    >>> logits, cache = decoder.step(tf.constant([[4]]), 3, cache)
+    >>> logits.shape, cache.shape
+    (TensorShape([1, 1, 50]), TensorShape([1, 1, 2, 5, 2, 8]))
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def start(self, prompt_ids):
+        return self.model._build_cache(prompt_ids)[1]
+
+    def grow(self, cache, length):
+        return pad_positions(cache, axis=3, length=length)
+
+    def step(self, token_ids, index, cache):
+        logits, _, cache = self.model.call_with_cache(token_ids, cache, index)
+        return logits, cache
+
+
+def pad_positions(cache, axis, length):
+    """`cache` with zeros appended along its position `axis` up to `length` positions."""
+    padding = [[0, 0]] * cache.shape.rank
+    padding[axis] = [0, length - tf.shape(cache)[axis]]
+    return tf.pad(cache, padding)
