@@ -19,8 +19,6 @@ Prompts are tokenised exactly as in training: start token + prompt.
 
 import os
 import pathlib
-import shutil
-import tempfile
 
 import keras
 import keras_hub
@@ -34,6 +32,7 @@ from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, token
 from tf_ppo.generation.sampling import generate
 from tf_ppo.models.forward import response_logits
 from tf_ppo.generation.responses import response_tokens, response_view
+from tf_ppo.training.checkpoints import atomic_directory
 
 
 class ExportError(ValueError):
@@ -158,8 +157,10 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     signatures = {"serving_default": module.serving_default, "generate": module.generate, "score": module.score}
     if value_model is not None:
         signatures["value"] = module.value
-    return _write_atomically(export_dir, lambda staging: tf.saved_model.save(module, str(staging),
-                                                                             signatures=signatures))
+    export_dir = pathlib.Path(export_dir)
+    with atomic_directory(export_dir) as staging:
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+    return export_dir
 
 
 def _own_tokenizer(policy):
@@ -194,19 +195,9 @@ def save_preset(policy, tokenizer, preset_dir):
         raise ExportError(f"save_preset: this {type(policy).__name__} has no preprocessor; pass its tokenizer")
     preprocessor = policy.preprocessor or type(policy).preprocessor_cls(tokenizer=tokenizer)
     task = type(policy)(backbone=policy.backbone, preprocessor=preprocessor)
-    return _write_atomically(preset_dir, task.save_to_preset)
-
-
-def _write_atomically(target, write):
-    """`write(staging_dir)`, then rename the staging directory to `target`: complete or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
-        write(staging)
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    with atomic_directory(preset_dir) as staging:
+        task.save_to_preset(staging)
+    return preset_dir
 
 
 def load_run(run_dir):

@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
@@ -23,6 +21,7 @@ from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
+from tf_ppo.training.checkpoints import atomic_directory
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
 
@@ -121,13 +120,11 @@ def default_policy(config=None, show_progress=True, strategy=None):
     if path.exists():
         return keras.saving.load_model(path, compile=False)
     policy = sft(config, show_progress=show_progress, strategy=strategy).policy
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent.parent, prefix=".partial-"))
-    policy.save(staging / path.name)
     try:
-        os.rename(staging, path.parent)
+        with atomic_directory(path.parent) as staging:
+            policy.save(staging / path.name)
     except OSError:  # another process cached the same policy first; theirs is as good
-        shutil.rmtree(staging, ignore_errors=True)
+        pass
     return policy
 
 

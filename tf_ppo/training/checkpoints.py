@@ -1,13 +1,18 @@
-"""Checkpoints that are complete or invisible, and resume that skips a corrupt one.
+"""Checkpoints and files that are complete or invisible, and resume that skips a corrupt checkpoint.
 
 `tf.train.CheckpointManager` writes a checkpoint to temporary files and only
 then lists it, so a crash mid-save leaves the previous list intact. What it
 cannot know is that a listed checkpoint's data file was damaged later (a
 full disk, a bad copy): `restore_latest` tries the newest first and falls back
-with a warning.
+with a warning. `atomic_file` and `atomic_directory` give every other file a run
+writes the same guarantee.
 """
 
+import contextlib
 import os
+import pathlib
+import shutil
+import tempfile
 import warnings
 
 import tensorflow as tf
@@ -47,8 +52,48 @@ def restore_latest(manager, checkpoint):
     return None
 
 
-def write_atomically(path, text):
-    """Write `text` to `path` through a temporary file: a crash leaves the old file or the new, never half."""
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text)
+@contextlib.contextmanager
+def atomic_file(path):
+    """A temporary path beside `path` to write to; leaving the block without an error makes it `path`.
+
+    A crash leaves the old file or the new one, never half of one. The one atomic writer of files.
+
+    Example:
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "figures.json"
+    >>> with atomic_file(path) as partial:
+    ...     _ = partial.write_text("{}")
+    >>> path.read_text()
+    '{}'
+    """
+    path = pathlib.Path(path)
+    partial = path.with_name(f".partial-{path.name}")
+    yield partial
     os.replace(partial, path)
+
+
+def write_atomically(path, text):
+    """Write `text` to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as partial:
+        partial.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_directory(target):
+    """A fresh staging directory beside `target`; leaving the block without an error renames it to `target`.
+
+    `target` must not exist (the rename fails: OSError); the staging directory never outlives the block.
+
+    Example:
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "preset"
+    >>> with atomic_directory(target) as staging:
+    ...     _ = (staging / "config.json").write_text("{}")
+    >>> sorted(p.name for p in target.iterdir())
+    ['config.json']
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".partial-{target.name}-"))
+    try:
+        yield staging
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

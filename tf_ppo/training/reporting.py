@@ -8,10 +8,11 @@ Example:
 """
 
 import csv
-import os
 import pathlib
 
 import tensorflow as tf
+
+from tf_ppo.training.checkpoints import atomic_file
 
 UPDATE_LABEL = "update"
 # (history key, panel title, y-axis label with its unit). The score's unit is the reward function's own.
@@ -129,13 +130,11 @@ def _rows(csv_path):
 
 def _rewrite(csv_path, fieldnames, rows):
     """Replace `csv_path` by `rows` under `fieldnames`, atomically (a crash leaves the old file or the new)."""
-    partial = csv_path.with_suffix(".csv.tmp")
-    with partial.open("w", newline="") as handle:
+    with atomic_file(csv_path) as partial, partial.open("w", newline="") as handle:
         if fieldnames:  # else an empty file, which the next write starts with a header
             writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-    os.replace(partial, csv_path)
 
 
 def _keep_rows(csv_path, last_update, index="update"):
