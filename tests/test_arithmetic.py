@@ -141,12 +141,12 @@ def test_the_arithmetic_task_sets_its_data_fields_and_flags_override_them():
 
 
 def test_the_tasks_reward_weights_apply_to_its_own_rewards_only():
-    from tf_ppo.rl.trainer import _reward_functions
+    from tf_ppo.rl.rewards import reward_functions
 
     config = PPOConfig(task="arithmetic")
-    assert _reward_functions(None, config) == ([exact_match_reward, format_reward], (1.0, 0.1))
-    assert _reward_functions([exact_match_reward], config) == ([exact_match_reward], (1.0,))  # yours: all 1
-    assert _reward_functions(None, config.replace(reward_weights=(1.0, 0.5)))[1] == (1.0, 0.5)
+    assert reward_functions(None, config) == ([exact_match_reward, format_reward], (1.0, 0.1))
+    assert reward_functions([exact_match_reward], config) == ([exact_match_reward], (1.0,))  # yours: all 1
+    assert reward_functions(None, config.replace(reward_weights=(1.0, 0.5)))[1] == (1.0, 0.5)
 
 
 def test_pass_at_k_without_a_checkable_answer_is_an_error_naming_the_field(tmp_path):

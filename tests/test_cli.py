@@ -12,7 +12,7 @@ import pytest
 import requests
 import tensorflow as tf
 
-from tf_ppo import cli
+from tf_ppo import commands
 from tf_ppo.cli import build_parser, config_from_args, main, parse_args
 from tf_ppo.config import NESTED, PPOConfig, help_text, split_optional
 
@@ -114,7 +114,7 @@ def test_an_internal_value_error_keeps_its_traceback(monkeypatch):
     def shape_error_while_tracing(*args, **kwargs):
         return tf.function(lambda: tf.zeros([2]) + tf.zeros([3]))()
 
-    monkeypatch.setattr(cli, "train", shape_error_while_tracing)
+    monkeypatch.setattr(commands, "train", shape_error_while_tracing)
     with pytest.raises(ValueError, match="Dimensions must be equal"):
         main(["train", "--total_updates", "1"])
 
@@ -128,7 +128,7 @@ def test_an_offline_preset_name_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["train", "--model", "gpt2_base_en", "--run_dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("tf-ppo train: error: could not download preset 'gpt2_base_en' (no network?); "
                                        "pass a local preset directory\n")
-    monkeypatch.setattr(cli, "train", offline)  # a connection error that is not a preset download: a traceback
+    monkeypatch.setattr(commands, "train", offline)  # a connection error that is not a preset download: a traceback
     with pytest.raises(requests.exceptions.ConnectionError):
         main(["train", "--run_dir", str(tmp_path / "run")])
 
@@ -155,7 +155,7 @@ def test_train_ends_with_the_run_dir_and_figures_before_and_after(monkeypatch, t
                              evaluation_before={"score_mean": 0.123456, "heldout_kl": 0.0, "samples": [("a", "b")]},
                              evaluation_after={"score_mean": 0.5, "heldout_kl": 1.234567, "fluency": 0.75,
                                                "samples": [("a", "c")], "updates": 3})
-    monkeypatch.setattr(cli, "train", lambda config, resume, strategy: result)
+    monkeypatch.setattr(commands, "train", lambda config, resume, strategy: result)
     assert main(["train", "--run_dir", str(tmp_path / "run")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(summary.items()) == [("run_dir", str(tmp_path / "run")), ("score_mean_before", 0.1235),

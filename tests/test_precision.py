@@ -21,7 +21,7 @@ def test_mixed_bfloat16_logprobs_match_float32_and_the_run_stays_finite(tmp_path
     # The first update's rollout, scored by both: the same tokens, so the log-probs must agree.
     lengths = float32.prompt_lengths[:32]
     rollout = float32.rollout(float32.prompt_ids[:32], lengths, tf.constant([0, 1]))
-    scored = bfloat16._score(split_batch(
+    scored = bfloat16.engine._score(split_batch(
         bfloat16.strategy, {"sequence_ids": rollout.experience.sequence_ids, "prompt_lengths": lengths}))
     logprobs, ref_logprobs, values = scored["logprobs"], scored["ref_logprobs"], scored["values"]
     assert logprobs.dtype == ref_logprobs.dtype == values.dtype == tf.float32

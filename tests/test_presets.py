@@ -17,7 +17,7 @@ from tf_ppo.rl.functional.masked import logprobs_from_logits
 from tf_ppo.generation.sampling import generate
 from tf_ppo.models.forward import response_logits
 from tf_ppo.generation.responses import response_view
-from tf_ppo.preference.reward_model import train_reward_model
+from tf_ppo.preference.reward_training import train_reward_model
 from tf_ppo.sft import sft
 from tf_ppo.rl.trainer import PPOTrainer, train
 

@@ -14,7 +14,7 @@ from tf_ppo import (ClassifierReward, DataError, OveroptimisationWarning, PPOTra
                     read_preferences, train_reward_model)
 from tf_ppo.cli import main
 from tf_ppo.training.reporting import read_history
-from tf_ppo.preference.reward_model import preference_loss
+from tf_ppo.preference.reward_training import bradley_terry_loss
 from tf_ppo.rl.rewards import word_count_reward
 
 TINY_MODEL = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2, "intermediate_dim": 64}
@@ -29,10 +29,10 @@ def write_pairs(path, rows, split=True):
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_preference_loss_matches_numpy(n):
+def test_bradley_terry_loss_matches_numpy(n):
     rng = np.random.default_rng(n)
     scores, best = rng.normal(size=(16, n)) * 3, rng.integers(0, n, size=16)
-    loss, accuracy = preference_loss(tf.constant(scores), tf.constant(best, tf.int32))
+    loss, accuracy = bradley_terry_loss(tf.constant(scores), tf.constant(best, tf.int32))
     log_softmax = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(loss, -log_softmax[np.arange(16), best].mean(), rtol=1e-12)
     assert float(accuracy) == np.mean(scores.argmax(axis=1) == best)
@@ -233,7 +233,7 @@ def char_tokenizer():
 
 def normalisation_texts(reward_model, policy, prompts, config, monkeypatch):
     """The (prompts, responses) that `normalise_on_policy_samples` hands the reward model to fit on."""
-    from tf_ppo.preference.reward_model import normalise_on_policy_samples
+    from tf_ppo.preference.reward_training import normalise_on_policy_samples
 
     seen = []
     fit = reward_model.fit_normalisation

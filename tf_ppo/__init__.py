@@ -14,7 +14,8 @@ from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.rl.rewards import RewardError, word_count_reward
 from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.pipeline import PipelineResult, pipeline
-from tf_ppo.preference.reward_model import ClassifierReward, RewardModel, read_preferences, train_reward_model
+from tf_ppo.preference.reward_model import ClassifierReward, RewardModel
+from tf_ppo.preference.reward_training import read_preferences, train_reward_model
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.rl.callbacks import Callback

@@ -10,6 +10,9 @@ User errors (a bad value, a missing file, a preset that cannot be
 downloaded) are one line on stderr and exit code 2; anything else, such as a
 TensorFlow error while tracing, keeps its traceback.
 
+This module parses the command line into a `PPOConfig`; what each command
+then does is `tf_ppo.commands` (one function per command).
+
 Example:
     tf-ppo demo
     tf-ppo demo --task arithmetic --algorithm grpo     # word problems: exact-match accuracy and pass@4
@@ -29,28 +32,20 @@ Example:
 import argparse
 import dataclasses
 import json
-import numbers
 import os
 import pathlib
-import subprocess
 import sys
-import threading
 import time
 
 import keras_hub
 
 from tf_ppo.training.checkpoints import CheckpointError
+from tf_ppo.commands import (launch_workers, run_demo, run_dpo, run_export, run_generate, run_pipeline, run_reward,
+                             run_sft, run_train)
 from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
 from tf_ppo.data import DataError
-from tf_ppo.training.distribute import free_port, local_cluster, resolve_strategy
-from tf_ppo.preference.dpo import dpo
-from tf_ppo.export import ExportError, export, save_preset
-from tf_ppo.models import tokenizer_for
-from tf_ppo.pipeline import pipeline
-from tf_ppo.preference.reward_model import read_preferences, save_atomically, train_reward_model
+from tf_ppo.export import ExportError
 from tf_ppo.rl.rewards import RewardError
-from tf_ppo.sft import default_policy, sft
-from tf_ppo.rl.trainer import train
 
 DEMO_RUN_DIR = "runs/demo-{time}"
 # The demo holds the KL near 1.5 nats per response (Ziegler et al.'s adaptive beta, fast enough to act within
@@ -85,12 +80,14 @@ def build_parser():
     False
     """
     # allow_abbrev=False on every parser: a prefix such as --target must not silently set --target_kl.
-    parser = argparse.ArgumentParser(prog="tf-ppo", description="RL fine-tuning (PPO, GRPO, RLOO, REINFORCE++; DPO) of Keras language models.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="tf-ppo", allow_abbrev=False,
+                                     description="RL fine-tuning (PPO, GRPO, RLOO, REINFORCE++; DPO) of Keras "
+                                                 "language models.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = _add_command(commands, "demo", "SFT a tiny policy on data/, then PPO it toward positive sentiment "
                                           "(--task arithmetic --algorithm grpo: word problems, exact-match reward)")
-    train = _add_command(commands, "train", "RL with --algorithm (PPO by default; the policy is SFT-trained first if not cached)")
+    train = _add_command(commands, "train", "RL with --algorithm (PPO by default; the policy is SFT-trained first "
+                                            "if not cached)")
     sft = _add_command(commands, "sft", "supervised fine-tuning only")
     reward = _add_command(commands, "reward", "train a reward model on preference pairs (--reward.* flags)")
     pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO (or --method dpo: SFT -> DPO), "
@@ -216,7 +213,8 @@ def parse_args(parser, argv):
     return args
 
 
-NOT_CONFIG = ("command", "parser", "config", "resume", "workers", "method")  # parsed arguments that are not PPOConfig fields
+# Parsed arguments that are not PPOConfig fields.
+NOT_CONFIG = ("command", "parser", "config", "resume", "workers", "method")
 
 
 def config_from_args(args, **defaults):
@@ -266,6 +264,8 @@ def _read(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     return path.read_text()
+
+
 def demo_defaults(task, algorithm):
     """The demo's settings for a task and algorithm (flags override them).
 
@@ -276,213 +276,6 @@ def demo_defaults(task, algorithm):
     if task == "sentiment":
         return DEMO_DEFAULTS
     return ARITHMETIC_DEMO.get(algorithm, ARITHMETIC_DEMO["grpo"])  # the other group-based ones: GRPO's groups
-
-
-def run_demo(config):
-    """SFT + RL on the shipped data of `config.task`; prints samples, figures and a final JSON line."""
-    if config.task == "arithmetic":
-        return run_accuracy_demo(config)
-    started = time.perf_counter()
-    result = train(config)
-    before, after = result.evaluation_before, result.evaluation_after
-    print("\nHeld-out completions, before PPO -> after PPO:")
-    for (prompt, old), (_, new) in list(zip(before["samples"], after["samples"]))[:8]:
-        print(f"  {prompt!r}\n      SFT: {old.strip()!r}\n      PPO: {new.strip()!r}")
-    summary = {
-        "sentiment_before": round(before["score_mean"], 4),
-        "sentiment_after": round(after["score_mean"], 4),
-        "sentiment_gain": round(after["score_mean"] - before["score_mean"], 4),
-        # Two KLs, named apart: held-out is the k1 sum on sampled completions of held-out prompts (what the
-        # bars are on); train is the last update's batch mean with the configured estimator.
-        "heldout_kl": round(after["heldout_kl"], 4),
-        "train_kl": round(result.history[-1]["kl"], 4) if result.history else None,
-        "kl_estimator": config.kl_estimator,
-        "fluency": round(after["fluency"], 4),
-        "updates": len(result.history),
-        "seconds": round(time.perf_counter() - started, 1),
-        "run_dir": str(result.run_dir),
-    }
-    print(f"\nSentiment (VADER, held-out prompts): {summary['sentiment_before']:.3f} -> "
-          f"{summary['sentiment_after']:.3f} (gain {summary['sentiment_gain']:+.3f}); KL to reference "
-          f"{summary['heldout_kl']:.2f} nats/response (k1 on held-out completions); fluent completions {summary['fluency']:.0%}; "
-          f"artefacts in {result.run_dir}")
-    print(json.dumps(summary))
-    return summary
-
-
-def run_accuracy_demo(config):
-    """SFT + RL on a task with checkable answers: accuracy and pass@k before and after, sample answers, JSON."""
-    started = time.perf_counter()
-    result = train(config)
-    before, after = result.evaluation_before, result.evaluation_after
-    k = config.eval_pass_k
-    print(f"\nHeld-out problems, greedy answers before {config.algorithm.upper()} -> after:")
-    for (problem, old), (_, new) in list(zip(before["greedy_samples"], after["greedy_samples"]))[:6]:
-        print(f"  {problem}\n      SFT: {old.strip()}\n      {config.algorithm.upper()}: {new.strip()}")
-    summary = {
-        "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
-        "pass_at_k_before": round(before[f"pass@{k}"], 4), "pass_at_k_after": round(after[f"pass@{k}"], 4),
-        "k": k, "kl": round(after["heldout_kl"], 4) if "heldout_kl" in after else None,
-        "algorithm": config.algorithm, "updates": len(result.history),
-        "seconds": round(time.perf_counter() - started, 1), "run_dir": str(result.run_dir),
-    }
-    print(f"\nHeld-out exact-match accuracy (greedy): {summary['accuracy_before']:.1%} -> "
-          f"{summary['accuracy_after']:.1%}; pass@{k}: {summary['pass_at_k_before']:.1%} -> "
-          f"{summary['pass_at_k_after']:.1%}; KL to the SFT policy "
-          + (f"{summary['kl']:.2f} nats/response" if summary["kl"] is not None else "not measured (no reference)")
-          + f"; artefacts in {result.run_dir}")
-    print(json.dumps(summary))
-    return summary
-
-
-def run_reward(config):
-    """Train a reward model from the default SFT policy's backbone, normalised on its samples."""
-    run_dir = pathlib.Path(config.run_dir or f"runs/reward-{time.strftime('%Y%m%d-%H%M%S')}")
-    read_preferences(config.reward.preferences_csv)  # a bad file is named now, not after the SFT stage
-    policy = default_policy(config)
-    result = train_reward_model(config, policy.backbone, run_dir, policy=policy)
-    print(f"reward model written to {result.path}")
-    print(json.dumps(result.history[-1]))
-
-
-def run_sft(config):
-    """Supervised fine-tuning; writes `policy.keras` and, for a keras-hub policy, a preset PPO can start from."""
-    run_dir = pathlib.Path(config.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = sft(config, checkpoint_dir=run_dir / "checkpoints")
-    save_atomically(result.policy, run_dir / "policy.keras")
-    if isinstance(result.policy, keras_hub.models.CausalLM) and not (run_dir / "preset").exists():
-        save_preset(result.policy, tokenizer_for(config, result.policy), run_dir / "preset")
-        print(f"preset written to {run_dir / 'preset'} (tf-ppo train --model {run_dir / 'preset'})")
-    print(json.dumps({**result.history[-1], "run_dir": str(run_dir)}))
-
-
-def run_generate(args):
-    """Load a SavedModel with TensorFlow alone and print one completion per prompt."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  registers the tokenizer ops the SavedModel uses
-
-    export_dir = pathlib.Path(args.export_dir)
-    if not export_dir.is_dir():
-        raise FileNotFoundError(f"{export_dir}: export directory not found (write one with "
-                                f"tf-ppo export RUN_DIR {export_dir})")
-    if not (export_dir / "saved_model.pb").is_file():
-        raise ExportError(f"{export_dir} is not a SavedModel directory (no saved_model.pb); write one with "
-                          f"tf-ppo export RUN_DIR EXPORT_DIR")
-    model = tf.saved_model.load(str(export_dir))
-    outputs = model.generate(tf.constant(args.prompts), args.max_new_tokens, args.temperature, args.top_k,
-                             args.seed)
-    for prompt, completion in zip(args.prompts, outputs["completions"].numpy()):
-        print(f"{prompt}{completion.decode()}")
-
-
-def launch_workers(argv, workers):
-    """Run `tf-ppo train` as `workers` processes of one MultiWorkerMirroredStrategy cluster on 127.0.0.1.
-
-    Each process gets its `TF_CONFIG`; worker 0 is the chief (it alone writes the
-    run directory). Output lines are prefixed with the worker index. If a
-    worker fails, the others are stopped and its exit code is returned.
-    """
-    child_argv = _without_flag(argv, "--workers") + ["--strategy", "multi_worker"]
-    if not any(arg.startswith("--run_dir") for arg in child_argv):  # every worker must name the same run
-        algorithm = _flag_value(child_argv, "--algorithm") or PPOConfig().algorithm
-        child_argv += ["--run_dir", f"runs/{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"]
-    ports = [free_port() for _ in range(workers)]
-    processes = []
-    for index, tf_config in enumerate(local_cluster(ports)):
-        process = subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *child_argv], text=True,
-                                   env={**os.environ, "TF_CONFIG": tf_config},
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        print(f"started worker {index} (pid {process.pid}) on 127.0.0.1:{ports[index]}", flush=True)
-        threading.Thread(target=_prefix_lines, args=(process.stdout, f"[worker {index}] "), daemon=True).start()
-        processes.append(process)
-    while True:
-        codes = [process.poll() for process in processes]
-        failed = [code for code in codes if code not in (None, 0)]
-        if failed or all(code == 0 for code in codes):
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            return failed[0] if failed else 0
-        time.sleep(0.5)
-
-
-def _flag_value(argv, flag):
-    """The value of `flag` in `argv` (`--flag value` or `--flag=value`), or None.
-
-    Example:
-    >>> _flag_value(["train", "--algorithm=grpo"], "--algorithm"), _flag_value(["--seed", "3"], "--seed")
-    ('grpo', '3')
-    """
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
-    return None
-
-
-def _without_flag(argv, flag):
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            kept.append(arg)
-    return kept
-
-
-def _prefix_lines(stream, prefix):
-    for line in stream:
-        print(prefix + line, end="", flush=True)
-
-
-def train_summary(result):
-    """The last line of `tf-ppo train`: the run directory and each held-out figure before and after training.
-
-    Example:
-    >>> from types import SimpleNamespace
-    >>> train_summary(SimpleNamespace(run_dir="runs/x", evaluation_before={"score_mean": 0.123456, "samples": []},
-    ...                               evaluation_after={"score_mean": 0.5, "samples": []}))
-    {'run_dir': 'runs/x', 'score_mean_before': 0.1235, 'score_mean_after': 0.5}
-    """
-    summary = {"run_dir": str(result.run_dir)}
-    evaluations = {"before": result.evaluation_before, "after": result.evaluation_after}
-    for key in dict.fromkeys([*result.evaluation_before, *result.evaluation_after]):  # generic over the keys
-        for when, evaluation in evaluations.items():
-            if _is_figure(evaluation.get(key)):
-                summary[f"{key}_{when}"] = round(float(evaluation[key]), 4)
-    return summary
-
-
-def _is_figure(value):
-    # floats (NumPy's too), not samples, counts or flags
-    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
-
-
-def run_train(args, config):
-    """PPO; the last stdout line is `train_summary` as JSON (or how to continue a preempted run)."""
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs in the process.
-    strategy = resolve_strategy("multi_worker", config.collective_timeout) \
-        if config.strategy == "multi_worker" else None
-    result = train(config, resume=bool(args.resume), strategy=strategy)
-    if result.preempted:
-        print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
-              f"Continue with: tf-ppo train --resume {result.run_dir}")
-    else:
-        print(json.dumps(train_summary(result)))
-
-
-def run_dpo(args, config):
-    """DPO; the last stdout line is the run directory and each epoch's held-out preference figures, as JSON."""
-    result = dpo(config, resume=bool(args.resume))
-    if result.preempted:
-        print(f"stopped by SIGTERM after step {len(result.steps)}; checkpoint saved. "
-              f"Continue with: tf-ppo dpo --resume {result.run_dir}")
-    else:
-        print(json.dumps({"run_dir": str(result.run_dir), **{k: round(v, 4) for k, v in result.history[-1].items()
-                                                             if k != "epoch"}}))
 
 
 def _config_of(args):
@@ -526,13 +319,13 @@ def _run(args, config):
     elif args.command == "train":
         run_train(args, config)
     elif args.command == "export":
-        print(f"SavedModel written to {export(args.run_dir, args.export_dir)}")
+        run_export(args)
     elif args.command == "generate":
         run_generate(args)
     elif args.command == "reward":
         run_reward(config)
     elif args.command == "pipeline":
-        print(json.dumps(pipeline(config, method=args.method).summary))
+        run_pipeline(args, config)
     elif args.command == "dpo":
         run_dpo(args, config)
     else:

@@ -31,7 +31,8 @@ import keras
 
 from tf_ppo.config import ConfigError, PPOConfig
 from tf_ppo.preference.dpo import dpo
-from tf_ppo.preference.reward_model import RewardModel, save_atomically, train_reward_model
+from tf_ppo.preference.reward_model import RewardModel
+from tf_ppo.preference.reward_training import save_atomically, train_reward_model
 from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.sft import sft
 from tf_ppo.rl.evaluator import evaluate

@@ -9,7 +9,7 @@ projection) at those positions only, not over the prompt (`trunk_and_head`).
 
 import tensorflow as tf
 
-from tf_ppo.models import trunk_and_head
+from tf_ppo.models.heads import trunk_and_head
 
 
 def response_logits(model, sequence_ids, positions):

@@ -43,7 +43,7 @@ from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, frozen_copy, pa
                            tokenizer_for)
 from tf_ppo.preference.losses import preference_loss
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
-from tf_ppo.preference.reward_model import read_preferences, split_rows
+from tf_ppo.preference.reward_training import read_preferences, split_rows
 from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
 from tf_ppo.sft import default_policy
 from tf_ppo.training.guarded_step import adam_for
