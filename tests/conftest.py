@@ -31,11 +31,12 @@ from tf_ppo.sft import default_policy  # noqa: E402
 # tests, leaving the few long notebook runs to the end with one worker idle. The first two train the two SFT
 # policies (each trained once per run, under a lock) at the same time. About 3 to 8 worker-minutes each.
 LONGEST_SCOPES_FIRST = (
-    "tests/test_tutorials.py::TestNotebooksWithTheArticlesCode", "tests/test_arithmetic.py",
-    "tests/test_tutorials.py::TestNotebooksProjectScaleAndFAQ", "tests/test_distribute.py",
-    "tests/test_algorithms.py", "tests/test_reliability.py", "tests/test_trainer.py", "tests/test_presets.py",
-    "tests/test_first_hour.py", "tests/test_reward_model.py", "tests/test_benchmark.py", "tests/test_dpo.py",
-    "tests/test_export.py", "tests/test_precision.py",
+    "tests/notebooks/test_tutorials.py::TestNotebooksWithTheArticlesCode", "tests/unit/tasks/test_arithmetic.py",
+    "tests/notebooks/test_tutorials.py::TestNotebooksProjectScaleAndFAQ", "tests/integration/test_distribute.py",
+    "tests/integration/test_algorithms.py", "tests/integration/test_reliability.py",
+    "tests/integration/test_rl_trainer.py", "tests/integration/test_presets.py", "tests/integration/test_first_run.py",
+    "tests/unit/preference/test_reward_model.py", "tests/integration/test_benchmarks.py",
+    "tests/integration/test_dpo.py", "tests/integration/test_export.py", "tests/unit/models/test_precision.py",
 )
 
 

@@ -4,7 +4,7 @@
 backbone's reversed token embedding by reading its functional graph, through
 private Keras attributes (`_keras_history`, `_inbound_nodes`). That is kept to
 this one module: a Keras upgrade that renames them breaks only this file
-(tests: tf_ppo/models doctests, tests/test_presets.py).
+(tests: tf_ppo/models doctests, tests/integration/test_presets.py).
 """
 
 import keras_hub

@@ -12,7 +12,7 @@ execution is enabled", keras-team/keras#21207), and it takes effect only for lay
 scope. So `recomputed_blocks` wraps each block's `call` itself, for the duration of a `with` block (only
 what is traced inside it is affected), passing the hidden states as the one positional tensor and
 closing over the rest. It relies on Keras looking up `layer.call` on the instance when the layer is
-called; tests/test_remat.py fails if that changes (the recomputation would silently stop).
+called; tests/unit/models/test_remat.py fails if that changes (the recomputation would silently stop).
 """
 import contextlib
 import functools

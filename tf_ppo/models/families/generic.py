@@ -2,7 +2,7 @@
 
 keras-hub's `_build_cache` / `call_with_cache` are the decoding entry points of every family whose
 signature is the GPT-2 one (GPT-2, GPT-NeoX, OPT, Bloom, Falcon, Llama, Mistral, Gemma, Phi-3, Qwen, ...);
-tests/test_decoding.py checks this cache against `CausalLM.generate`.
+tests/unit/models/test_families.py checks this cache against `CausalLM.generate`.
 
 A decoding cache has three methods, which `tf_ppo.generation.sampling.generate` calls:
 

@@ -1,7 +1,7 @@
 """The GPT-2 family adapter: a faster decoding cache and prompt packing, through keras-hub's private GPT-2 internals.
 
 Both reach into keras-hub's `TransformerDecoder` (its private sublayers) and repeat parts of
-`GPT2Backbone`'s graph; tests/test_decoding.py and tests/test_shared_prompt.py compare them with
+`GPT2Backbone`'s graph; tests/unit/models/test_families.py and tests/unit/preference/test_shared_prompt.py compare them with
 keras-hub's own cache and call, so a keras-hub release that changes those layers fails there, not
 silently.
 """
@@ -45,7 +45,7 @@ class GPT2Cache:
     feed-forward, tied output embedding); only the cache layout and the
     attention over it are its own. Dropout is skipped: decoding is inference.
     It reaches into keras-hub's `TransformerDecoder` (private attributes), so
-    tests/test_decoding.py checks it against keras-hub's own cache: a
+    tests/unit/models/test_families.py checks it against keras-hub's own cache: a
     keras-hub release that changes those layers fails there, not silently.
 
     Example:
@@ -108,7 +108,7 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
     This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
     normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
     mask given per token, and with `sources` the last block computed there only (`block_outputs_at`);
-    tests/test_shared_prompt.py fails if it ever differs from the model's own call.
+    tests/unit/preference/test_shared_prompt.py fails if it ever differs from the model's own call.
 
     Example:
     >>> from tf_ppo.models import ModelConfig, build_policy
@@ -138,7 +138,7 @@ def block_outputs_at(block, hidden_states, mask, sources, training):
     The last block's states at the prompt positions feed nothing (no later block reads their keys and values,
     and they predict no response token), so its query, output projection and feed-forward skip them. This
     repeats `TransformerDecoder.call` (pre-normalisation, no cross-attention, as GPT-2's blocks) through the
-    block's private sublayers; tests/test_shared_prompt.py fails if it ever differs from the block's own call.
+    block's private sublayers; tests/unit/preference/test_shared_prompt.py fails if it ever differs from the block's own call.
     """
     sequence_length = tf.shape(mask)[-1]
     causal = tf.range(sequence_length)[None, :] <= tf.range(sequence_length)[:, None]  # [P, P]: key <= query

@@ -263,7 +263,7 @@ def test_normalisation_samples_the_policy_through_the_policy_tokenizer(tmp_path,
 def test_reward_model_normalised_on_tfds_prompts_offline(tmp_path, sft_policy):
     import tensorflow_datasets as tfds
 
-    from tests.test_datasets import REVIEWS, mock_imdb
+    from tests.unit.data.test_prompt_sources import REVIEWS, mock_imdb
 
     rows = [("the film was", "wonderful.", "boring."), ("the music felt", "great fun!", "awful and dull.")] * 5
     config = tiny_config(tmp_path, model=TINY_MODEL, prompts="tfds:imdb_reviews", prompt_tokens_min=2,

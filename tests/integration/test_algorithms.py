@@ -87,7 +87,7 @@ def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp
 # The module's run of one algorithm (argv: the test's tmp_path, the algorithm), in a process of its own to kill.
 TRAIN_IN_A_PROCESS = """
 import pathlib, sys
-from tests.test_algorithms import algorithm_config, varied_reward
+from tests.integration.test_algorithms import algorithm_config, varied_reward
 from tf_ppo import PPOTrainer
 PPOTrainer(algorithm_config(pathlib.Path(sys.argv[1]), sys.argv[2]), reward_fn=varied_reward, show_progress=False).train()
 """
@@ -95,7 +95,7 @@ PPOTrainer(algorithm_config(pathlib.Path(sys.argv[1]), sys.argv[2]), reward_fn=v
 
 def test_sigkill_mid_run_then_resume_ends_at_the_uninterrupted_runs_weights(finished, tmp_path):
     name, _, straight = finished
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parents[2]
     process = subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_PROCESS, str(tmp_path), name], cwd=root,
                                env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

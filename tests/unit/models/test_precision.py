@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from tf_ppo.training.distribute import split_batch
 from tf_ppo.rl.trainer import PPOTrainer
 

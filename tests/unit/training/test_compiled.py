@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tf_ppo.training.compiled import compiled
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tf_ppo"
+PACKAGE = pathlib.Path(__file__).resolve().parents[3] / "tf_ppo"
 
 
 def test_no_module_calls_tf_function_directly():

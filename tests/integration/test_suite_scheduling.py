@@ -4,7 +4,7 @@ import pathlib
 
 from tests.conftest import LONGEST_SCOPES_FIRST, _scopes
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_every_scope_run_first_names_a_test_module_or_class():

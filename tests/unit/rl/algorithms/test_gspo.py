@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
-from test_estimators import BATCH, G, LENGTH, RNG, arrays, close, dtype, experience, np_clipped, np_k  # noqa: F401
-from test_algorithms import varied_reward
+from tests.conftest import tiny_config
+from tests.unit.rl.functional.test_estimators import (BATCH, G, LENGTH, RNG, arrays, close, dtype,  # noqa: F401
+                                                      experience, np_clipped, np_k)
+from tests.integration.test_algorithms import varied_reward
 from tf_ppo import PPOConfig, train
 from tf_ppo.rl.algorithms import Forward, create
 

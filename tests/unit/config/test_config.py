@@ -17,7 +17,7 @@ from tf_ppo.config import (DATA_DIR, ConfigError, ModelConfig, PPOConfig, Reward
                            UnknownFieldError, reference_markdown, with_reference)
 from tf_ppo.config import fields, reference
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
 # A value of the wrong type for each kind of annotation, and the words the error must use.
 WRONG = {bool: ("False", "must be a bool (true/false)"), int: ("10", "must be an integer"),

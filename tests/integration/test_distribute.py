@@ -7,6 +7,7 @@ must exist before any other op), so every run here is its own process.
 import glob
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from tf_ppo import PPOConfig
 from tf_ppo.training.distribute import free_port, local_cluster
 from tf_ppo.training.reporting import read_history
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 # One RL update, one SFT step or two DPO steps, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
 # strategy), with XLA or not; weights to an .npz.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_ppo_math import random_prefix_mask, tolerance
+from tests.unit.rl.functional.test_ppo_maths import random_prefix_mask, tolerance
 from tf_ppo import PPOConfig
 from tf_ppo.rl.functional import estimators, ppo
 from tf_ppo.rl.algorithms import ALGORITHMS, Experience, Forward, create

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from presets import causal_lm
+from tests.presets import causal_lm
 
 from tf_ppo.generation import sampling as rollout
 from tf_ppo.config import ModelConfig

@@ -10,7 +10,7 @@ import pytest
 from tf_ppo.config import PPOConfig
 from tf_ppo.rl.algorithms import ALGORITHMS
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tf_ppo"
 MODULES = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py"))
 RUN_MODULES = ("rl/trainer.py", "rl/learner.py", "rl/rollout.py", "rl/evaluator.py", "rl/callbacks.py", "rl/logs.py")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, load_prompts
 from tf_ppo.rl.trainer import PPOTrainer

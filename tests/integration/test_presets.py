@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
-from presets import ARCHITECTURES, save_tiny_preset
+from tests.conftest import tiny_config
+from tests.presets import ARCHITECTURES, save_tiny_preset
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.export import save_preset
