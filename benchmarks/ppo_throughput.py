@@ -177,15 +177,18 @@ class PhasePeaks:
     allocated, which is why the resident memory stays near the process peak in every phase.
     """
 
-    METHODS = {"generation": "sample", "scoring": "_score", "reward": "_rewards", "optimisation": "optimise"}
+    # phase -> (the trainer's part that runs it, its method)
+    METHODS = {"generation": ("engine", "sample"), "scoring": ("engine", "_score"), "reward": ("engine", "_rewards"),
+               "optimisation": ("learner", "optimise")}
 
     def __init__(self, trainer):
         self.peaks_mb = dict.fromkeys(self.METHODS, 0)
         self.added_mb = dict.fromkeys(self.METHODS, 0)  # the peak above the resident memory at the phase's start
         self.tensor_peaks_mb = dict.fromkeys(self.METHODS, 0)
         self.supported = self.reset_peak()
-        for phase, method in self.METHODS.items():
-            setattr(trainer, method, self._tracked(phase, getattr(trainer, method)))
+        for phase, (part, method) in self.METHODS.items():
+            owner = getattr(trainer, part)
+            setattr(owner, method, self._tracked(phase, getattr(owner, method)))
 
     def _tracked(self, phase, method):
         def tracked(*args, **kwargs):
@@ -224,10 +227,16 @@ class PhasePeaks:
                 **{f"peak_tensor_mb_{phase}": peak for phase, peak in self.tensor_peaks_mb.items()}}
 
 
+COMPILED = {"_generate": ("engine", "_generate"), "_score": ("engine", "_score"), "_advantages": (None, "_advantages"),
+            "_train_step": ("learner", "step")}  # each compiled phase: (the trainer's part, its attribute)
+
+
 def compiled(trainer, name):
     """The trainer's compiled function `name`, under the PhasePeaks wrapper if it has one."""
-    function = getattr(trainer, name)
-    return getattr(function, "method", function)
+    part, attribute = COMPILED[name]
+    function = getattr(getattr(trainer, part) if part else trainer, attribute)
+    function = getattr(function, "method", function)
+    return getattr(function, "_step", function)  # the GuardedStep's tf.function
 
 
 def algorithm_fields(args):

@@ -39,6 +39,12 @@ class UpdateCallbacks:
         self.trainer = trainer
         self.keras = None
 
+    def append(self, callback):
+        """Add a callback of either kind before training starts."""
+        ours, keras_ones = split_callbacks([callback])
+        self.ours += ours
+        self.keras_ones += keras_ones
+
     def begin(self):
         self.keras = keras.callbacks.CallbackList(self.keras_ones, model=self.trainer.policy)
         for callback in self.ours:
