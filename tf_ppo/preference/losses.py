@@ -16,7 +16,7 @@ import collections
 
 import tensorflow as tf
 
-LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
+DPO_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
 
 PreferenceLoss = collections.namedtuple("PreferenceLoss", ["losses", "chosen_rewards", "rejected_rewards"])
 
@@ -29,7 +29,7 @@ def preference_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected
         chosen_logps, rejected_logps: `[pairs]` the policy's log-probs of each response, summed over its tokens.
         ref_chosen_logps, ref_rejected_logps: `[pairs]` the reference's, the same way (no gradient flows there).
         beta: the KL strength (IPO: its regularisation tau).
-        loss_type: one of `LOSS_TYPES`.
+        loss_type: one of `DPO_LOSS_TYPES`.
         label_smoothing: the chance a preference label is flipped ("sigmoid": cDPO, "robust"); 0 = none.
         chosen_lengths, rejected_lengths: `[pairs]` response tokens; needed by "ipo" (at least 1 is used, so an
             empty response has its summed log-ratio, 0).
@@ -43,8 +43,8 @@ def preference_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected
     >>> round(float(loss.losses[0]), 4)  # -log sigmoid(0.1 * (1 - (-1)))
     0.5981
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
     chosen_logratios = chosen_logps - tf.stop_gradient(ref_chosen_logps)  # [pairs]
     rejected_logratios = rejected_logps - tf.stop_gradient(ref_rejected_logps)
     margin = beta * (chosen_logratios - rejected_logratios)  # [pairs]

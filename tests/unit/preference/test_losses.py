@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ppo.preference.losses import LOSS_TYPES, preference_loss
+from tf_ppo.preference.losses import DPO_LOSS_TYPES, preference_loss
 
 
 def log_sigmoid(x):
@@ -34,7 +34,7 @@ def random_pairs(dtype, pairs=64, seed=0):
     return [tf.constant(x, dtype) for x in logps], [tf.constant(x) for x in lengths], logps, lengths
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 @pytest.mark.parametrize("dtype, tolerance", [(tf.float64, 1e-6), (tf.float32, 1e-5)])
 @pytest.mark.parametrize("beta, smoothing", [(0.1, 0.0), (0.5, 0.2)])
 def test_losses_and_rewards_match_the_float64_reference(loss_type, dtype, tolerance, beta, smoothing):
@@ -63,7 +63,7 @@ def test_equal_log_ratios_give_the_loss_at_zero_margin():
 def test_the_gradient_raises_the_chosen_response_and_never_reaches_the_reference():
     chosen, rejected = tf.Variable([-4.0]), tf.Variable([-4.0])
     ref_chosen, ref_rejected = tf.Variable([-4.0]), tf.Variable([-4.0])
-    for loss_type in LOSS_TYPES:
+    for loss_type in DPO_LOSS_TYPES:
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(preference_loss(chosen, rejected, ref_chosen, ref_rejected, loss_type=loss_type,
                                                  chosen_lengths=[3], rejected_lengths=[3]).losses)
