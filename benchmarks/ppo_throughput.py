@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first (tracing, XLA compilation)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--ppo-epochs", type=int, default=4,
-                        help="passes over each rollout: PPO's num_ppo_epochs, the others' num_iterations")
+                        help="passes over each rollout (num_iterations)")
     parser.add_argument("--algorithm", default="ppo", help="ppo, grpo, dr_grpo, rloo, reinforce_pp, ...")
     parser.add_argument("--num-generations", type=int, default=1, help="samples per prompt (batch counts rollouts)")
     parser.add_argument("--beta", type=float, default=None,
@@ -242,7 +242,7 @@ def compiled(trainer, name):
 def algorithm_fields(args):
     """The config fields of `--algorithm`: PPO's epochs, or the group settings of the critic-free ones."""
     if args.algorithm == "ppo":
-        return {"num_ppo_epochs": args.ppo_epochs}
+        return {"num_iterations": args.ppo_epochs}
     return {"algorithm": args.algorithm, "num_generations": args.num_generations, "num_iterations": args.ppo_epochs,
             "beta": args.beta}
 

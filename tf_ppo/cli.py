@@ -42,7 +42,8 @@ import keras_hub
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.commands import (launch_workers, run_demo, run_dpo, run_export, run_generate, run_pipeline, run_reward,
                              run_sft, run_train)
-from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional
+from tf_ppo.config import (NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional,
+                           upgrade_saved)
 from tf_ppo.data import DataError
 from tf_ppo.export import ExportError
 from tf_ppo.rl.rewards import RewardError
@@ -138,6 +139,15 @@ def _add_config_flags(parser):
                 _add_field_flag(parser, f"{field.name}.{sub.name}", sub)
         else:
             _add_field_flag(parser, field.name, field)
+    for alias, name in PPOConfig.aliases.items():
+        parser.add_argument(f"--{alias}", dest=name, type=_flag_type(_fields(PPOConfig)[name].type),
+                            default=argparse.SUPPRESS, action=_DeprecatedFlag, help=f"deprecated alias of --{name}")
+
+
+class _DeprecatedFlag(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"tf-ppo: {option_string} is a deprecated alias of --{self.dest}; use --{self.dest}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _add_field_flag(parser, name, field):
@@ -200,7 +210,7 @@ def parse_args(parser, argv):
     """`parser.parse_args(argv)`, an unknown flag reported with its command's usage and the near miss (exit 2).
 
     Example:
-    >>> parse_args(build_parser(), ["train", "--kl_coef", "0.2"]).kl_coef
+    >>> parse_args(build_parser(), ["train", "--beta", "0.2"]).beta
     0.2
     """
     args, unknown = parser.parse_known_args(argv)
@@ -254,9 +264,10 @@ def _model_section(value):
 
 def _read_json(path):
     try:
-        return json.loads(_read(path))
+        values = json.loads(_read(path))
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    return upgrade_saved(values) if isinstance(values, dict) else values
 
 
 def _read(path):

@@ -207,9 +207,7 @@ def test_each_prompt_is_sampled_num_generations_times_side_by_side(finished):
     ({"algorithm": "rloo", "num_generations": 3}, "batch_size counts rollouts, so it must be a multiple of "
                                                   "num_generations=3, got 64"),
     ({"algorithm": "grpo", "num_generations": 4, "vf_coef": 0.5}, "vf_coef is not used by algorithm='grpo'"),
-    ({"algorithm": "grpo", "num_generations": 4, "cliprange": 0.3}, "cliprange is not used by algorithm=.grpo.; its "
-                                                                  "counterpart is epsilon"),
-    ({"kl_coef": 0.2, "beta": 0.1}, "beta is not used by algorithm='ppo'; its counterpart is kl_coef"),
+    ({"algorithm": "grpo", "num_generations": 4, "target_kl": 1.0}, "target_kl is not used by algorithm='grpo'"),
     ({"algorithm": "grpo", "num_generations": 4, "epsilon_high": 0.1}, "epsilon_high must be >= epsilon=0.2"),
     ({"dual_clip": 1.0}, "dual_clip must be > 1"),
     ({"algorithm": "grpo", "num_generations": 4, "loss_type": "sum"}, "loss_type must be one of"),

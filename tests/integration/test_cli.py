@@ -28,8 +28,8 @@ def exit_code_and_stderr(capsys, argv):
 
 
 def test_bad_flag_value_is_one_clear_line(capsys):
-    assert main(["train", "--cliprange", "-1"]) == 2
-    assert "error: PPOConfig.cliprange must be a positive number, got -1" in capsys.readouterr().err
+    assert main(["train", "--epsilon", "-1"]) == 2
+    assert "error: PPOConfig.epsilon must be a positive number, got -1" in capsys.readouterr().err
 
 
 def test_demo_prints_figures_and_ends_with_json(tmp_path, sft_policy_path):
@@ -51,10 +51,10 @@ def test_bool_flags_take_the_usual_spellings(text, value):
 
 
 def test_flag_values_are_parsed_by_the_field_type(tmp_path):
-    config = config_of("--run_dir", "2024", "--target_kl", "null", "--cliprange_value", "None", "--kl_coef", "1",
+    config = config_of("--run_dir", "2024", "--target_kl", "null", "--cliprange_value", "None", "--beta", "1",
                        "--total_updates", "7", "--model.preset", "null", "--sft.epochs", "2")
     assert (config.run_dir, config.target_kl, config.cliprange_value) == ("2024", None, None)
-    assert (config.kl_coef, config.total_updates, config.model.preset, config.sft.epochs) == (1.0, 7, None, 2)
+    assert (config.beta, config.total_updates, config.model.preset, config.sft.epochs) == (1.0, 7, None, 2)
     with_preset = config_of("--model", str(tmp_path), "--model.num_layers", "1")  # both: one model section
     assert (with_preset.model.preset, with_preset.model.num_layers) == (str(tmp_path), 1)
 
@@ -63,7 +63,7 @@ def test_flag_values_are_parsed_by_the_field_type(tmp_path):
     (["--stop_at_eos", "maybe"], "argument --stop_at_eos: must be a bool (true/false/1/0), got 'maybe'"),
     (["--total_updates", "1.5"], "argument --total_updates: must be an integer, got '1.5'"),
     (["--target_kl", "high"], "argument --target_kl: must be a number or null, got 'high'"),
-    (["--kl_cof", "0.1"], "unrecognized arguments: --kl_cof (did you mean '--kl_coef'?) 0.1"),
+    (["--bta", "0.1"], "unrecognized arguments: --bta (did you mean '--beta'?) 0.1"),
     (["--target", "3"], "unrecognized arguments: --target (did you mean '--target_kl'?) 3"),  # no abbreviations
     (["--sft.epoch", "3"], "unrecognized arguments: --sft.epoch (did you mean '--sft.epochs'?) 3"),
 ])
@@ -94,7 +94,7 @@ def test_config_file_errors_name_the_field(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text('{"kl_cof": 0.1}')
     assert main(["train", "--config", str(path)]) == 2
-    assert "error: PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)" in capsys.readouterr().err
+    assert "error: PPOConfig: unknown field 'kl_cof' (did you mean 'beta'?)" in capsys.readouterr().err
     path.write_text('{"kl_coef": 0.1,}')
     assert main(["train", "--config", str(path)]) == 2
     assert f"error: {path}: not valid JSON" in capsys.readouterr().err
@@ -161,3 +161,12 @@ def test_train_ends_with_the_run_dir_and_figures_before_and_after(monkeypatch, t
     assert list(summary.items()) == [("run_dir", str(tmp_path / "run")), ("score_mean_before", 0.1235),
                                      ("score_mean_after", 0.5), ("heldout_kl_before", 0.0),
                                      ("heldout_kl_after", 1.2346), ("fluency_after", 0.75)]
+
+
+def test_a_deprecated_alias_flag_sets_its_field_and_says_so(capsys):
+    config = config_of("--kl_coef", "0.3", "--cliprange", "0.1", "--num_ppo_epochs", "2")
+    assert (config.beta, config.epsilon, config.num_iterations) == (0.3, 0.1, 2)
+    err = capsys.readouterr().err
+    assert "tf-ppo: --kl_coef is a deprecated alias of --beta; use --beta" in err
+    assert "--cliprange is a deprecated alias of --epsilon" in err and "--num_ppo_epochs" in err
+    assert "--kl_coef" in build_parser()._subparsers._group_actions[0].choices["train"].format_help()

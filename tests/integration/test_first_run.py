@@ -76,7 +76,7 @@ def test_a_plain_function_as_callback_fails_before_anything_is_built(tmp_path):
 
 
 def test_a_skipped_rollout_does_not_move_the_adaptive_kl_coefficient(tmp_path, sft_policy):
-    trainer = PPOTrainer(tiny_config(tmp_path, total_updates=3, target_kl=1.0, kl_coef=0.1), policy=sft_policy,
+    trainer = PPOTrainer(tiny_config(tmp_path, total_updates=3, target_kl=1.0, beta=0.1), policy=sft_policy,
                          show_progress=False)
     poisoned = trainer.reference.weights[0]
     kept = poisoned.numpy().copy()

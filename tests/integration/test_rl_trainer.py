@@ -18,7 +18,7 @@ from tf_ppo.sft import default_policy
 def great_run(tmp_path_factory, sft_policy_path):
     """PPO toward the word 'great' (a custom reward), 20 updates; shared by several tests."""
     tmp_path = tmp_path_factory.mktemp("great")
-    config = tiny_config(tmp_path, total_updates=20, checkpoint_every=5, kl_coef=0.02, target_kl=0.5,
+    config = tiny_config(tmp_path, total_updates=20, checkpoint_every=5, beta=0.02, target_kl=0.5,
                          kl_horizon=500, eval_every=10)  # adaptive beta: it must move without retracing
     trainer = PPOTrainer(config, reward_fn=word_count_reward("great"), show_progress=False)
     return trainer, trainer.train()

@@ -54,6 +54,6 @@ def test_the_run_reads_no_algorithm_owned_field_and_names_no_algorithm(module):
 
 
 def test_the_check_sees_a_config_read():
-    """The AST check itself: it finds `c.kl_coef` and `self.config.beta`, and ignores other attributes."""
-    tree = ast.parse("c.kl_coef\nself.config.beta\nself.algorithm.num_generations\n")
-    assert config_reads(tree) == {"kl_coef", "beta"}
+    """The AST check itself: it finds `c.vf_coef` and `self.config.beta`, and ignores other attributes."""
+    tree = ast.parse("c.vf_coef\nself.config.beta\nself.algorithm.num_generations\n")
+    assert config_reads(tree) == {"vf_coef", "beta"}

@@ -1,7 +1,8 @@
 """The configuration of a tf_ppo run: `PPOConfig` (also named `RLConfig`) and its sections, validated on creation.
 
-Names follow TRL's `PPOConfig` where they mean the same thing (`kl_coef`,
-`cliprange`, `vf_coef`, `gamma`, `lam`, ...). The config is frozen: the trainer
+Names follow TRL where they mean the same thing (`beta`, `epsilon`,
+`num_iterations`, `vf_coef`, `gamma`, `lam`, ...; TRL's PPO names `kl_coef`,
+`cliprange`, `num_ppo_epochs` are deprecated aliases). The config is frozen: the trainer
 never mutates it, and it round-trips to JSON so a run directory records exactly
 what produced it. One module per concept:
 
@@ -19,7 +20,7 @@ True
 from tf_ppo.config.fields import (DATA_DIR, OBJECT_MARK, SHIPPED, TYPE_WORDS, ConfigError, UnknownFieldError,
                                   did_you_mean, portable, split_optional)
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
-from tf_ppo.config.rl import GROUPS, NESTED, SECTIONS, SYNONYMS, TASK_DEFAULTS, PPOConfig, RLConfig
+from tf_ppo.config.rl import GROUPS, NESTED, SECTIONS, TASK_DEFAULTS, PPOConfig, RLConfig, upgrade_saved
 from tf_ppo.config.reference import (MARKERS, SECTION_TITLES, default_text, help_text, main, reference_markdown,
                                      type_name, with_reference)
 
@@ -27,7 +28,7 @@ __all__ = [
     "ConfigError", "UnknownFieldError", "DATA_DIR", "SHIPPED", "OBJECT_MARK", "TYPE_WORDS",
     "did_you_mean", "portable", "split_optional",
     "ModelConfig", "SFTConfig", "RewardConfig", "DPOConfig",
-    "PPOConfig", "RLConfig", "GROUPS", "NESTED", "SECTIONS", "SYNONYMS", "TASK_DEFAULTS",
+    "PPOConfig", "RLConfig", "GROUPS", "NESTED", "SECTIONS", "TASK_DEFAULTS", "upgrade_saved",
     "MARKERS", "SECTION_TITLES", "default_text", "help_text", "main", "reference_markdown", "type_name",
     "with_reference",
 ]

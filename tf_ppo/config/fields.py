@@ -14,6 +14,7 @@ import numbers
 import pathlib
 import types
 import typing
+import warnings
 
 
 class ConfigError(ValueError):
@@ -47,13 +48,63 @@ def field(default=dataclasses.MISSING, doc="", factory=dataclasses.MISSING):
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": doc})
 
 
-class Checked:
-    """Base of the config sections: unknown keyword arguments are an error that suggests the near miss."""
-
-    def __new__(cls, *args, **kwargs):
-        # Before __init__, so PPOConfig(**kw), replace() and from_json all name the typo the same way.
+class _CheckedType(type):
+    def __call__(cls, *args, **kwargs):
+        # Before __init__, so PPOConfig(**kw), replace() and from_json all rename an alias and name a typo
+        # the same way.
+        kwargs = _renamed_aliases(cls, kwargs)
         _check_names(cls, kwargs)
-        return super().__new__(cls)
+        return super().__call__(*args, **kwargs)
+
+
+class Checked(metaclass=_CheckedType):
+    """Base of the config sections: unknown keyword arguments are an error that suggests the near miss.
+
+    A section's `aliases` maps a deprecated name to its field: given as a
+    keyword argument or read as an attribute, it warns and stands for the field.
+    """
+
+    aliases = {}
+
+
+class DeprecatedAlias:
+    """The attribute `config.<alias>`: the value of its field, with a FutureWarning that names the field.
+
+    Example:
+        kl_coef = DeprecatedAlias("beta")  # in the class body; `config.kl_coef` reads `config.beta`
+    """
+
+    def __init__(self, name):
+        self.name = name
+
+    def __set_name__(self, owner, alias):
+        self.alias = alias
+
+    def __get__(self, config, owner=None):
+        if config is None:
+            return self
+        warn_alias(owner, self.alias, self.name, stacklevel=3)
+        return getattr(config, self.name)
+
+
+def warn_alias(cls, alias, name, stacklevel):
+    warnings.warn(f"{cls.__name__}.{alias} is a deprecated alias of {name}; use {name}", FutureWarning,
+                  stacklevel=stacklevel)
+
+
+def _renamed_aliases(cls, values):
+    """`values` with each deprecated alias renamed to its field (warns); both names with other values: an error."""
+    values = dict(values)
+    for alias, name in cls.aliases.items():
+        if alias not in values:
+            continue
+        value = values.pop(alias)
+        if name in values and values[name] not in (value, default(cls, name)):
+            raise ConfigError(f"{cls.__name__}: {alias}={value!r} and {name}={values[name]!r} are one field "
+                              f"({alias} is the deprecated alias of {name}); give only {name}")
+        warn_alias(cls, alias, name, stacklevel=4)  # the caller of PPOConfig(...)
+        values[name] = value
+    return values
 
 
 # --- validation
@@ -83,8 +134,10 @@ def did_you_mean(name, choices):
 def _check_names(cls, values):
     known = [field.name for field in dataclasses.fields(cls)]
     unknown = [name for name in values if name not in known]
-    if unknown:
-        described = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+    if unknown:  # a near miss of an alias suggests its field: 'kl_cof' -> 'beta'
+        close = {name: difflib.get_close_matches(name, known + list(cls.aliases), n=1) for name in unknown}
+        described = ", ".join(f"{name!r}" + (f" (did you mean {cls.aliases.get(match[0], match[0])!r}?)" if match
+                                             else "") for name, match in close.items())
         raise UnknownFieldError(f"{cls.__name__}: unknown field{'s' if len(unknown) > 1 else ''} {described}")
 
 

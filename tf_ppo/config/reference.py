@@ -83,6 +83,10 @@ def reference_markdown():
                     for name in names]
             parts.append("\n".join([f"## {title}\n", "| field | type | default | meaning |", "|---|---|---|---|",
                                     *rows]) + "\n")
+        if section.aliases:
+            renamed = ", ".join(f"`{alias}` (`{name}`)" for alias, name in section.aliases.items())
+            parts.append(f"Deprecated aliases of `{section.__name__}` (keyword, attribute, flag and JSON key; they "
+                         f"warn): {renamed}.\n")
     return "\n".join(parts)
 
 

@@ -1,7 +1,9 @@
 """`PPOConfig` (also named `RLConfig`): every knob of an RL run, validated on creation.
 
-Names follow TRL's `PPOConfig` where they mean the same thing (`kl_coef`,
-`cliprange`, `vf_coef`, `gamma`, `lam`, ...). The config is frozen: the trainer
+Names follow TRL where they mean the same thing (`beta`, `epsilon`,
+`num_iterations` as in its GRPOConfig; `vf_coef`, `gamma`, `lam`, ... as in its
+PPOConfig, whose `kl_coef`, `cliprange` and `num_ppo_epochs` are deprecated
+aliases here: one field per meaning, for every algorithm). The config is frozen: the trainer
 never mutates it, and it round-trips to JSON so a run directory records exactly
 what produced it. One config serves every RL algorithm (`algorithm`), and the
 task (`task`) sets the data fields left at their defaults (`TASK_DEFAULTS`).
@@ -11,8 +13,8 @@ import dataclasses
 import json
 import pathlib
 
-from tf_ppo.config.fields import (DATA_DIR, Checked, ConfigError, as_dict, check_choice, check_fields, check_positive,
-                                  check_range, check_type, default, fail, field)
+from tf_ppo.config.fields import (DATA_DIR, Checked, ConfigError, DeprecatedAlias, as_dict, check_choice,
+                                  check_fields, check_positive, check_range, check_type, default, fail, field)
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 
 
@@ -21,8 +23,8 @@ class PPOConfig(Checked):
     """Stage 2: PPO with a KL penalty against the frozen reference policy.
 
     Every trick can be switched off: `whiten_rewards=False` (default),
-    `whiten_advantages=False`, `cliprange=1e9` (no ratio clipping),
-    `cliprange_value=None` (no value clipping), `target_kl=None` (fixed kl_coef),
+    `whiten_advantages=False`, `epsilon=1e9` (no ratio clipping),
+    `cliprange_value=None` (no value clipping), `target_kl=None` (fixed beta),
     `max_approx_kl=None` (no early stop), `max_grad_norm=None` (no clipping).
 
     Example:
@@ -65,13 +67,14 @@ class PPOConfig(Checked):
                                   '"reinforce_pp_baseline"; each reads only its own fields (docs/algorithms.md)')
     num_generations: int = field(1, "samples per prompt, each prompt's in one contiguous block of rows; "
                                     "batch_size counts rollouts, so it must be a multiple of this")
-    beta: float | None = field(None, "KL coefficient of the critic-free algorithms (GRPO: k3 loss term; RLOO, "
-                                     "REINFORCE++: in the reward); None = the algorithm's default (grpo 0: no "
-                                     "reference model, rloo 0.05, reinforce_pp 0.01)")
-    epsilon: float = field(0.2, "ratio clip of the critic-free algorithms (PPO's is cliprange)")
+    beta: float | None = field(None, "the KL coefficient (TRL's PPO: kl_coef), PPO's initial one when "
+                                     "adaptive. PPO, RLOO, REINFORCE++: KL in the reward; GRPO: k3 loss term. "
+                                     "None = the algorithm's default (ppo 0.1, grpo 0: no reference model, rloo "
+                                     "0.05, reinforce_pp 0.01)")
+    epsilon: float = field(0.2, "the ratio clip (TRL's PPO: cliprange); 1e9 = no ratio clipping")
     epsilon_high: float | None = field(None, "upper ratio clip, DAPO's clip-higher; None = epsilon")
-    num_iterations: int = field(1, "optimiser passes over each rollout of the critic-free algorithms (PPO's is "
-                                   "num_ppo_epochs)")
+    num_iterations: int | None = field(None, "optimiser passes over each rollout (TRL's PPO: num_ppo_epochs); "
+                                             "None = the algorithm's default (ppo 4, the others 1)")
     loss_type: str = field("dapo", '"grpo" (token mean per sequence, then mean), "dapo" (token mean over the '
                                    'batch) or "dr_grpo" (token sum / (batch x response_length))')
     scale_rewards: str = field("group", 'GRPO\'s advantage scale: "group" std, "batch" std or "none" (Dr. GRPO)')
@@ -106,7 +109,6 @@ class PPOConfig(Checked):
     generation_jit: bool = field(True, "XLA for the sampling loop (about 2.5x faster on CPU)")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
     # --- reward shaping
-    kl_coef: float = field(0.1, "beta, the KL penalty's weight; the initial value when adaptive")
     kl_estimator: str = field("k1", '"k1" (log ratio), "k2" (squared / 2) or "k3" (Schulman\'s unbiased, '
                                     'always >= 0)')
     target_kl: float | None = field(None, "nats per response; set -> adaptive controller of Ziegler et al. (2019)")
@@ -116,11 +118,9 @@ class PPOConfig(Checked):
     gamma: float = field(1.0, "discount factor of GAE")
     lam: float = field(0.95, "GAE's lambda (bias-variance trade-off of the advantages)")
     # --- optimisation
-    num_ppo_epochs: int = field(4, "passes over each update's rollouts")
     num_mini_batches: int = field(2, "mini-batches per pass (batch_size must be divisible by it)")
     learning_rate: float = field(3e-4, "Adam learning rate of the policy and the value model")
     adam_epsilon: float = field(1e-5, "TF-style epsilon, as in lm-human-preferences")
-    cliprange: float = field(0.2, "PPO's ratio clip epsilon; 1e9 = no ratio clipping")
     cliprange_value: float | None = field(0.2, "clip of the new values around the old ones; None = no value "
                                                "clipping")
     vf_coef: float = field(0.1, "weight of the value loss")
@@ -147,6 +147,12 @@ class PPOConfig(Checked):
                                       "noise: Chen et al.'s unbiased estimator); 0 = eval_pass_k")
     overoptimisation_window: int = field(10, "updates; warn when the proxy reward rises while the gold score falls")
 
+    # TRL's PPOConfig names of three fields, one field per meaning for every algorithm: they still work, and warn.
+    aliases = {"kl_coef": "beta", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations"}
+    kl_coef = DeprecatedAlias("beta")
+    cliprange = DeprecatedAlias("epsilon")
+    num_ppo_epochs = DeprecatedAlias("num_iterations")
+
     def __post_init__(self):
         check_type(self, "task", str)  # the task decides other fields' defaults: checked before them
         check_choice(self, "task", tuple(TASK_DEFAULTS))
@@ -160,14 +166,14 @@ class PPOConfig(Checked):
             object.__setattr__(self, "model", ModelConfig(preset=self.model))
         check_fields(self)
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
-                     "temperature", "kl_horizon", "num_ppo_epochs", "num_mini_batches",
-                     "learning_rate", "adam_epsilon", "cliprange", "checkpoint_every", "eval_size",
+                     "temperature", "kl_horizon", "num_mini_batches",
+                     "learning_rate", "adam_epsilon", "checkpoint_every", "eval_size",
                      "max_consecutive_skips", "overoptimisation_window", "collective_timeout"):
             check_positive(self, name)
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
             if getattr(self, name) is not None:
                 check_positive(self, name)
-        for name in ("kl_coef", "vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples",
+        for name in ("vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples",
                      "rollout_batch_size", "lora_rank", "prompt_tokens_min", "prompt_tokens_max"):
             if getattr(self, name) < 0:
                 fail(self, name, f"must be >= 0, got {getattr(self, name)!r}")
@@ -216,12 +222,12 @@ class PPOConfig(Checked):
         owned = set().union(*(cls.fields for cls in ALGORITHMS.values()))
         for name in sorted(owned - set(algorithm.fields)):
             if getattr(self, name) != defaults[name]:
-                synonym = SYNONYMS.get(name)
-                hint = f"; its counterpart is {synonym}" if synonym in algorithm.fields else ""
-                fail(self, name, f"is not used by algorithm={self.algorithm!r}{hint} (its own fields: "
+                fail(self, name, f"is not used by algorithm={self.algorithm!r} (its own fields: "
                                  f"{', '.join(algorithm.fields) or 'none'})")
-        for name in ("num_generations", "epsilon", "num_iterations", "overlong_penalty"):
+        for name in ("num_generations", "epsilon", "overlong_penalty"):
             check_positive(self, name)
+        if self.num_iterations is not None:
+            check_positive(self, "num_iterations")
         if self.beta is not None and self.beta < 0:
             fail(self, "beta", f"must be >= 0, got {self.beta!r}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
@@ -284,10 +290,10 @@ class PPOConfig(Checked):
         """Parse a JSON object; an unknown key is an error that names it and suggests the near miss.
 
         Example:
-        >>> PPOConfig.from_json('{"kl_cof": 0.2}')
+        >>> PPOConfig.from_json('{"bta": 0.2}')
         Traceback (most recent call last):
         ...
-        tf_ppo.config.UnknownFieldError: PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)
+        tf_ppo.config.UnknownFieldError: PPOConfig: unknown field 'bta' (did you mean 'beta'?)
         """
         try:
             values = json.loads(text)
@@ -295,7 +301,7 @@ class PPOConfig(Checked):
             raise ConfigError(f"{cls.__name__}: not valid JSON ({error})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{cls.__name__}: expected a JSON object of fields, got {type(values).__name__}")
-        return cls(**values)
+        return cls(**upgrade_saved(values))
 
     @classmethod
     def from_file(cls, path):
@@ -313,9 +319,9 @@ GROUPS = {
                 "stop_at_eos", "generation_jit", "reward_weights", "missing_eos_penalty", "overlong_buffer",
                 "overlong_penalty", "mask_truncated_completions"),
     "algorithm": ("algorithm", "num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type",
-                  "scale_rewards", "dual_clip", "kl_coef", "kl_estimator", "target_kl", "kl_horizon",
-                  "whiten_rewards", "whiten_advantages", "gamma", "lam", "num_ppo_epochs", "cliprange",
-                  "cliprange_value", "vf_coef", "entropy_coef"),
+                  "scale_rewards", "dual_clip", "kl_estimator", "target_kl", "kl_horizon",
+                  "whiten_rewards", "whiten_advantages", "gamma", "lam", "cliprange_value", "vf_coef",
+                  "entropy_coef"),
     "optimisation": ("num_mini_batches", "learning_rate", "adam_epsilon", "clip_mode", "max_grad_norm",
                      "max_approx_kl", "max_consecutive_skips", "train_jit"),
     "evaluation": ("eval_prompts_csv", "eval_every", "eval_size", "eval_pass_k", "eval_pass_samples",
@@ -323,8 +329,6 @@ GROUPS = {
     "run": ("task", "total_updates", "run_dir", "seed", "checkpoint_every", "strategy", "collective_timeout", "sft",
             "reward", "dpo"),
 }
-SYNONYMS = {"cliprange": "epsilon", "epsilon": "cliprange", "kl_coef": "beta", "beta": "kl_coef",
-            "num_ppo_epochs": "num_iterations", "num_iterations": "num_ppo_epochs"}  # PPO's name, GRPO's name
 # What each task sets: the fields (and section fields) it gives other values than the sentiment defaults.
 TASK_DEFAULTS = {
     "sentiment": {},
@@ -340,6 +344,26 @@ TASK_DEFAULTS = {
 # PPOConfig fields that are sections
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
+
+
+def upgrade_saved(values):
+    """A config.json's fields as today's: before one field per meaning, it held both names of each pair.
+
+    Of `kl_coef`/`beta`, `cliprange`/`epsilon` and `num_ppo_epochs`/`num_iterations`
+    the run read PPO's names under PPO and the others under every other
+    algorithm; the one it read is kept (no warning: the user typed neither).
+
+    Example:
+    >>> upgrade_saved({"algorithm": "ppo", "kl_coef": 0.2, "beta": None})
+    {'algorithm': 'ppo', 'beta': 0.2}
+    """
+    values = dict(values)
+    for alias, name in PPOConfig.aliases.items():
+        if alias in values and name in values:
+            read = values.pop(alias)
+            if values.get("algorithm", "ppo") == "ppo":
+                values[name] = read
+    return values
 
 
 # --- validation

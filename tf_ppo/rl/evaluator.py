@@ -22,6 +22,23 @@ from tf_ppo.training.distribute import resolve_strategy
 EVALUATION_SEED = 12345  # held-out sampling seed: the same completions before and after training
 
 
+def accuracy_check(config, accuracy_fn=None):
+    """The correctness check behind accuracy and pass@k: `accuracy_fn`, else the task's (None for sentiment).
+
+    Raises `ConfigError` when `eval_pass_k` asks for pass@k and there is no check;
+    the trainer calls it before it builds any model, so the mistake costs no time.
+
+    Example:
+        accuracy_check(PPOConfig(task="arithmetic")) is exact_match_reward
+    """
+    accuracy_fn = accuracy_fn or TASKS[config.task].accuracy_fn
+    if config.eval_pass_k and accuracy_fn is None:
+        raise ConfigError(f"PPOConfig.eval_pass_k={config.eval_pass_k} needs answers to check: "
+                          f"task='arithmetic', or train(..., accuracy_fn=fn) with fn(prompts, responses) "
+                          f"-> 1.0 / 0.0 each")
+    return accuracy_fn
+
+
 class Evaluator:
     """The held-out figures of the engine's policy on `config.eval_prompts_csv` (or given prompts).
 
@@ -36,11 +53,7 @@ class Evaluator:
 
     def __init__(self, engine, accuracy_fn=None):
         self.engine, self.config = engine, engine.config
-        self.accuracy_fn = accuracy_fn or TASKS[self.config.task].accuracy_fn
-        if self.config.eval_pass_k and self.accuracy_fn is None:
-            raise ConfigError(f"PPOConfig.eval_pass_k={self.config.eval_pass_k} needs answers to check: "
-                              f"task='arithmetic', or train(..., accuracy_fn=fn) with fn(prompts, responses) "
-                              f"-> 1.0 / 0.0 each")
+        self.accuracy_fn = accuracy_check(self.config, accuracy_fn)
         self.prompts = load_prompts(self.config.eval_prompts_csv)[: self.config.eval_size]
         self.bigrams = corpus_bigrams(self.config.fluency_corpus) if self.config.fluency_corpus else None
 

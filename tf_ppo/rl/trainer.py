@@ -29,7 +29,7 @@ from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lo
                            policy_from_config, tokenizer_for)
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.callbacks import UpdateCallbacks
-from tf_ppo.rl.evaluator import Evaluator, fluency
+from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
 from tf_ppo.rl.learner import Learner
@@ -76,6 +76,7 @@ class RLTrainer:
                  resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None):
         self.config = config = config or PPOConfig()
         self.algorithm = algorithms.create(config)
+        accuracy_fn = accuracy_check(config, accuracy_fn)
         reward_fns, reward_weights = reward_functions(reward_fn, config)
         value_source = self.algorithm.value_model_source(reward_fns)
         self.callbacks = UpdateCallbacks(callbacks, self)

@@ -54,7 +54,7 @@ def test_a_string_count_says_integer_not_positive():
 
 
 def test_numbers_of_any_kind_are_accepted_where_they_fit():
-    config = PPOConfig(temperature=1, kl_coef=np.float32(0.2), total_updates=np.int64(3), target_kl=2)
+    config = PPOConfig(temperature=1, beta=np.float32(0.2), total_updates=np.int64(3), target_kl=2)
     assert config.temperature == 1 and config.total_updates == 3
     with pytest.raises(ConfigError, match="PPOConfig.total_updates must be an integer, got True"):
         PPOConfig(total_updates=True)
@@ -70,9 +70,9 @@ def test_nested_sections_are_checked_through_ppoconfig():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: PPOConfig(kl_cof=0.1), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
-    (lambda: PPOConfig().replace(kl_cof=0.1), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
-    (lambda: PPOConfig.from_json('{"kl_cof": 0.1}'), "PPOConfig: unknown field 'kl_cof' (did you mean 'kl_coef'?)"),
+    (lambda: PPOConfig(bta=0.1), "PPOConfig: unknown field 'bta' (did you mean 'beta'?)"),
+    (lambda: PPOConfig().replace(bta=0.1), "PPOConfig: unknown field 'bta' (did you mean 'beta'?)"),
+    (lambda: PPOConfig.from_json('{"bta": 0.1}'), "PPOConfig: unknown field 'bta' (did you mean 'beta'?)"),
     (lambda: PPOConfig(model={"num_layer": 1}), "ModelConfig: unknown field 'num_layer' (did you mean 'num_layers'?)"),
     (lambda: PPOConfig().replace(sft={"epoch": 1}), "SFTConfig: unknown field 'epoch' (did you mean 'epochs'?)"),
     (lambda: PPOConfig.from_json('{"reward": {"clipp": 1}}'),
@@ -88,7 +88,7 @@ def test_unknown_fields_suggest_the_near_miss(make, message):
 
 def test_from_json_that_is_not_a_config_is_a_config_error():
     with pytest.raises(ConfigError, match="not valid JSON"):
-        PPOConfig.from_json("{kl_coef: 0.1}")
+        PPOConfig.from_json("{beta: 0.1}")
     with pytest.raises(ConfigError, match="expected a JSON object"):
         PPOConfig.from_json("[1, 2]")
 
@@ -148,7 +148,7 @@ def test_python_m_config_rewrites_and_checks_a_page(tmp_path, capsys):
     assert reference.main(["--check", str(page)]) == 1
     assert reference.main([str(page)]) == 0
     assert reference.main(["--check", str(page)]) == 0
-    assert "| `kl_coef` | `float` | `0.1` |" in page.read_text() and page.read_text().endswith("end\n")
+    assert "| `vf_coef` | `float` | `0.1` |" in page.read_text() and page.read_text().endswith("end\n")
 
 
 def test_the_package_names_every_config_name():
@@ -196,3 +196,55 @@ def test_the_groups_partition_the_rl_fields_and_section_reads_them():
     assert config.section("rollout")["batch_size"] == 16 and config.section("algorithm")["num_generations"] == 4
     with pytest.raises(ConfigError, match="no group 'rollouts'"):
         config.section("rollouts")
+
+
+# --- one field per meaning: TRL's PPO names are deprecated aliases
+
+ALIASES = [("kl_coef", "beta", 0.3), ("cliprange", "epsilon", 0.3), ("num_ppo_epochs", "num_iterations", 2)]
+
+
+@pytest.mark.parametrize("alias, name, value", ALIASES)
+def test_an_alias_as_keyword_or_attribute_warns_and_is_its_field(alias, name, value):
+    with pytest.warns(FutureWarning, match=f"PPOConfig.{alias} is a deprecated alias of {name}; use {name}"):
+        config = PPOConfig(**{alias: value})
+    assert getattr(config, name) == value and config == PPOConfig(**{name: value})
+    with pytest.warns(FutureWarning, match=f"use {name}"):
+        assert getattr(config, alias) == value
+    with pytest.warns(FutureWarning):
+        assert getattr(PPOConfig().replace(**{alias: value}), name) == value
+    with pytest.warns(FutureWarning):
+        assert getattr(PPOConfig.from_json(json.dumps({alias: value})), name) == value
+    assert alias not in json.loads(config.to_json())  # a run records the field's name only
+
+
+def test_an_alias_and_its_field_with_other_values_is_an_error():
+    with pytest.raises(ConfigError, match=r"kl_coef=0.2 and beta=0.3 are one field .* give only beta"):
+        PPOConfig(beta=0.3, kl_coef=0.2)
+
+
+def test_beta_and_num_iterations_left_none_are_each_algorithms_default():
+    from tf_ppo.rl import algorithms
+
+    defaults = {name: (algorithms.create(PPOConfig(algorithm=name, num_generations=4)).beta,
+                       algorithms.create(PPOConfig(algorithm=name, num_generations=4)).num_epochs)
+                for name in ("grpo", "rloo", "reinforce_pp")}
+    assert defaults == {"grpo": (0.0, 1), "rloo": (0.05, 1), "reinforce_pp": (0.01, 1)}
+    ppo = algorithms.create(PPOConfig())
+    assert (ppo.beta, ppo.num_epochs, float(ppo.kl_controller.value.numpy())) == (0.1, 4, 0.1)
+    assert algorithms.create(PPOConfig(beta=0.0, num_iterations=1)).num_epochs == 1
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_a_config_json_with_both_names_of_a_pair_keeps_the_one_its_algorithm_read(algorithm, recwarn):
+    # What config.json held before one field per meaning: every field of both names, at the run's values.
+    saved = {**json.loads(PPOConfig().to_json()), "algorithm": algorithm, "num_generations": 4,
+             "kl_coef": 0.05, "cliprange": 0.1, "num_ppo_epochs": 2, "beta": 0.3, "epsilon": 0.25,
+             "num_iterations": 3}
+    if algorithm == "ppo":  # a PPO run left GRPO's names at their defaults, and the other way round
+        saved.update(num_generations=1, beta=None, epsilon=0.2, num_iterations=1)
+    else:
+        saved.update(kl_coef=0.1, cliprange=0.2, num_ppo_epochs=4)
+    config = PPOConfig.from_json(json.dumps(saved))
+    read = (0.05, 0.1, 2) if algorithm == "ppo" else (0.3, 0.25, 3)
+    assert (config.beta, config.epsilon, config.num_iterations) == read
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # the user typed neither name

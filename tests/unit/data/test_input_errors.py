@@ -11,7 +11,7 @@ from tf_ppo.tasks.sentiment import sentiment_reward
 
 
 def test_config_round_trips_through_json(tmp_path):
-    config = PPOConfig(kl_coef=0.05, target_kl=3.0, model=ModelConfig(num_layers=3), sft={"epochs": 2})
+    config = PPOConfig(beta=0.05, target_kl=3.0, model=ModelConfig(num_layers=3), sft={"epochs": 2})
     assert PPOConfig.from_json(config.to_json()) == config
     assert config.sft.epochs == 2
     preset = tmp_path / "presets" / "mine"  # a preset directory must exist
@@ -23,7 +23,7 @@ def test_config_round_trips_through_json(tmp_path):
 
 @pytest.mark.parametrize("changes,field", [
     ({"learning_rate": 0}, "learning_rate"),
-    ({"cliprange": -0.1}, "cliprange"),
+    ({"epsilon": -0.1}, "epsilon"),
     ({"batch_size": 10, "num_mini_batches": 4}, "batch_size"),
     ({"response_length": 100}, "response_length"),
     ({"gamma": 1.5}, "gamma"),

@@ -201,7 +201,7 @@ def test_pipeline_resumes_finished_stages_and_continues_ppo(rlhf):
 def test_overoptimisation_warning_when_proxy_rises_and_gold_falls(tmp_path, sft_policy):
     """A proxy that counts 'great' against a gold score that punishes it: the classic reward hack."""
     great = word_count_reward("great")
-    config = tiny_config(tmp_path, total_updates=12, overoptimisation_window=6, learning_rate=1e-3, kl_coef=0.0)
+    config = tiny_config(tmp_path, total_updates=12, overoptimisation_window=6, learning_rate=1e-3, beta=0.0)
     trainer = PPOTrainer(config, reward_fn=great, policy=sft_policy, show_progress=False,
                          gold_reward_fn=lambda texts: [-s for s in great(texts)])
     with pytest.warns(OveroptimisationWarning, match="proxy reward rose while the gold score fell"):

@@ -37,7 +37,8 @@ class Algorithm:
     name = None
     fields = ()  # algorithm-specific PPOConfig fields it reads; setting any other one is an error
     uses_value_model = False
-    default_beta = 0.0
+    default_beta = 0.0  # the KL coefficient when `config.beta` is None
+    default_num_iterations = 1  # optimiser passes when `config.num_iterations` is None
     metrics = ("loss", "policy_loss", "clipfrac", "approx_kl")  # loss metrics of one step
 
     def __init__(self, config):
@@ -63,20 +64,18 @@ class Algorithm:
 
     @property
     def num_epochs(self):
-        """Optimiser passes over each rollout."""
-        return self.config.num_iterations
+        """Optimiser passes over each rollout: `config.num_iterations`, or this algorithm's default when None."""
+        n = self.config.num_iterations
+        return self.default_num_iterations if n is None else n
 
     @property
     def kl_estimator(self):
         """The estimator of the KL the history's `kl` reports."""
         return "k1"
 
-    def initial_kl_coef(self):
-        return self.beta
-
     def make_kl_controller(self):
-        """The KL coefficient's controller: fixed at `initial_kl_coef()` (PPO: adaptive when `target_kl` is set)."""
-        return ppo.FixedKLController(self.initial_kl_coef())
+        """The KL coefficient's controller: fixed at `beta` (PPO: adaptive when `target_kl` is set)."""
+        return ppo.FixedKLController(self.beta)
 
     def observe_kl(self, kl_per_response, rollouts):
         """After an applied update: let the controller move the coefficient (the fixed one keeps it)."""

@@ -10,17 +10,18 @@ from tf_ppo.rl.algorithms.registry import register
 
 @register
 class PPO(Algorithm):
-    """The per-token reward is -kl_coef * KL plus the score on the last token; advantages by GAE.
+    """The per-token reward is -beta * KL plus the score on the last token; advantages by GAE.
 
     Example:
-        PPOConfig(algorithm="ppo", kl_coef=0.05, vf_coef=0.1)
+        PPOConfig(algorithm="ppo", beta=0.05, vf_coef=0.1)
     """
 
     name = "ppo"
-    fields = ("kl_coef", "kl_estimator", "target_kl", "kl_horizon", "whiten_rewards", "whiten_advantages",
-              "gamma", "lam", "num_ppo_epochs", "cliprange", "cliprange_value", "vf_coef",
-              "value_from_reward_model")
+    fields = ("beta", "epsilon", "num_iterations", "kl_estimator", "target_kl", "kl_horizon", "whiten_rewards",
+              "whiten_advantages", "gamma", "lam", "cliprange_value", "vf_coef", "value_from_reward_model")
     uses_value_model = True
+    default_beta = 0.1
+    default_num_iterations = 4
     metrics = ("loss", "policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
 
     @property
@@ -32,22 +33,15 @@ class PPO(Algorithm):
         return 1
 
     @property
-    def num_epochs(self):
-        return self.config.num_ppo_epochs
-
-    @property
     def kl_estimator(self):
         return self.config.kl_estimator
 
-    def initial_kl_coef(self):
-        return self.config.kl_coef
-
     def make_kl_controller(self):
-        """Adaptive (Ziegler et al. 2019) toward `target_kl` when it is set, else fixed at `kl_coef`."""
+        """Adaptive (Ziegler et al. 2019) toward `target_kl` when it is set, else fixed at `beta`."""
         c = self.config
         if c.target_kl is None:
             return super().make_kl_controller()
-        return ppo.AdaptiveKLController(c.kl_coef, c.target_kl, c.kl_horizon)
+        return ppo.AdaptiveKLController(self.beta, c.target_kl, c.kl_horizon)
 
     def value_model_source(self, reward_fns):
         """The RewardModel used as reward, when `value_from_reward_model` (as TRL), else None."""
@@ -73,7 +67,7 @@ class PPO(Algorithm):
     def loss(self, forward, minibatch):
         c = self.config
         mask = minibatch.loss_mask
-        pg = ppo.policy_loss(forward.logprobs, minibatch.logprobs, minibatch.advantages, mask, c.cliprange,
+        pg = ppo.policy_loss(forward.logprobs, minibatch.logprobs, minibatch.advantages, mask, c.epsilon,
                              dual_clip=c.dual_clip)
         vf = ppo.value_loss(forward.values, minibatch.values, minibatch.returns, mask, c.cliprange_value)
         return pg.loss + c.vf_coef * vf.loss, {"policy_loss": pg.loss, "value_loss": vf.loss,
