@@ -94,9 +94,10 @@ def build_parser():
     pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO (or --method dpo: SFT -> DPO), "
                                                   "with a gold score")
     pipeline.add_argument("--method", choices=("ppo", "dpo"), default="ppo",
-                          help="ppo: a reward model, then PPO against it; dpo: DPO on the same preference file")
+                          help="ppo: a reward model, then PPO against it; dpo: DPO on --dpo.preferences_csv (by "
+                               "default the same preference file)")
     dpo = _add_command(commands, "dpo", "DPO (--dpo.loss_type ipo / hinge / robust) on the preference file of "
-                                        "--reward.preferences_csv")
+                                        "--dpo.preferences_csv")
     dpo.add_argument("--resume", metavar="RUN_DIR",
                      help="continue that run from its latest checkpoint, with its config.json (flags override)")
     train.add_argument("--workers", type=int, default=0,

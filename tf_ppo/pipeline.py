@@ -29,7 +29,7 @@ import time
 
 import keras
 
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, run_config
 from tf_ppo.preference.dpo import dpo
 from tf_ppo.preference.reward_model import RewardModel
 from tf_ppo.preference.reward_training import save_atomically, train_reward_model
@@ -50,7 +50,7 @@ class PipelineResult:
 
 
 def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_progress=True, method="ppo"):
-    """SFT, then a reward model from `config.reward.preferences_csv` and PPO against it (or DPO on that file).
+    """SFT, then a reward model from `config.reward.preferences_csv` and PPO against it (or DPO on `config.dpo.preferences_csv`).
 
     Args:
         config: `PPOConfig`; `run_dir` holds every stage (default
@@ -67,7 +67,7 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
         result = pipeline(PPOConfig(run_dir="runs/rlhf"))
         result.summary["gold_after"] > result.summary["gold_before"]
     """
-    config = config or PPOConfig()
+    config = run_config(config)
     run_dir = pathlib.Path(config.run_dir or f"runs/pipeline-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())

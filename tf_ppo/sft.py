@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, run_config
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
@@ -51,7 +51,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
     """Fine-tune `policy` (default: a new tiny one) on `config.sft.train_csv`.
 
     Args:
-        config: `PPOConfig`; uses its `model`, `sft`, `vocabulary` and `merges`.
+        config: `PPOConfig`, uses its `model`, `sft`, `vocabulary` and `merges`; or an `SFTConfig`
+            alone (the tiny model).
         policy: a policy to continue training; default `config.model` (its preset,
             or a new tiny model). The policy is copied, never changed in place.
         show_progress: draw a progress bar per epoch.
@@ -68,7 +69,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         config = PPOConfig(sft={"epochs": 1}, model={"num_layers": 1, "hidden_dim": 16, "num_heads": 2})
         result = sft(config, show_progress=False)
     """
-    config = config or PPOConfig()
+    config = run_config(config, "sft")
     keras.utils.set_random_seed(config.sft.seed)
     tokenizer = tokenizer_for(config, policy)
     train_ids, train_mask = _encode_csv(tokenizer, config.sft.train_csv, config.sft.max_length)
@@ -113,7 +114,7 @@ def default_policy(config=None, show_progress=True, strategy=None):
     Example:
         policy = default_policy()
     """
-    config = config or PPOConfig()
+    config = run_config(config, "sft")
     if config.model.preset is not None:
         return sft(config, show_progress=show_progress, strategy=strategy).policy
     path = _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"

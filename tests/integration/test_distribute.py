@@ -73,11 +73,11 @@ if stage in ALGORITHMS:
         distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
         report["whiten_max_difference"] = float(np.abs(distributed - masked.whiten(values, mask).numpy()).max())
 elif stage == "dpo":  # 32 pairs, 2 steps, the reference log-probs precomputed under the strategy
-    frame = pd.read_csv(PPOConfig().reward.preferences_csv)
+    frame = pd.read_csv(PPOConfig().dpo.preferences_csv)
     csv = tmp / "pairs.csv"
     pd.concat([frame[frame.split == "train"].head(32), frame[frame.split == "heldout"].head(8)]).to_csv(csv, index=False)
-    config = PPOConfig(run_dir=str(tmp / "dpo"), reward={"preferences_csv": str(csv)}, train_jit=xla == "xla",
-                       dpo={"epochs": 1, "batch_size": 16})
+    config = PPOConfig(run_dir=str(tmp / "dpo"), train_jit=xla == "xla",
+                       dpo={"preferences_csv": str(csv), "epochs": 1, "batch_size": 16})
     weights = tf_ppo.dpo(config, strategy=strategy, show_progress=False).policy.get_weights()
 else:
     csv = tmp / "one_batch.csv"

@@ -19,9 +19,11 @@ import tensorflow as tf
 
 import tf_ppo
 from tests.conftest import cli, kill_after
-from tf_ppo import PPOConfig
+from tf_ppo import DPOConfig, PPOConfig
+from tf_ppo.data import DataError
 from tf_ppo.cli import main
-from tf_ppo.preference.dpo import DPOTrainer, encode_responses, preference_pairs, sequence_logps
+from tf_ppo.preference.dpo import (DPOTrainer, dpo, encode_responses, preference_pairs, preference_settings,
+                                   sequence_logps)
 from tf_ppo.models import BigramLM, load_tokenizer
 from tf_ppo.training.reporting import read_history
 
@@ -32,7 +34,7 @@ SUMMARY_KEYS = {"method", "reward_model_heldout_accuracy", "proxy_before", "prox
 @pytest.fixture(scope="module")
 def pairs_csv(tmp_path_factory):
     """48 training and 16 held-out pairs of the shipped preference file."""
-    frame = pd.read_csv(PPOConfig().reward.preferences_csv)
+    frame = pd.read_csv(PPOConfig().dpo.preferences_csv)
     path = tmp_path_factory.mktemp("pairs") / "pairs.csv"
     pd.concat([frame[frame.split == "train"].head(48), frame[frame.split == "heldout"].head(16)]).to_csv(path,
                                                                                                          index=False)
@@ -40,8 +42,8 @@ def pairs_csv(tmp_path_factory):
 
 
 def dpo_config(run_dir, pairs_csv, **dpo):
-    settings = {"epochs": 2, "batch_size": 16, "checkpoint_every": 2, **dpo}
-    return PPOConfig(run_dir=str(run_dir), reward={"preferences_csv": pairs_csv}, dpo=settings)
+    settings = {"preferences_csv": pairs_csv, "epochs": 2, "batch_size": 16, "checkpoint_every": 2, **dpo}
+    return PPOConfig(run_dir=str(run_dir), dpo=settings)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_at_the_same_weights(finished, t
 
 def test_sigkill_mid_run_then_cli_resume_ends_at_the_same_weights(finished, tmp_path, pairs_csv):
     run_dir = tmp_path / "killed"
-    flags = ["--reward.preferences_csv", pairs_csv, "--dpo.epochs", "2", "--dpo.batch_size", "16"]
+    flags = ["--dpo.preferences_csv", pairs_csv, "--dpo.epochs", "2", "--dpo.batch_size", "16"]
     process = cli("dpo", "--run_dir", str(run_dir), *flags, "--dpo.checkpoint_every", "1")
     delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.2)  # somewhere in steps 3 to 6
     assert not (run_dir / "evaluation.json").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
@@ -200,7 +202,7 @@ def test_the_finished_run_exports_a_saved_model_that_generates(finished, tmp_pat
 def test_cli_names_a_bad_preference_file(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,chosen\nthe film was,great.\n")
-    assert main(["dpo", "--reward.preferences_csv", str(bad), "--run_dir", str(tmp_path / "run")]) == 2
+    assert main(["dpo", "--dpo.preferences_csv", str(bad), "--run_dir", str(tmp_path / "run")]) == 2
     assert f"{bad}: missing column(s) ['rejected']" in capsys.readouterr().err
 
 
@@ -232,3 +234,21 @@ def test_pipeline_dpo_command_runs_cdpo_unless_a_flag_says_otherwise():
     flagged = parse_args(build_parser(), ["pipeline", "--method", "dpo", "--dpo.label_smoothing", "0"])
     assert _config_of(flagged).dpo.label_smoothing == 0.0
     assert _config_of(parse_args(build_parser(), ["pipeline"])).dpo.label_smoothing == 0.0
+
+
+def test_a_dpo_config_alone_reads_its_own_preference_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,chosen\nthe film was,great.\n")
+    with pytest.raises(DataError, match=rf"{bad}: missing column\(s\) \['rejected'\]"):  # before any model
+        dpo(DPOConfig(preferences_csv=str(bad)))
+
+
+def test_a_config_that_sets_only_the_reward_models_file_trains_dpo_on_it_and_warns(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,chosen\nthe film was,great.\n")
+    config = PPOConfig(reward={"preferences_csv": str(bad)})
+    with pytest.warns(FutureWarning, match="DPO reads dpo.preferences_csv; reward.preferences_csv=.* is used"), \
+            pytest.raises(DataError, match=str(bad)):
+        dpo(config)
+    assert preference_settings(config.replace(dpo={"preferences_csv": str(tmp_path / "own.csv")})
+                               ).preferences_csv == str(tmp_path / "own.csv")  # its own file, when set, wins

@@ -346,6 +346,37 @@ NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo":
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
 
 
+# The entry point each section configures on its own: `dpo(DPOConfig(beta=0.2))`, the other fields at defaults.
+ENTRY_POINTS = {"sft": "tf_ppo.sft", "reward": "tf_ppo.train_reward_model", "dpo": "tf_ppo.dpo"}
+
+
+def run_config(config, stage=None):
+    """The `PPOConfig` a stage runs with: `config`, the default one, or one around the stage's own section.
+
+    `stage` is "sft", "reward" or "dpo" for those entry points (None: RL and
+    evaluation). A section of another stage is an error that names its entry point.
+
+    Example:
+    >>> run_config(DPOConfig(beta=0.2), "dpo").dpo.beta
+    0.2
+    >>> run_config(DPOConfig())
+    Traceback (most recent call last):
+    ...
+    tf_ppo.config.ConfigError: a DPOConfig configures tf_ppo.dpo(config); this call takes a PPOConfig (RLConfig)
+    """
+    if config is None:
+        return PPOConfig()
+    if isinstance(config, PPOConfig):
+        return config
+    for name, entry in ENTRY_POINTS.items():
+        if isinstance(config, NESTED[name]):
+            if name == stage:
+                return PPOConfig(**{name: config})
+            raise ConfigError(f"a {type(config).__name__} configures {entry}(config); this call takes a "
+                              f"{f'{NESTED[stage].__name__} or ' if stage else ''}PPOConfig (RLConfig)")
+    raise ConfigError(f"expected a PPOConfig (RLConfig), got {type(config).__name__}")
+
+
 def upgrade_saved(values):
     """A config.json's fields as today's: before one field per meaning, it held both names of each pair.
 

@@ -111,14 +111,18 @@ class RewardConfig(Checked):
 class DPOConfig(Checked):
     """Offline preference optimisation (`tf_ppo.preference.dpo`, `tf-ppo dpo`, `tf-ppo pipeline --method dpo`).
 
-    Trains on the preference file of `RewardConfig.preferences_csv` (its held-out rows too); names as in
-    TRL's `DPOConfig`.
+    Trains on its own preference file, `preferences_csv` (its held-out rows too); names as in TRL's
+    `DPOConfig`. Stands on its own: `tf_ppo.dpo(DPOConfig(beta=0.2))`.
 
     Example:
     >>> DPOConfig(loss_type="ipo").beta
     0.1
     """
 
+    preferences_csv: str = field(str(DATA_DIR / "preferences.csv"), "preference pairs: prompt,chosen,rejected "
+                                                                    "(or prompt,response_0..,best: best against "
+                                                                    "each other)")
+    heldout_fraction: float = field(0.15, "pairs held out for accuracy when the CSV has no `split` column")
     beta: float = field(0.1, "how far the policy may move from the reference (IPO: its tau)")
     loss_type: str = field("sigmoid", '"sigmoid" (DPO), "robust", "hinge" (SLiC) or "ipo" (per-token log-ratios)')
     label_smoothing: float = field(0.0, "chance a preference label is flipped: > 0 with sigmoid is cDPO, "
@@ -143,4 +147,5 @@ class DPOConfig(Checked):
             check_positive(self, name)
         check_choice(self, "loss_type", ("sigmoid", "robust", "hinge", "ipo"))
         check_range(self, "label_smoothing", 0.0, 0.5, include_high=False)
+        check_range(self, "heldout_fraction", 0.0, 1.0, include_high=False)
 

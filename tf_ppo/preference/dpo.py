@@ -27,6 +27,7 @@ import functools
 import json
 import pathlib
 import shutil
+import warnings
 
 import keras
 import keras_hub
@@ -35,7 +36,8 @@ import tensorflow as tf
 
 from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, DPOConfig, PPOConfig, RewardConfig, run_config
+from tf_ppo.config.fields import default
 from tf_ppo.data import DataError, start_token_ids
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
@@ -65,6 +67,26 @@ class DPOResult:
     parameter_report: str
     preempted: bool = False  # stopped by SIGTERM: checkpoint saved, no final artefacts
     evaluations: tuple | None = None  # set by `pipeline(method="dpo")`: held-out (before, after) evaluations
+
+
+def preference_settings(config):
+    """`config.dpo`, reading the reward model's preference file where a config from before DPO had its own.
+
+    DPO read `reward.preferences_csv` until `DPOConfig.preferences_csv` existed:
+    a config that sets only the reward's file keeps training on it, and warns.
+
+    Example:
+        preference_settings(PPOConfig(reward={"preferences_csv": "mine.csv"})).preferences_csv  # "mine.csv"
+    """
+    settings, reward = config.dpo, config.reward
+    if (settings.preferences_csv == default(DPOConfig, "preferences_csv")
+            and reward.preferences_csv != default(RewardConfig, "preferences_csv")):
+        warnings.warn(f"DPO reads dpo.preferences_csv; reward.preferences_csv={reward.preferences_csv} is used "
+                      f"as before, set dpo.preferences_csv (--dpo.preferences_csv) instead", FutureWarning,
+                      stacklevel=3)
+        settings = dataclasses.replace(settings, preferences_csv=reward.preferences_csv,
+                                       heldout_fraction=reward.heldout_fraction)
+    return settings
 
 
 def preference_pairs(prompts, responses, best):
@@ -147,8 +169,8 @@ class DPOTrainer:
     """
 
     def __init__(self, config=None, policy=None, resume=False, show_progress=True, strategy=None):
-        self.config = config = config or PPOConfig()
-        settings = config.dpo
+        self.config = config = run_config(config, "dpo")
+        settings = preference_settings(config)
         self.show_progress = show_progress
         self.run_dir = pathlib.Path(config.run_dir or f"runs/dpo-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         if not resume and (self.run_dir / "checkpoints" / "checkpoint").exists():
@@ -167,12 +189,11 @@ class DPOTrainer:
             raise ConfigError(f"DPOConfig.max_length {settings.max_length} exceeds the model's context "
                               f"model.max_sequence_length={config.model.max_sequence_length}")
         self.tokenizer = tokenizer_for(config, policy)
-        train_rows, heldout_rows = split_rows(read_preferences(config.reward.preferences_csv), config.reward,
-                                              settings.seed)
+        train_rows, heldout_rows = split_rows(read_preferences(settings.preferences_csv), settings)
         self.train_pairs = self._encode(*train_rows)
         self.heldout_pairs = self._encode(*heldout_rows)
         if len(self.train_pairs["chosen_ids"]) < settings.batch_size:
-            raise DataError(f"{config.reward.preferences_csv}: {len(self.train_pairs['chosen_ids'])} training "
+            raise DataError(f"{settings.preferences_csv}: {len(self.train_pairs['chosen_ids'])} training "
                             f"pairs, fewer than one batch of DPOConfig.batch_size={settings.batch_size}")
         with self.strategy.scope():
             if policy is None and config.model.preset is None:
@@ -331,11 +352,12 @@ class DPOTrainer:
 
 
 def dpo(config=None, policy=None, resume=False, show_progress=True, strategy=None):
-    """DPO (or IPO, hinge, cDPO: `config.dpo.loss_type`) of `policy` on `config.reward.preferences_csv`.
+    """DPO (or IPO, hinge, cDPO: `config.dpo.loss_type`) of `policy` on `config.dpo.preferences_csv`.
 
     Args:
-        config: `PPOConfig`; uses `dpo`, `reward.preferences_csv` (and its
-            held-out split), `model`, `dtype`, `lora_rank`, `run_dir`.
+        config: `PPOConfig`, uses `dpo` (its `preferences_csv` and held-out
+            split too), `model`, `dtype`, `lora_rank`, `run_dir`; or a
+            `DPOConfig` alone (the other fields at their defaults).
         policy: the starting policy and reference; default the cached SFT
             policy (or the configured preset).
         resume: continue the run in `config.run_dir` from its latest checkpoint.
@@ -345,7 +367,7 @@ def dpo(config=None, policy=None, resume=False, show_progress=True, strategy=Non
         preference accuracy (chosen's implicit reward above rejected's).
 
     Example:
-        result = dpo(PPOConfig(run_dir="runs/dpo", dpo={"epochs": 1}))
+        result = dpo(DPOConfig(beta=0.2, epochs=1))  # or PPOConfig(run_dir="runs/dpo", dpo={...})
         tf_ppo.export(result.run_dir, "exported/dpo")
     """
     return DPOTrainer(config, policy, resume, show_progress, strategy).train()

@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tf_ppo.training.compiled import compiled
-from tf_ppo.config import ConfigError, PPOConfig, RewardConfig  # noqa: F401  RewardConfig: used by the doctests
+from tf_ppo.config import ConfigError, PPOConfig, RewardConfig, run_config  # noqa: F401  RewardConfig: used by the doctests
 from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prompt_token_counts,
                          start_token_ids)
 from tf_ppo.training.distribute import resolve_strategy
@@ -116,7 +116,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     """Train a `RewardModel` on `config.reward.preferences_csv` (Bradley-Terry / best-of-n).
 
     Args:
-        config: `PPOConfig`; uses `reward`, `model`, `vocabulary`, `merges`.
+        config: `PPOConfig`, uses `reward`, `model`, `vocabulary`, `merges`; or a `RewardConfig` alone.
         backbone: a keras-hub backbone to start from, e.g. the SFT policy's
             (`policy.backbone`, copied, as lm-human-preferences does); default
             `config.model`'s preset, or a fresh one of its size.
@@ -137,7 +137,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
         result = train_reward_model(PPOConfig(reward={"epochs": 2}), directory="runs/rm")
         result.history[-1]["heldout_accuracy"]
     """
-    config = config or PPOConfig()
+    config = run_config(config, "reward")
     settings = config.reward
     keras.utils.set_random_seed(settings.seed)
     tokenizer = tokenizer_for(config, policy)
@@ -235,7 +235,7 @@ def save_atomically(model, path):
 def split_rows(preferences, settings, seed=None):
     """Train and held-out `(prompts, responses, best)`: the CSV's `split` column, else a seeded random fraction.
 
-    `settings` is the `RewardConfig` (its `heldout_fraction`, `preferences_csv`
+    `settings` is the `RewardConfig` or `DPOConfig` (its `heldout_fraction`, `preferences_csv`
     and, unless `seed` is given, `seed`).
 
     Example:

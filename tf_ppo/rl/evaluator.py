@@ -8,7 +8,7 @@ policy, e.g. a DPO policy, without an RL trainer.
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, run_config
 from tf_ppo.data import load_prompts
 from tf_ppo.generation.responses import response_view
 from tf_ppo.models import tokenizer_for
@@ -150,7 +150,7 @@ def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn
         figures = tf_ppo.evaluate(result.policy, config, reference=sft_policy)
         figures["score_mean"], figures["heldout_kl"]
     """
-    config = config or PPOConfig()
+    config = run_config(config)
     reward_fns, weights = reward_functions(reward_fn, config)
     engine = RolloutEngine(config, policy, tokenizer_for(config, policy),
                            resolve_strategy(strategy if strategy is not None else config.strategy,

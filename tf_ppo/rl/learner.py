@@ -7,7 +7,6 @@ no field that belongs to one algorithm.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from tf_ppo.models.forward import response_logits
 from tf_ppo.rl.experience import Experience, Forward

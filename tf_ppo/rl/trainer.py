@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo.config import ConfigError, PPOConfig
+from tf_ppo.config import ConfigError, PPOConfig, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
@@ -74,7 +74,7 @@ class RLTrainer:
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
                  resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None):
-        self.config = config = config or PPOConfig()
+        self.config = config = run_config(config)
         self.algorithm = algorithms.create(config)
         accuracy_fn = accuracy_check(config, accuracy_fn)
         reward_fns, reward_weights = reward_functions(reward_fn, config)

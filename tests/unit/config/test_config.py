@@ -248,3 +248,20 @@ def test_a_config_json_with_both_names_of_a_pair_keeps_the_one_its_algorithm_rea
     read = (0.05, 0.1, 2) if algorithm == "ppo" else (0.3, 0.25, 3)
     assert (config.beta, config.epsilon, config.num_iterations) == read
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # the user typed neither name
+
+
+def test_each_stage_takes_its_own_section_alone_and_names_the_entry_point_of_another():
+    from tf_ppo.config import DPOConfig, run_config
+
+    assert run_config(SFTConfig(epochs=2), "sft") == PPOConfig(sft={"epochs": 2})
+    assert run_config(RewardConfig(epochs=3), "reward").reward.epochs == 3
+    assert run_config(DPOConfig(beta=0.2), "dpo").dpo == DPOConfig(beta=0.2)
+    assert run_config(None) == PPOConfig() and run_config(PPOConfig(seed=3), "dpo").seed == 3
+    with pytest.raises(ConfigError, match=r"a DPOConfig configures tf_ppo.dpo\(config\); this call takes a "
+                                          r"PPOConfig \(RLConfig\)"):
+        run_config(DPOConfig())
+    with pytest.raises(ConfigError, match=r"a RewardConfig configures tf_ppo.train_reward_model\(config\); this "
+                                          r"call takes a SFTConfig or PPOConfig"):
+        run_config(RewardConfig(), "sft")
+    with pytest.raises(ConfigError, match="expected a PPOConfig .RLConfig., got dict"):
+        run_config({"beta": 0.1})

@@ -1,7 +1,5 @@
 """PPO with a critic (Schulman et al. 2017; Ziegler et al. 2019): KL in the reward, GAE, clipped value loss."""
 
-import tensorflow as tf
-
 from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.config import ConfigError
 from tf_ppo.rl.algorithms.base import Algorithm
