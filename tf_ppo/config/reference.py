@@ -30,7 +30,7 @@ def default_text(field):
     """A field's default as the reference writes it: shipped files by their portable name, sections by name.
 
     Example:
-    >>> [default_text(f) for f in dataclasses.fields(PPOConfig) if f.name in ("prompts", "model", "kl_coef")]
+    >>> [default_text(f) for f in dataclasses.fields(PPOConfig) if f.name in ("prompts", "model", "vf_coef")]
     ['shipped:train_data.csv', 'ModelConfig()', '0.1']
     """
     if field.default is dataclasses.MISSING:
