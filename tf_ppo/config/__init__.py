@@ -19,7 +19,7 @@ True
 
 from tf_ppo.config.fields import (DATA_DIR, OBJECT_MARK, SHIPPED, TYPE_WORDS, ConfigError, UnknownFieldError,
                                   did_you_mean, portable, split_optional)
-from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
+from tf_ppo.config.sections import DPOConfig, ModelConfig, PreferenceDataConfig, RewardConfig, SFTConfig
 from tf_ppo.config.rl import (ENTRY_POINTS, GROUPS, NESTED, SECTIONS, TASK_DEFAULTS, PPOConfig, RLConfig, run_config,
                               upgrade_saved)
 from tf_ppo.config.reference import (MARKERS, SECTION_TITLES, default_text, help_text, main, reference_markdown,
@@ -28,7 +28,7 @@ from tf_ppo.config.reference import (MARKERS, SECTION_TITLES, default_text, help
 __all__ = [
     "ConfigError", "UnknownFieldError", "DATA_DIR", "SHIPPED", "OBJECT_MARK", "TYPE_WORDS",
     "did_you_mean", "portable", "split_optional",
-    "ModelConfig", "SFTConfig", "RewardConfig", "DPOConfig",
+    "ModelConfig", "SFTConfig", "PreferenceDataConfig", "RewardConfig", "DPOConfig",
     "PPOConfig", "RLConfig", "GROUPS", "NESTED", "SECTIONS", "TASK_DEFAULTS", "ENTRY_POINTS", "run_config",
     "upgrade_saved",
     "MARKERS", "SECTION_TITLES", "default_text", "help_text", "main", "reference_markdown", "type_name",

@@ -1,5 +1,7 @@
 """The sections of a run's config: the model, SFT, the reward model and DPO (`PPOConfig.model` / `sft` / ...).
 
+The reward model and DPO share their preference data and training knobs (`PreferenceDataConfig`).
+
 Each is a frozen dataclass checked on creation, like `PPOConfig`; on the command line their fields are
 `--model.FIELD`, `--sft.FIELD`, `--reward.FIELD` and `--dpo.FIELD`.
 """
@@ -76,7 +78,35 @@ class SFTConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardConfig(Checked):
+class PreferenceDataConfig(Checked):
+    """The preference data and the training knobs the reward model and DPO share (each extends it).
+
+    Example:
+    >>> PreferenceDataConfig(heldout_fraction=0.2).batch_size
+    32
+    """
+
+    preferences_csv: str = field(str(DATA_DIR / "preferences.csv"), "preference rows: prompt,chosen,rejected, or "
+                                                                    "prompt,response_0..,best (best against each "
+                                                                    "other)")
+    heldout_fraction: float = field(0.15, "rows held out for accuracy when the CSV has no `split` column")
+    epochs: int = field(1, "passes over the training rows")
+    batch_size: int = field(32, "examples per step (the reward model: preference rows; DPO: pairs)")
+    learning_rate: float = field(1e-4, "Adam learning rate")
+    max_grad_norm: float = field(1.0, "global-norm gradient clip threshold")
+    max_length: int = field(32, "tokens per sequence (start + prompt + response, DPO's + end); longer ones keep "
+                                "their end for the reward model, their start for DPO")
+    seed: int = field(0, "seed of shuffling and the held-out split (and of the reward head's initialisation)")
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length"):
+            check_positive(self, name)
+        check_range(self, "heldout_fraction", 0.0, 1.0, include_high=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig(PreferenceDataConfig):
     """The learned reward model (`tf_ppo.train_reward_model`, `tf-ppo reward`, `tf-ppo pipeline`).
 
     Example:
@@ -84,23 +114,11 @@ class RewardConfig(Checked):
     32
     """
 
-    preferences_csv: str = field(str(DATA_DIR / "preferences.csv"), "preference rows: prompt,chosen,rejected or "
-                                                                    "prompt,response_0..,best")
-    epochs: int = field(1, "passes over the training rows")
-    batch_size: int = field(32, "preference rows per step")
-    learning_rate: float = field(1e-4, "Adam learning rate")
-    max_grad_norm: float = field(1.0, "global-norm gradient clip threshold")
-    max_length: int = field(32, "tokens per scored text (start + prompt + response); longer texts keep their end")
-    heldout_fraction: float = field(0.15, "rows held out for accuracy when the CSV has no `split` column")
     normalise_samples: int = field(256, "SFT samples that fit gain and bias (mean 0, std 1); 0 = no normalisation")
     clip: float | None = field(None, "clip normalised rewards to [-clip, clip]; None = no clipping")
-    seed: int = field(0, "seed of initialisation, shuffling and the held-out split")
 
     def __post_init__(self):
-        check_fields(self)
-        for name in ("epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length"):
-            check_positive(self, name)
-        check_range(self, "heldout_fraction", 0.0, 1.0, include_high=False)
+        super().__post_init__()
         if self.normalise_samples < 0:
             fail(self, "normalise_samples", f"must be >= 0, got {self.normalise_samples!r}")
         if self.clip is not None:
@@ -108,7 +126,7 @@ class RewardConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class DPOConfig(Checked):
+class DPOConfig(PreferenceDataConfig):
     """Offline preference optimisation (`tf_ppo.preference.dpo`, `tf-ppo dpo`, `tf-ppo pipeline --method dpo`).
 
     Trains on its own preference file, `preferences_csv` (its held-out rows too); names as in TRL's
@@ -119,10 +137,7 @@ class DPOConfig(Checked):
     0.1
     """
 
-    preferences_csv: str = field(str(DATA_DIR / "preferences.csv"), "preference pairs: prompt,chosen,rejected "
-                                                                    "(or prompt,response_0..,best: best against "
-                                                                    "each other)")
-    heldout_fraction: float = field(0.15, "pairs held out for accuracy when the CSV has no `split` column")
+    learning_rate: float = field(5e-4, "Adam learning rate")
     beta: float = field(0.1, "how far the policy may move from the reference (IPO: its tau)")
     loss_type: str = field("sigmoid", '"sigmoid" (DPO), "robust", "hinge" (SLiC) or "ipo" (per-token log-ratios)')
     label_smoothing: float = field(0.0, "chance a preference label is flipped: > 0 with sigmoid is cDPO, "
@@ -132,20 +147,11 @@ class DPOConfig(Checked):
                                                  "False = a live frozen reference")
     share_prompt: bool = field(True, "each pair's prompt computed once: prompt, chosen and rejected in one packed "
                                      "row (keras-hub GPT-2 policies; other models run the two sequences apart)")
-    epochs: int = field(1, "passes over the training pairs")
-    batch_size: int = field(32, "preference pairs per step")
-    learning_rate: float = field(5e-4, "Adam learning rate")
-    max_grad_norm: float = field(1.0, "global-norm gradient clip threshold")
-    max_length: int = field(32, "tokens per sequence (start + prompt + response + end); longer ones lose their end")
     checkpoint_every: int = field(20, "steps between checkpoints (and one after every epoch)")
-    seed: int = field(0, "seed of shuffling and the held-out split")
 
     def __post_init__(self):
-        check_fields(self)
-        for name in ("beta", "epochs", "batch_size", "learning_rate", "max_grad_norm", "max_length",
-                     "checkpoint_every"):
+        super().__post_init__()
+        for name in ("beta", "checkpoint_every"):
             check_positive(self, name)
         check_choice(self, "loss_type", ("sigmoid", "robust", "hinge", "ipo"))
         check_range(self, "label_smoothing", 0.0, 0.5, include_high=False)
-        check_range(self, "heldout_fraction", 0.0, 1.0, include_high=False)
-
