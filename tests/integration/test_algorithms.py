@@ -70,6 +70,11 @@ def test_no_critic_is_built_checkpointed_or_saved(finished):
     assert row["skipped_steps"] == 0 and np.isfinite(row["loss"])
 
 
+# Checkpoints and resume are the run's and the learner's, which read no algorithm's fields
+# (tests/unit/test_structure.py); the critic-free algorithms keep no state of their own across updates (a fixed
+# KL coefficient). So each way in is shown on GRPO (with a reference), the hard kill on every algorithm, and
+# PPO's adaptive KL controller in tests/integration/test_reliability.py.
+@pytest.mark.parametrize("finished", ["grpo"], indirect=True)
 def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp_path):
     name, _, straight = finished
     run_dir = tmp_path / "resumed"
@@ -113,6 +118,7 @@ class SigtermAfterTheFirstUpdate(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.parametrize("finished", ["grpo"], indirect=True)
 def test_sigterm_saves_the_update_in_flight_and_the_run_resumes_to_the_same_weights(finished, tmp_path):
     name, _, straight = finished
     config = straight.config.replace(run_dir=str(tmp_path / "preempted"), checkpoint_every=2)  # no ckpt-1 but SIGTERM's
@@ -165,8 +171,10 @@ def test_export_serves_generation_without_a_value_signature(finished, tmp_path):
     assert out["completions"].shape == (1,)
 
 
-@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "mixed_float16"])
-@pytest.mark.parametrize("name", list(CRITIC_FREE))
+# Each algorithm once, each dtype with and without a reference model (GRPO at beta 0 has none).
+@pytest.mark.parametrize("name, dtype", [("grpo", "mixed_bfloat16"), ("grpo", "mixed_float16"),
+                                         ("rloo", "mixed_bfloat16"), ("reinforce_pp", "mixed_float16"),
+                                         ("reinforce_pp_baseline", "mixed_bfloat16")])
 def test_lora_and_mixed_precision_with_and_without_a_reference(name, dtype, tmp_path, sft_policy_path):
     beta = 0.0 if name == "grpo" else None  # GRPO with beta 0: no reference; the others: their default beta
     config = algorithm_config(tmp_path, name, lora_rank=4, dtype=dtype, total_updates=1, beta=beta)
