@@ -7,7 +7,8 @@ Example:
 
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.functional import estimators, ppo
-from tf_ppo.config import ConfigError, DPOConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, UnknownFieldError
+from tf_ppo.config import (ConfigError, DPOConfig, GRPOConfig, ModelConfig, PPOConfig, RewardConfig, RLConfig, RLOOConfig,
+                           SFTConfig, UnknownFieldError)
 from tf_ppo.data import DataError, load_prompts
 from tf_ppo.preference.dpo import DPOResult, DPOTrainer, dpo
 from tf_ppo.export import ExportError, export, save_preset
@@ -22,6 +23,7 @@ from tf_ppo.rl.callbacks import Callback
 from tf_ppo.rl.evaluator import evaluate
 from tf_ppo.rl.logs import OveroptimisationWarning
 from tf_ppo.rl.trainer import PPOTrainer, RLTrainer, TrainResult, train
+from tf_ppo.rl.trl_trainers import GRPOTrainer, RLOOTrainer
 from tf_ppo.training.guarded_step import NonFiniteError
 
 __all__ = [
@@ -32,6 +34,9 @@ __all__ = [
     "UnknownFieldError",
     "ModelConfig",
     "PPOConfig",
+    "RLConfig",
+    "GRPOConfig",
+    "RLOOConfig",
     "RewardConfig",
     "SFTConfig",
     "DPOConfig",
@@ -60,6 +65,8 @@ __all__ = [
     "OveroptimisationWarning",
     "PPOTrainer",
     "RLTrainer",
+    "GRPOTrainer",
+    "RLOOTrainer",
     "evaluate",
     "TrainResult",
     "train",

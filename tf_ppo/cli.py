@@ -39,6 +39,7 @@ import time
 
 import keras_hub
 
+import tf_ppo
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.commands import (launch_workers, run_demo, run_dpo, run_export, run_generate, run_pipeline, run_reward,
                              run_sft, run_train)
@@ -84,6 +85,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="tf-ppo", allow_abbrev=False,
                                      description="RL fine-tuning (PPO, GRPO, RLOO, REINFORCE++; DPO) of Keras "
                                                  "language models.")
+    parser.add_argument("--version", action="version", version=f"tf-ppo {tf_ppo.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = _add_command(commands, "demo", "SFT a tiny policy on data/, then PPO it toward positive sentiment "
                                           "(--task arithmetic --algorithm grpo: word problems, exact-match reward)")
@@ -142,12 +144,12 @@ def _add_config_flags(parser):
             _add_field_flag(parser, field.name, field)
     for alias, name in PPOConfig.aliases.items():
         parser.add_argument(f"--{alias}", dest=name, type=_flag_type(_fields(PPOConfig)[name].type),
-                            default=argparse.SUPPRESS, action=_DeprecatedFlag, help=f"deprecated alias of --{name}")
+                            default=argparse.SUPPRESS, action=_AliasFlag, help=f"an alias of --{name}")
 
 
-class _DeprecatedFlag(argparse.Action):
+class _AliasFlag(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"tf-ppo: {option_string} is a deprecated alias of --{self.dest}; use --{self.dest}", file=sys.stderr)
+        print(f"tf-ppo: {option_string} is read as --{self.dest} (an alias); use --{self.dest}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
@@ -217,6 +219,10 @@ def parse_args(parser, argv):
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = getattr(args, "parser", parser)
+        for arg in unknown:
+            name = arg.split("=")[0].removeprefix("--")
+            if name in PPOConfig.not_fields:
+                command.error(f"--{name} is not a flag here: {PPOConfig.not_fields[name]}")
         options = [option for action in command._actions for option in action.option_strings]
         described = [arg + (did_you_mean(arg.split("=")[0], options) if arg.startswith("-") else "")
                      for arg in unknown]

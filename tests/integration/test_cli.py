@@ -12,6 +12,7 @@ import pytest
 import requests
 import tensorflow as tf
 
+import tf_ppo
 from tf_ppo import commands
 from tf_ppo.cli import build_parser, config_from_args, main, parse_args
 from tf_ppo.config import NESTED, PPOConfig, help_text, split_optional
@@ -167,6 +168,20 @@ def test_a_deprecated_alias_flag_sets_its_field_and_says_so(capsys):
     config = config_of("--kl_coef", "0.3", "--cliprange", "0.1", "--num_ppo_epochs", "2")
     assert (config.beta, config.epsilon, config.num_iterations) == (0.3, 0.1, 2)
     err = capsys.readouterr().err
-    assert "tf-ppo: --kl_coef is a deprecated alias of --beta; use --beta" in err
-    assert "--cliprange is a deprecated alias of --epsilon" in err and "--num_ppo_epochs" in err
+    assert "tf-ppo: --kl_coef is read as --beta (an alias); use --beta" in err
+    assert "--cliprange is read as --epsilon" in err and "--num_ppo_epochs" in err
     assert "--kl_coef" in build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+
+
+def test_a_trl_flag_that_means_something_else_here_says_what_to_use(capsys):
+    code, err = exit_code_and_stderr(capsys, ["train", "--max_steps", "10"])
+    assert code == 2 and "--max_steps is not a flag here: total_updates counts updates" in err
+    config = config_of("--max_completion_length", "12", "--output_dir", "runs/x")  # same meaning: aliases
+    assert (config.response_length, config.run_dir) == (12, "runs/x")
+    assert "--max_completion_length is read as --response_length" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0 and capsys.readouterr().out.strip() == f"tf-ppo {tf_ppo.__version__}"

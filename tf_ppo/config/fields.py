@@ -60,18 +60,23 @@ class _CheckedType(type):
 class Checked(metaclass=_CheckedType):
     """Base of the config sections: unknown keyword arguments are an error that suggests the near miss.
 
-    A section's `aliases` maps a deprecated name to its field: given as a
-    keyword argument or read as an attribute, it warns and stands for the field.
+    A section's `aliases` maps another name to its field (a deprecated one, or
+    TRL's): given as a keyword argument or read as an attribute, it warns and
+    stands for the field. `not_fields` maps a name users bring from elsewhere
+    (TRL) that means something else here to the message that says what to use.
     """
 
     aliases = {}
+    not_fields = {}
 
 
-class DeprecatedAlias:
+class Alias:
     """The attribute `config.<alias>`: the value of its field, with a FutureWarning that names the field.
 
+    Declared once per entry of the class's `aliases`.
+
     Example:
-        kl_coef = DeprecatedAlias("beta")  # in the class body; `config.kl_coef` reads `config.beta`
+        kl_coef = Alias("beta")  # in the class body; `config.kl_coef` reads `config.beta`
     """
 
     def __init__(self, name):
@@ -88,12 +93,12 @@ class DeprecatedAlias:
 
 
 def warn_alias(cls, alias, name, stacklevel):
-    warnings.warn(f"{cls.__name__}.{alias} is a deprecated alias of {name}; use {name}", FutureWarning,
+    warnings.warn(f"{cls.__name__}.{alias} is read as {name} (an alias); use {name}", FutureWarning,
                   stacklevel=stacklevel)
 
 
 def _renamed_aliases(cls, values):
-    """`values` with each deprecated alias renamed to its field (warns); both names with other values: an error."""
+    """`values` with each alias renamed to its field (warns); both names with other values: an error."""
     values = dict(values)
     for alias, name in cls.aliases.items():
         if alias not in values:
@@ -101,7 +106,7 @@ def _renamed_aliases(cls, values):
         value = values.pop(alias)
         if name in values and values[name] not in (value, default(cls, name)):
             raise ConfigError(f"{cls.__name__}: {alias}={value!r} and {name}={values[name]!r} are one field "
-                              f"({alias} is the deprecated alias of {name}); give only {name}")
+                              f"({alias} is an alias of {name}); give only {name}")
         warn_alias(cls, alias, name, stacklevel=4)  # the caller of PPOConfig(...)
         values[name] = value
     return values
@@ -132,6 +137,9 @@ def did_you_mean(name, choices):
 
 
 def _check_names(cls, values):
+    for name in values:
+        if name in cls.not_fields:
+            raise UnknownFieldError(f"{cls.__name__}: {name} is not a field here: {cls.not_fields[name]}")
     known = [field.name for field in dataclasses.fields(cls)]
     unknown = [name for name in values if name not in known]
     if unknown:  # a near miss of an alias suggests its field: 'kl_cof' -> 'beta'

@@ -1,21 +1,18 @@
 """`PPOConfig` (also named `RLConfig`): every knob of an RL run, validated on creation.
 
-Names follow TRL where they mean the same thing (`beta`, `epsilon`,
-`num_iterations` as in its GRPOConfig; `vf_coef`, `gamma`, `lam`, ... as in its
-PPOConfig, whose `kl_coef`, `cliprange` and `num_ppo_epochs` are deprecated
-aliases here: one field per meaning, for every algorithm). The config is frozen: the trainer
-never mutates it, and it round-trips to JSON so a run directory records exactly
-what produced it. One config serves every RL algorithm (`algorithm`), and the
-task (`task`) sets the data fields left at their defaults (`TASK_DEFAULTS`).
+Names follow TRL where they mean the same thing, one field per meaning for every algorithm (`aliases`:
+TRL's other names). Frozen, it round-trips to JSON, so a run directory records what produced it. One
+config serves every RL algorithm (`algorithm`); the `task` sets the data fields left at their defaults.
 """
 
 import dataclasses
 import json
 import pathlib
 
-from tf_ppo.config.fields import (DATA_DIR, Checked, ConfigError, DeprecatedAlias, as_dict, check_choice,
+from tf_ppo.config.fields import (DATA_DIR, Alias, Checked, ConfigError, as_dict, check_choice,
                                   check_fields, check_positive, check_range, check_type, default, fail, field)
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
+from tf_ppo.config.trl_names import TRL_NAMES_THAT_DIFFER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +144,16 @@ class PPOConfig(Checked):
                                       "noise: Chen et al.'s unbiased estimator); 0 = eval_pass_k")
     overoptimisation_window: int = field(10, "updates; warn when the proxy reward rises while the gold score falls")
 
-    # TRL's PPOConfig names of three fields, one field per meaning for every algorithm: they still work, and warn.
-    aliases = {"kl_coef": "beta", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations"}
-    kl_coef = DeprecatedAlias("beta")
-    cliprange = DeprecatedAlias("epsilon")
-    num_ppo_epochs = DeprecatedAlias("num_iterations")
+    # One field per meaning for every algorithm. TRL's PPOConfig names of three fields (fields of their own here
+    # before), and TRL's names of two more, still work, and warn.
+    aliases = {"kl_coef": "beta", "cliprange": "epsilon", "num_ppo_epochs": "num_iterations",
+               "max_completion_length": "response_length", "output_dir": "run_dir"}
+    not_fields = TRL_NAMES_THAT_DIFFER
+    kl_coef = Alias("beta")
+    cliprange = Alias("epsilon")
+    num_ppo_epochs = Alias("num_iterations")
+    max_completion_length = Alias("response_length")
+    output_dir = Alias("run_dir")
 
     def __post_init__(self):
         check_type(self, "task", str)  # the task decides other fields' defaults: checked before them
@@ -344,37 +346,6 @@ TASK_DEFAULTS = {
 # PPOConfig fields that are sections
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
-
-
-# The entry point each section configures on its own: `dpo(DPOConfig(beta=0.2))`, the other fields at defaults.
-ENTRY_POINTS = {"sft": "tf_ppo.sft", "reward": "tf_ppo.train_reward_model", "dpo": "tf_ppo.dpo"}
-
-
-def run_config(config, stage=None):
-    """The `PPOConfig` a stage runs with: `config`, the default one, or one around the stage's own section.
-
-    `stage` is "sft", "reward" or "dpo" for those entry points (None: RL and
-    evaluation). A section of another stage is an error that names its entry point.
-
-    Example:
-    >>> run_config(DPOConfig(beta=0.2), "dpo").dpo.beta
-    0.2
-    >>> run_config(DPOConfig())
-    Traceback (most recent call last):
-    ...
-    tf_ppo.config.ConfigError: a DPOConfig configures tf_ppo.dpo(config); this call takes a PPOConfig (RLConfig)
-    """
-    if config is None:
-        return PPOConfig()
-    if isinstance(config, PPOConfig):
-        return config
-    for name, entry in ENTRY_POINTS.items():
-        if isinstance(config, NESTED[name]):
-            if name == stage:
-                return PPOConfig(**{name: config})
-            raise ConfigError(f"a {type(config).__name__} configures {entry}(config); this call takes a "
-                              f"{f'{NESTED[stage].__name__} or ' if stage else ''}PPOConfig (RLConfig)")
-    raise ConfigError(f"expected a PPOConfig (RLConfig), got {type(config).__name__}")
 
 
 def upgrade_saved(values):

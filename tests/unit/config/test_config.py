@@ -198,14 +198,15 @@ def test_the_groups_partition_the_rl_fields_and_section_reads_them():
         config.section("rollouts")
 
 
-# --- one field per meaning: TRL's PPO names are deprecated aliases
+# --- one field per meaning: TRL's PPO names of three fields, and two more of TRL's, are aliases that warn
 
-ALIASES = [("kl_coef", "beta", 0.3), ("cliprange", "epsilon", 0.3), ("num_ppo_epochs", "num_iterations", 2)]
+ALIASES = [("kl_coef", "beta", 0.3), ("cliprange", "epsilon", 0.3), ("num_ppo_epochs", "num_iterations", 2),
+           ("max_completion_length", "response_length", 12), ("output_dir", "run_dir", "runs/x")]
 
 
 @pytest.mark.parametrize("alias, name, value", ALIASES)
 def test_an_alias_as_keyword_or_attribute_warns_and_is_its_field(alias, name, value):
-    with pytest.warns(FutureWarning, match=f"PPOConfig.{alias} is a deprecated alias of {name}; use {name}"):
+    with pytest.warns(FutureWarning, match=f"PPOConfig.{alias} is read as {name} .an alias.; use {name}"):
         config = PPOConfig(**{alias: value})
     assert getattr(config, name) == value and config == PPOConfig(**{name: value})
     with pytest.warns(FutureWarning, match=f"use {name}"):
@@ -265,3 +266,14 @@ def test_each_stage_takes_its_own_section_alone_and_names_the_entry_point_of_ano
         run_config(RewardConfig(), "sft")
     with pytest.raises(ConfigError, match="expected a PPOConfig .RLConfig., got dict"):
         run_config({"beta": 0.1})
+
+
+@pytest.mark.parametrize("name, words", [
+    ("max_steps", "total_updates counts updates"), ("per_device_train_batch_size", "batch_size counts the rollouts"),
+    ("reward_funcs", "train(config, reward_fn="), ("save_steps", "checkpoint_every counts updates"),
+    ("logging_steps", "every update is logged"), ("num_train_epochs", "total_updates updates"),
+])
+def test_a_trl_name_that_means_something_else_here_says_what_to_use(name, words):
+    for make in (lambda: PPOConfig(**{name: 1}), lambda: PPOConfig.from_json(json.dumps({name: 1}))):
+        with pytest.raises(UnknownFieldError, match=rf"PPOConfig: {name} is not a field here: .*{re.escape(words)}"):
+            make()
