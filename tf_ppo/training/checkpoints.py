@@ -92,8 +92,16 @@ def atomic_directory(target):
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".partial-{target.name}-"))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide an export from a serving container
     try:
         yield staging
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask():
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
