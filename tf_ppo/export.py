@@ -6,8 +6,8 @@ tokenizer ops: `import tensorflow_text` before `tf.saved_model.load`), not
 tf_ppo or keras-hub:
 
   generate(prompts, max_new_tokens, temperature, top_k, seed)
-      -> completions (string [batch]), token_ids (int32 [batch, max_new_tokens]),
-         lengths (int32 [batch]). top_k=1 is greedy decoding; top_k=0 samples
+      -> completions (string [batch]), token_ids (int32 [batch, max_new_tokens],
+         padding after `lengths`), lengths (int32 [batch]). top_k=1 is greedy decoding; top_k=0 samples
          from the whole distribution. A completion ends at the first end token.
   serving_default(prompts): `generate` with the defaults fixed at export time.
   score(prompts, completions) -> logprobs (float32 [batch, completion_len], 0 on
@@ -77,7 +77,8 @@ class PolicyModule(tf.Module):
                                 temperature, top_k)
         responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.end_token_id)
         completions = self.tokenizer.detokenize(response_tokens(responses, self.end_token_id))
-        return {"completions": completions, "token_ids": responses.token_ids,
+        token_ids = tf.where(responses.mask, responses.token_ids, self.tokenizer.pad_token_id)  # not what followed
+        return {"completions": completions, "token_ids": token_ids,  # the end token (in `lengths` too)
                 "lengths": tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)}
 
     @compiled(input_signature=[tf.TensorSpec([None], tf.string)])

@@ -65,6 +65,8 @@ def test_fresh_tensorflow_process_matches_the_library(exported):
     assert served["lengths"] == view.mask.numpy().sum(axis=1).tolist()
     for row, n in enumerate(served["lengths"]):
         assert served["token_ids"][row][:n] == view.token_ids[row, :n].numpy().tolist()
+        assert served["token_ids"][row][n:] == [tokenizer.pad_token_id] * (16 - n)  # not tokens sampled after the end
+    assert min(served["lengths"]) < 16  # some response ended early, so the padding is checked
     assert served["sampled_twice_equal"]
 
     # score == the library's log-probs of the same tokens (the end token is not part of the text).
