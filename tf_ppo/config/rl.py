@@ -129,8 +129,7 @@ class PPOConfig(Checked):
                                               "this")
     max_consecutive_skips: int = field(3, "updates in a row skipped for NaN/inf before the run stops with an error")
     # --- devices
-    strategy: str = field("auto", '"auto" (Mirrored if >1 GPU), "default", "mirrored", "multi_worker" (reads '
-                                  'TF_CONFIG)')
+    strategy: str = field("auto", '"auto" (Mirrored if >1 GPU), "default", "mirrored", "multi_worker" (TF_CONFIG)')
     collective_timeout: int = field(300, "seconds a multi-worker collective waits for a dead worker before failing")
     # --- bookkeeping
     seed: int = field(0, "seed of sampling, prompt order and initialisation")

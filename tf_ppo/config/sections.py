@@ -30,8 +30,7 @@ class ModelConfig(Checked):
     num_heads: int = field(4, "attention heads per block")
     hidden_dim: int = field(128, "width of the embeddings and of each block's output")
     intermediate_dim: int = field(512, "width of each block's feed-forward layer")
-    max_sequence_length: int = field(64, "the tiny model's context in tokens (holds max_prompt_length + "
-                                             "response_length)")
+    max_sequence_length: int = field(64, "the tiny model's context in tokens (>= prompt + response length)")
     dropout: float = field(0.0, "dropout is off in PPO in any case (models run with training=False)")
 
     def __post_init__(self):
