@@ -5,6 +5,10 @@ Example:
     result = tf_ppo.train(tf_ppo.PPOConfig(total_updates=10))
 """
 
+from tf_ppo.startup import import_tensorflow
+
+import_tensorflow()  # before any module imports TensorFlow: without its C++ start-up banner
+
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.functional import estimators, ppo
 from tf_ppo.config import (ConfigError, DPOConfig, GRPOConfig, ModelConfig, PPOConfig, RewardConfig, RLConfig, RLOOConfig,
