@@ -1,10 +1,9 @@
 """The `tf-ppo` command: `demo`, `train`, `sft`, `reward`, `pipeline`, `dpo`, `export`, `generate`.
 
-Flags are derived from `PPOConfig`'s fields, so the CLI and the config never
-disagree: every top-level field is `--field_name VALUE`, nested ones
-`--model.num_layers 4`. Values are parsed by the field's type (`--stop_at_eos
-false`, `--target_kl 3.0`, `--cliprange_value null`), and each flag's help is
-the field's meaning, type and default (`tf-ppo train --help`).
+Flags are derived from `PPOConfig`'s fields (`tf_ppo.flags`), each command
+taking those it reads: a top-level field is `--field_name VALUE`, a section's
+`--model.num_layers 4`, and each flag's help is the field's meaning, type and
+default (`tf-ppo train --help`).
 
 User errors (a bad value, a missing file, a preset that cannot be
 downloaded) are one line on stderr and exit code 2; anything else, such as a
@@ -29,8 +28,6 @@ Example:
     tf-ppo generate exported/sentiment "the film was" --top_k 1
 """
 
-import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -39,12 +36,11 @@ import time
 
 import keras_hub
 
-import tf_ppo
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.commands import (launch_workers, run_demo, run_dpo, run_export, run_generate, run_pipeline, run_reward,
                              run_sft, run_train)
-from tf_ppo.config import (NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, help_text, split_optional,
-                           upgrade_saved)
+from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, upgrade_saved
+from tf_ppo.flags import build_parser, parse_args
 from tf_ppo.data import DataError
 from tf_ppo.export import ExportError
 from tf_ppo.rl.rewards import RewardError
@@ -72,162 +68,6 @@ PIPELINE_DPO_DEFAULTS = {"dpo": {"label_smoothing": 0.1, "beta": 0.5}}
 # What the CLI reports as one line: tf_ppo's own error types and a missing file. Any other exception
 # (a ValueError from inside TensorFlow or Keras included) is a bug to see with its traceback.
 USER_ERRORS = (ConfigError, DataError, ExportError, RewardError, CheckpointError, FileNotFoundError)
-
-
-def build_parser():
-    """The `tf-ppo` parser: one subcommand per stage, the config flags derived from `PPOConfig`'s fields.
-
-    Example:
-    >>> build_parser().parse_args(["train", "--stop_at_eos", "False", "--target_kl", "null"]).stop_at_eos
-    False
-    """
-    # allow_abbrev=False on every parser: a prefix such as --target must not silently set --target_kl.
-    parser = argparse.ArgumentParser(prog="tf-ppo", allow_abbrev=False,
-                                     description="RL fine-tuning (PPO, GRPO, RLOO, REINFORCE++; DPO) of Keras "
-                                                 "language models.")
-    parser.add_argument("--version", action="version", version=f"tf-ppo {tf_ppo.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = _add_command(commands, "demo", "SFT a tiny policy on data/, then PPO it toward positive sentiment "
-                                          "(--task arithmetic --algorithm grpo: word problems, exact-match reward)")
-    train = _add_command(commands, "train", "RL with --algorithm (PPO by default; the policy is SFT-trained first "
-                                            "if not cached)")
-    sft = _add_command(commands, "sft", "supervised fine-tuning only")
-    reward = _add_command(commands, "reward", "train a reward model on preference pairs (--reward.* flags)")
-    pipeline = _add_command(commands, "pipeline", "SFT -> reward model -> PPO (or --method dpo: SFT -> DPO), "
-                                                  "with a gold score")
-    pipeline.add_argument("--method", choices=("ppo", "dpo"), default="ppo",
-                          help="ppo: a reward model, then PPO against it; dpo: DPO on --dpo.preferences_csv (by "
-                               "default the same preference file)")
-    dpo = _add_command(commands, "dpo", "DPO (--dpo.loss_type ipo / hinge / robust) on the preference file of "
-                                        "--dpo.preferences_csv")
-    dpo.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue that run from its latest checkpoint, with its config.json (flags override)")
-    train.add_argument("--workers", type=int, default=0,
-                       help="start N local worker processes (MultiWorkerMirroredStrategy over 127.0.0.1)")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue that run from its latest checkpoint, with its config.json (flags override)")
-    export = _add_command(commands, "export", "write a run's policy as a SavedModel (strings in, text out)")
-    export.add_argument("run_dir")
-    export.add_argument("export_dir")
-    generate = _add_command(commands, "generate", "complete prompts with an exported SavedModel")
-    generate.add_argument("export_dir")
-    generate.add_argument("prompts", nargs="+")
-    generate.add_argument("--max_new_tokens", type=int, default=16)
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top_k", type=int, default=0, help="1 = greedy, 0 = sample from all tokens")
-    generate.add_argument("--seed", type=int, default=0)
-    for command in (demo, train, sft, reward, pipeline, dpo):
-        command.add_argument("--config", metavar="FILE", help="a JSON file of PPOConfig fields; flags override it")
-        _add_config_flags(command)
-        # The generated usage would list all ~70 field flags; --help has them with their meaning.
-        own = {train: " [--workers N] [--resume RUN_DIR]", dpo: " [--resume RUN_DIR]",
-               pipeline: " [--method {ppo,dpo}]"}.get(command, "")
-        command.usage = f"%(prog)s [-h]{own} [--config FILE] [--FIELD VALUE ...]  (--help lists the fields)"
-    return parser
-
-
-def _add_command(commands, name, description):
-    command = commands.add_parser(name, help=description, description=description, allow_abbrev=False)
-    command.set_defaults(parser=command)  # parse_args reports an unknown flag with this command's usage
-    return command
-
-
-def _add_config_flags(parser):
-    preset = _fields(NESTED["model"])["preset"]
-    parser.add_argument("--model", type=_flag_type(preset.type), default=argparse.SUPPRESS, metavar="PRESET",
-                        help=_escape(f"the same as --model.preset: {help_text(preset)}"))
-    for field in dataclasses.fields(PPOConfig):
-        if field.name in NESTED:
-            for sub in dataclasses.fields(NESTED[field.name]):
-                _add_field_flag(parser, f"{field.name}.{sub.name}", sub)
-        else:
-            _add_field_flag(parser, field.name, field)
-    for alias, name in PPOConfig.aliases.items():
-        parser.add_argument(f"--{alias}", dest=name, type=_flag_type(_fields(PPOConfig)[name].type),
-                            default=argparse.SUPPRESS, action=_AliasFlag, help=f"an alias of --{name}")
-
-
-class _AliasFlag(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"tf-ppo: {option_string} is read as --{self.dest} (an alias); use --{self.dest}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def _add_field_flag(parser, name, field):
-    kind, _ = split_optional(field.type)
-    parser.add_argument(f"--{name}", dest=name, type=_flag_type(field.type), default=argparse.SUPPRESS,
-                        metavar="PRESET" if kind is object else kind.__name__.upper(), help=_escape(help_text(field)))
-
-
-def _fields(section):
-    return {field.name: field for field in dataclasses.fields(section)}
-
-
-def _escape(help):
-    return help.replace("%", "%%")  # argparse %-formats help strings ("8-11% faster")
-
-
-def _flag_type(annotation):
-    def parse(text):
-        return parse_flag(text, annotation)
-    return parse
-
-
-TRUE, FALSE, NULL = ("true", "True", "1"), ("false", "False", "0"), ("null", "None")
-
-
-def parse_flag(text, annotation):
-    """A flag's text as a value of its field's type (`annotation`); the error says what the type accepts.
-
-    Example:
-    >>> parse_flag("False", bool), parse_flag("3", int), parse_flag("null", float | None), parse_flag("2024", str)
-    (False, 3, None, '2024')
-    >>> parse_flag("maybe", bool)
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: must be a bool (true/false/1/0), got 'maybe'
-    """
-    kind, optional = split_optional(annotation)
-    if (optional or kind is object) and text in NULL:  # object: a preset, whose None means the tiny model
-        return None
-    or_null = " or null" if optional else ""
-    if kind is bool:
-        if text in TRUE + FALSE:
-            return text in TRUE
-        raise argparse.ArgumentTypeError(f"must be a bool (true/false/1/0){or_null}, got {text!r}")
-    if kind is tuple:  # "1,0.1"
-        try:
-            return tuple(float(item) for item in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be numbers separated by commas{or_null}, got {text!r}") from None
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            word = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"must be {word}{or_null}, got {text!r}") from None
-    return text  # a string, or a preset name / directory
-
-
-def parse_args(parser, argv):
-    """`parser.parse_args(argv)`, an unknown flag reported with its command's usage and the near miss (exit 2).
-
-    Example:
-    >>> parse_args(build_parser(), ["train", "--beta", "0.2"]).beta
-    0.2
-    """
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        command = getattr(args, "parser", parser)
-        for arg in unknown:
-            name = arg.split("=")[0].removeprefix("--")
-            if name in PPOConfig.not_fields:
-                command.error(f"--{name} is not a flag here: {PPOConfig.not_fields[name]}")
-        options = [option for action in command._actions for option in action.option_strings]
-        described = [arg + (did_you_mean(arg.split("=")[0], options) if arg.startswith("-") else "")
-                     for arg in unknown]
-        command.error(f"unrecognized arguments: {' '.join(described)}")
-    return args
 
 
 # Parsed arguments that are not PPOConfig fields.

@@ -74,12 +74,16 @@ def test_bad_flags_show_the_subcommand_usage(capsys, argv, message):
     assert err.startswith("usage: tf-ppo train ") and f"tf-ppo train: error: {message}\n" in err
 
 
-def test_help_shows_each_fields_meaning_type_and_default(capsys, monkeypatch):
+def help_of(capsys, monkeypatch, command):
     monkeypatch.setenv("COLUMNS", "200")
     with pytest.raises(SystemExit) as caught:
-        main(["train", "--help"])
+        main([command, "--help"])
     assert caught.value.code == 0
-    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines: compare without whitespace
+    return capsys.readouterr().out
+
+
+def test_help_shows_each_fields_meaning_type_and_default(capsys, monkeypatch):
+    shown = "".join(help_of(capsys, monkeypatch, "pipeline").split())  # argparse wraps lines: compare unspaced
     for field in dataclasses.fields(PPOConfig):
         flags = [(f"{field.name}.{sub.name}", sub) for sub in dataclasses.fields(NESTED[field.name])] \
             if field.name in NESTED else [(field.name, field)]
@@ -89,6 +93,41 @@ def test_help_shows_each_fields_meaning_type_and_default(capsys, monkeypatch):
             assert f"--{flag}{metavar}" + "".join(help_text(described).split()) in shown, flag
     assert "--stop_at_eosBOOLtruncateeachresponseafteritsfirstendtoken[bool,default:True]" in shown
     assert "8-11%fasteronCPUhere" in shown  # a % in a help string survives argparse's formatting
+
+
+@pytest.mark.parametrize("command,not_listed", [
+    ("train", ["--dpo.beta", "--reward.epochs", "--reward.preferences_csv"]),
+    ("demo", ["--dpo.loss_type", "--reward.epochs"]),
+    ("sft", ["--beta", "--batch_size", "--total_updates", "--dpo.beta", "--reward.epochs", "--lora_rank"]),
+    ("reward", ["--beta", "--total_updates", "--dpo.beta", "--learning_rate"]),
+    ("dpo", ["--epsilon", "--total_updates", "--reward.epochs", "--num_generations"]),
+])
+def test_each_commands_help_lists_its_own_fields_by_group_under_examples(capsys, monkeypatch, command, not_listed):
+    shown = help_of(capsys, monkeypatch, command)
+    flags = {word.rstrip(",") for word in shown.split() if word.startswith("--")}
+    assert not flags & set(not_listed)
+    assert f"--{command if command in ('sft', 'dpo', 'reward') else 'sft'}.epochs" in flags
+    assert "model fields:" in shown and "run fields:" in shown
+    examples = shown.split("examples:\n")[1].split("\n\n")[0].splitlines()
+    assert examples and all(line.strip().startswith(f"tf-ppo {command}") for line in examples)
+    for line in examples:  # every example parses
+        words = [word.strip('"') for word in line.split()[1:]]
+        assert parse_args(build_parser(), words).command == command
+
+
+def test_a_flag_of_another_command_names_the_commands_it_belongs_to(capsys):
+    code, err = exit_code_and_stderr(capsys, ["sft", "--batch_size", "8"])
+    assert code == 2
+    assert ("tf-ppo sft: error: --batch_size is not read by tf-ppo sft (it is a flag of demo, train, reward, "
+            "pipeline, dpo) (did you mean '--sft.batch_size'?)") in err
+    code, err = exit_code_and_stderr(capsys, ["train", "--dpo.beta", "0.2"])
+    assert code == 2 and "--dpo.beta is not read by tf-ppo train (it is a flag of pipeline, dpo)" in err
+
+
+def test_generate_help_shows_its_defaults(capsys, monkeypatch):
+    shown = " ".join(help_of(capsys, monkeypatch, "generate").split())
+    for default in ("(default: 16)", "(default: 1.0)", "(default: 0)"):
+        assert default in shown
 
 
 def test_config_file_errors_name_the_field(tmp_path, capsys):
