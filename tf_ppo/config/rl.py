@@ -62,8 +62,10 @@ class PPOConfig(Checked):
     # --- algorithm
     algorithm: str = field("ppo", '"ppo" (critic, GAE), "grpo", "dr_grpo", "rloo", "reinforce_pp" or '
                                   '"reinforce_pp_baseline"; each reads only its own fields (docs/algorithms.md)')
-    num_generations: int = field(1, "samples per prompt, each prompt's in one contiguous block of rows; "
-                                    "batch_size counts rollouts, so it must be a multiple of this")
+    num_generations: int | None = field(None, "samples per prompt, each prompt's in one contiguous block of rows; "
+                                             "batch_size counts rollouts, so it must be a multiple of this. None "
+                                             "= the algorithm's default (grpo, dr_grpo, gspo, "
+                                             "reinforce_pp_baseline 8, as TRL's GRPO; rloo 2, as TRL's; else 1)")
     beta: float | None = field(None, "the KL coefficient (TRL's PPO: kl_coef), PPO's initial one when "
                                      "adaptive. PPO, RLOO, REINFORCE++: KL in the reward; GRPO: k3 loss term. "
                                      "None = the algorithm's default (ppo 0.1, grpo 0: no reference model, rloo "
@@ -225,10 +227,11 @@ class PPOConfig(Checked):
             if getattr(self, name) != defaults[name]:
                 fail(self, name, f"is not used by algorithm={self.algorithm!r} (its own fields: "
                                  f"{', '.join(algorithm.fields) or 'none'})")
-        for name in ("num_generations", "epsilon", "overlong_penalty"):
+        for name in ("epsilon", "overlong_penalty"):
             check_positive(self, name)
-        if self.num_iterations is not None:
-            check_positive(self, "num_iterations")
+        for name in ("num_iterations", "num_generations"):
+            if getattr(self, name) is not None:
+                check_positive(self, name)
         if self.beta is not None and self.beta < 0:
             fail(self, "beta", f"must be >= 0, got {self.beta!r}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
@@ -240,9 +243,10 @@ class PPOConfig(Checked):
         if not 0 <= self.overlong_buffer <= self.response_length:
             fail(self, "overlong_buffer", f"must be in [0, response_length={self.response_length}], "
                                           f"got {self.overlong_buffer!r}")
-        if self.batch_size % self.num_generations:
+        generations = algorithm.generations(self)
+        if self.batch_size % generations:
             fail(self, "batch_size", f"counts rollouts, so it must be a multiple of num_generations="
-                                     f"{self.num_generations}, got {self.batch_size}")
+                                     f"{generations}, got {self.batch_size}")
         algorithm.validate(self, lambda name, message: fail(self, name, message))
 
     def section(self, group):
@@ -353,17 +357,24 @@ def upgrade_saved(values):
     Of `kl_coef`/`beta`, `cliprange`/`epsilon` and `num_ppo_epochs`/`num_iterations`
     the run read PPO's names under PPO and the others under every other
     algorithm; the one it read is kept (no warning: the user typed neither).
+    Before `num_generations` had each algorithm's default, it held 1 for
+    algorithms that never read it (PPO); that 1 is left out.
 
     Example:
-    >>> upgrade_saved({"algorithm": "ppo", "kl_coef": 0.2, "beta": None})
+    >>> upgrade_saved({"algorithm": "ppo", "kl_coef": 0.2, "beta": None, "num_generations": 1})
     {'algorithm': 'ppo', 'beta': 0.2}
     """
     values = dict(values)
+    algorithm = values.get("algorithm", "ppo")
     for alias, name in PPOConfig.aliases.items():
         if alias in values and name in values:
             read = values.pop(alias)
-            if values.get("algorithm", "ppo") == "ppo":
+            if algorithm == "ppo":
                 values[name] = read
+    from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is read
+    owner = ALGORITHMS.get(algorithm)
+    if values.get("num_generations") == 1 and owner is not None and "num_generations" not in owner.fields:
+        del values["num_generations"]
     return values
 
 

@@ -16,6 +16,7 @@ from tf_ppo import config as config_module
 from tf_ppo.config import (DATA_DIR, ConfigError, ModelConfig, PPOConfig, RewardConfig, RLConfig, SFTConfig,
                            UnknownFieldError, reference_markdown, with_reference)
 from tf_ppo.config import fields, reference
+from tf_ppo.rl import algorithms
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig)
@@ -277,3 +278,17 @@ def test_a_trl_name_that_means_something_else_here_says_what_to_use(name, words)
     for make in (lambda: PPOConfig(**{name: 1}), lambda: PPOConfig.from_json(json.dumps({name: 1}))):
         with pytest.raises(UnknownFieldError, match=rf"PPOConfig: {name} is not a field here: .*{re.escape(words)}"):
             make()
+
+
+def test_a_group_algorithm_without_num_generations_gets_a_usable_default():
+    # Before, --algorithm grpo alone failed: num_generations defaulted to 1 for every algorithm.
+    assert algorithms.create(PPOConfig(algorithm="grpo")).num_generations == 8  # TRL's GRPOConfig
+    assert algorithms.create(PPOConfig(algorithm="rloo")).num_generations == 2  # TRL's RLOOConfig
+    assert algorithms.create(PPOConfig()).num_generations == 1
+    with pytest.raises(ConfigError, match="batch_size counts rollouts, so it must be a multiple of "
+                                          "num_generations=8, got 12"):
+        PPOConfig(algorithm="grpo", batch_size=12)
+    with pytest.raises(ConfigError, match="num_generations must be >= 2 for algorithm='grpo'"):
+        PPOConfig(algorithm="grpo", num_generations=1)
+    # A config.json of before, with PPO's recorded num_generations 1, still loads.
+    assert PPOConfig.from_json('{"algorithm": "ppo", "num_generations": 1}').num_generations is None

@@ -39,6 +39,7 @@ class Algorithm:
     uses_value_model = False
     default_beta = 0.0  # the KL coefficient when `config.beta` is None
     default_num_iterations = 1  # optimiser passes when `config.num_iterations` is None
+    default_num_generations = 1  # samples per prompt when `config.num_generations` is None
     metrics = ("loss", "policy_loss", "clipfrac", "approx_kl")  # loss metrics of one step
 
     def __init__(self, config):
@@ -58,9 +59,14 @@ class Algorithm:
     def uses_reference(self):
         return self.beta > 0
 
+    @classmethod
+    def generations(cls, config):
+        """Samples per prompt: `config.num_generations`, or this algorithm's default when it is None."""
+        return cls.default_num_generations if config.num_generations is None else config.num_generations
+
     @property
     def num_generations(self):
-        return self.config.num_generations
+        return self.generations(self.config)
 
     @property
     def num_epochs(self):

@@ -47,10 +47,11 @@ class ReinforcePPBaseline(ReinforcePP):
     """
 
     name = "reinforce_pp_baseline"
+    default_num_generations = 8  # a group, as GRPO's
 
     @classmethod
     def validate(cls, config, fail):
-        check_groups(config, fail)
+        check_groups(config, fail, cls.generations(config))
 
     def baseline_scores(self, scores):
         return estimators.group_centred(scores, self.num_generations)

@@ -17,10 +17,11 @@ class RLOO(Algorithm):
     name = "rloo"
     fields = GROUP_FIELDS + ("kl_estimator",)
     default_beta = 0.05  # TRL's RLOOConfig
+    default_num_generations = 2  # TRL's RLOOConfig
 
     @classmethod
     def validate(cls, config, fail):
-        check_groups(config, fail)
+        check_groups(config, fail, cls.generations(config))
 
     @property
     def kl_estimator(self):

@@ -225,9 +225,10 @@ def test_dr_grpo_is_grpo_without_std_scaling_and_with_the_fixed_length_sum(dtype
 
 def test_every_registered_algorithm_declares_its_models_and_fields():
     for name, cls in ALGORITHMS.items():
-        config = PPOConfig(algorithm=name, num_generations=1 if name in ("ppo", "reinforce_pp") else 2)
+        config = PPOConfig(algorithm=name)  # each algorithm's own num_generations
         algorithm = cls(config)
         assert algorithm.uses_value_model == (name == "ppo")
         assert algorithm.num_epochs >= 1 and set(algorithm.fields) <= {f for f in PPOConfig.__dataclass_fields__}
+        assert algorithm.num_generations == (1 if name in ("ppo", "reinforce_pp") else 2 if name == "rloo" else 8)
     assert not create(PPOConfig(algorithm="grpo", num_generations=2)).uses_reference  # TRL's beta = 0
     assert create(PPOConfig(algorithm="grpo", num_generations=2, beta=0.04)).uses_reference
