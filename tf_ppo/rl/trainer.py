@@ -300,7 +300,7 @@ class RLTrainer:
         if self.preempted:  # the grace period is short: the checkpoint is saved, skip evaluation and plots
             return self._result(history, evaluation_before, None)
         evaluation_after = self.evaluate()
-        self.save_artifacts(history)
+        self.save_artifacts(history, evaluation_before)
         write_evaluation(self.output_dir, EVALUATION_AFTER, evaluation_after)  # last: it marks the run finished
         if self.strategy.num_replicas_in_sync > 1:  # replicas must agree; print it so every worker can be compared
             print(f"weights fingerprint: {weights_fingerprint(self.policy)}", flush=True)
@@ -315,7 +315,7 @@ class RLTrainer:
     def _request_stop(self):
         self.preempted = self.stop_training = True
 
-    def save_artifacts(self, history):
+    def save_artifacts(self, history, evaluation_before=None):
         """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
 
         With LoRA, `policy.keras` and the preset hold the adapters merged into the kernels.
@@ -329,7 +329,7 @@ class RLTrainer:
             shutil.rmtree(self.output_dir / "preset", ignore_errors=True)  # a resumed run's earlier one
             save_preset(self.policy, self.tokenizer, self.output_dir / "preset")
         if history:
-            plot_curves(history, self.output_dir / "curves.png")
+            plot_curves(history, self.output_dir / "curves.png", start=heldout_metrics(evaluation_before or {}))
 
     # ----------------------------------------------------------------- what is logged beside the losses
 

@@ -8,7 +8,9 @@ Example:
 """
 
 import csv
+import math
 import pathlib
+import textwrap
 
 import tensorflow as tf
 
@@ -30,6 +32,10 @@ DPO_PANELS = (("loss", "DPO loss", "loss per pair"),
               ("heldout_accuracy", "held-out preference accuracy", "fraction of held-out pairs"))
 # A second line on a panel: panel key -> the other key it is drawn with.
 COMPANIONS = {"rewards/chosen": "rewards/rejected", "logps/chosen": "logps/rejected"}
+# The curves' grid: six panels in one row were 1920 x 240 pixels, unreadable. Inches of one panel (width, height).
+MAX_COLUMNS = 3
+PANEL_INCHES = (4.5, 3.5)
+LABEL_CHARACTERS = 30  # a longer y-label is wrapped: on one line it could be taller than its panel
 
 
 class RunLog:
@@ -145,39 +151,51 @@ def _keep_rows(csv_path, last_update, index="update"):
     _rewrite(csv_path, _header(csv_path), rows)
 
 
-def curves_figure(history, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL):
+def curves_figure(history, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL, start=None):
     """A matplotlib `Figure` of `panels` against `index`: by default PPO's reward, KL, fluency, kl_coef
     (when it changes) and held-out accuracy against updates; `DPO_PANELS` against steps for DPO.
 
-    Each panel plots the rows that have its metric. The Figure is built without
-    pyplot, so making it never changes the backend a notebook draws with.
+    Each panel plots the rows that have its metric; the panels fill a grid of at
+    most `MAX_COLUMNS` columns. `start` holds figures measured before training
+    (for RL, `heldout_metrics(evaluation_before)`): they are drawn at `index` 0
+    on the panels the history has. The Figure is built without pyplot, so
+    making it never changes the backend a notebook draws with.
 
     Example:
-    >>> figure = curves_figure([{"update": 1, "score_mean": 0.1, "kl": 0.5, "kl_coef": 0.1}])
+    >>> figure = curves_figure([{"update": 2, "score_mean": 0.1, "heldout_accuracy": 0.5}],
+    ...                        start={"heldout_accuracy": 0.25})
     >>> [axis.get_title() for axis in figure.axes]
-    ['reward (score)', 'KL to reference']
+    ['reward (score)', 'held-out accuracy']
+    >>> figure.axes[1].lines[0].get_xdata().tolist()
+    [0, 2]
     """
     from matplotlib.figure import Figure
 
     shown = [(key, title, ylabel) for key, title, ylabel in panels if _worth_a_panel(history, key, index)]
-    figure = Figure(figsize=(4 * max(len(shown), 1), 3))
-    axes = figure.subplots(1, max(len(shown), 1), squeeze=False)[0]
+    rows = ([{index: 0, **start}] if start else []) + list(history)
+    grid_rows, grid_columns = grid_shape(len(shown))
+    # constrained layout makes room for every title and label (tight_layout left long y-labels cut).
+    figure = Figure(figsize=(PANEL_INCHES[0] * grid_columns, PANEL_INCHES[1] * grid_rows), layout="constrained")
+    axes = list(figure.subplots(grid_rows, grid_columns, squeeze=False).flat)
+    for axis in axes[max(len(shown), 1):]:
+        axis.remove()  # the grid's last row may have places no panel needs
     for axis, (key, title, ylabel) in zip(axes, shown):
-        axis.plot(*_series(history, key, index), label="proxy (the reward)" if key == "score_mean" else key)
-        axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        _plot(axis, rows, key, index, label="proxy (the reward)" if key == "score_mean" else key)
+        axis.set(title=title, xlabel=xlabel, ylabel=_wrapped(ylabel))
+        if axis is not axes[0]:
+            axis.sharex(axes[0])  # one time axis: a held-out panel's few points sit where they were measured
         if key in COMPANIONS:
-            axis.plot(*_series(history, COMPANIONS[key], index), label=COMPANIONS[key])
+            _plot(axis, rows, COMPANIONS[key], index, label=COMPANIONS[key])
             axis.legend(loc="best")
-    if shown and shown[0][0] == "score_mean" and _series(history, "gold_score_mean")[0]:
-        _add_gold(axes[0], history)
+    if shown and shown[0][0] == "score_mean" and _series(history, "gold_score_mean", index)[0]:
+        _add_gold(axes[0], history, index)
     if shown and shown[-1][0] == "heldout_accuracy" and panels is PLOTTED:
-        _add_pass_at_k(axes[-1], history)
-    figure.tight_layout()
+        _add_pass_at_k(axes[len(shown) - 1], rows, index)
     return figure
 
 
-def plot_curves(history, path, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL):
-    """Save `curves_figure(history, panels, index, xlabel)` as a PNG.
+def plot_curves(history, path, panels=PLOTTED, index="update", xlabel=UPDATE_LABEL, start=None):
+    """Save `curves_figure(history, panels, index, xlabel, start)` as a PNG.
 
     Example:
     >>> import tempfile, os
@@ -186,7 +204,18 @@ def plot_curves(history, path, panels=PLOTTED, index="update", xlabel=UPDATE_LAB
     >>> os.path.getsize(path) > 0
     True
     """
-    curves_figure(history, panels, index, xlabel).savefig(path, dpi=80)
+    curves_figure(history, panels, index, xlabel, start).savefig(path, dpi=100)
+
+
+def grid_shape(panels):
+    """`(rows, columns)` for `panels` panels: at most `MAX_COLUMNS` columns, the rows as even as they can be.
+
+    Example:
+    >>> [grid_shape(n) for n in (0, 1, 2, 4, 5, 6)]
+    [(1, 1), (1, 1), (1, 2), (2, 2), (2, 3), (2, 3)]
+    """
+    rows = max(math.ceil(panels / MAX_COLUMNS), 1)
+    return rows, max(math.ceil(panels / rows), 1)
 
 
 def _worth_a_panel(history, key, index="update"):
@@ -201,18 +230,29 @@ def _series(history, key, index="update"):
     return [row[index] for row in rows], [row[key] for row in rows]
 
 
-def _add_pass_at_k(axis, history):
+def _plot(axis, rows, key, index, **style):
+    """One line of `key`; a held-out metric's points are marked, as it is measured only now and then
+    (DPO's once per epoch: a one-epoch run has a single point, which a line alone does not draw)."""
+    return axis.plot(*_series(rows, key, index), **({"marker": "o"} if key.startswith("heldout_") else {}), **style)
+
+
+def _wrapped(label):
+    """`label` on lines of at most `LABEL_CHARACTERS`, so a long y-label fits beside a panel's height."""
+    return textwrap.fill(label, LABEL_CHARACTERS)
+
+
+def _add_pass_at_k(axis, rows, index):
     """pass@k beside greedy accuracy on the accuracy panel: RL should lift greedy without lowering pass@k."""
     axis.lines[0].set_label("greedy")
-    for key in sorted({key for row in history for key in row if key.startswith("heldout_pass@")}):
-        axis.plot(*_series(history, key), label=key[len("heldout_"):])
+    for key in sorted({key for row in rows for key in row if key.startswith("heldout_pass@")}):
+        _plot(axis, rows, key, index, label=key[len("heldout_"):])
     axis.legend(loc="lower right")
 
 
-def _add_gold(axis, history):
+def _add_gold(axis, history, index):
     """The gold score on a twin axis of the reward panel: over-optimisation shows as the two curves parting."""
     gold_axis = axis.twinx()
-    gold_axis.plot(*_series(history, "gold_score_mean"), color="tab:orange", label="gold")
-    gold_axis.set(xlabel=UPDATE_LABEL, ylabel="mean gold score per response")  # its x-axis is the panel's, hidden
-    axis.set(title="proxy reward and gold score", ylabel="mean proxy score per response")
+    gold_axis.plot(*_series(history, "gold_score_mean", index), color="tab:orange", label="gold")
+    gold_axis.set(xlabel=axis.get_xlabel(), ylabel=_wrapped("mean gold score per response"))  # x: hidden, shared
+    axis.set(title="proxy reward and gold score", ylabel=_wrapped("mean proxy score per response"))
     axis.legend(handles=axis.lines + gold_axis.lines, loc="lower right")
