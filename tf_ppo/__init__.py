@@ -25,7 +25,7 @@ from tf_ppo.sft import default_policy, sft
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.rl.callbacks import Callback
 from tf_ppo.rl.evaluator import evaluate
-from tf_ppo.rl.logs import OveroptimisationWarning
+from tf_ppo.rl.logs import DriftWarning, OveroptimisationWarning
 from tf_ppo.rl.trainer import PPOTrainer, RLTrainer, TrainResult, train
 from tf_ppo.rl.trl_trainers import GRPOTrainer, RLOOTrainer
 from tf_ppo.training.guarded_step import NonFiniteError
@@ -66,6 +66,7 @@ __all__ = [
     "CheckpointError",
     "Callback",
     "NonFiniteError",
+    "DriftWarning",
     "OveroptimisationWarning",
     "PPOTrainer",
     "RLTrainer",

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tests.conftest import tiny_config
 from tf_ppo import Callback, PPOTrainer, export, train
 from tf_ppo.export import load_run
+from tf_ppo.rl.logs import DriftWatch
 
 PROBE = {"token_ids": np.array([[762, 5, 7, 9]]), "padding_mask": np.ones([1, 4], bool)}
 
@@ -56,11 +57,13 @@ def test_rerunning_a_finished_run_changes_nothing(finished, capsys):
     assert (result.run_dir / "metrics.csv").read_bytes() == metrics
 
 
-def test_early_stopping_stops_when_the_score_stops_improving(tmp_path, sft_policy_path):
+def test_early_stopping_stops_when_the_score_stops_improving_and_says_so(tmp_path, sft_policy_path, capsys):
     stopper = keras.callbacks.EarlyStopping(monitor="score_mean", mode="max", patience=1)
     result = train(tiny_config(tmp_path, total_updates=10), reward_fn=lambda texts: [0.0] * len(texts),
                    callbacks=[stopper], show_progress=False)
     assert len(result.history) == 2 and stopper.stopped_epoch == 1
+    assert ("update 2: EarlyStopping (score_mean did not improve for 1 updates; best 0 at update 1) stopped the "
+            "run") in capsys.readouterr().out
 
 
 def test_terminate_on_nan_stops_after_an_update_with_no_applied_step(tmp_path, sft_policy_path):
@@ -78,6 +81,7 @@ def test_a_plain_function_as_callback_fails_before_anything_is_built(tmp_path):
 def test_a_skipped_rollout_does_not_move_the_adaptive_kl_coefficient(tmp_path, sft_policy):
     trainer = PPOTrainer(tiny_config(tmp_path, total_updates=3, target_kl=1.0, beta=0.1), policy=sft_policy,
                          show_progress=False)
+    assert [type(callback) for callback in trainer.callbacks.ours] == [DriftWatch]  # every run watches its KL
     poisoned = trainer.reference.weights[0]
     kept = poisoned.numpy().copy()
     poisoned.assign(np.full_like(kept, np.nan))  # the reference's log-probs, and so the KL, are NaN

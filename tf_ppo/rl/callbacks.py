@@ -59,7 +59,17 @@ class UpdateCallbacks:
         self.keras.on_epoch_begin(update - 1)
         self.keras.on_train_batch_end(0, logs)  # TerminateOnNaN reads `loss` here
         self.keras.on_epoch_end(update - 1, dict(logs))
+        if self.trainer.policy.stop_training:
+            print(f"update {update}: {self._stopper(update)} stopped the run", flush=True)
         return self.trainer.policy.stop_training
+
+    def _stopper(self, update):
+        """Which Keras callback set `model.stop_training` at `update`, in words."""
+        for callback in self.keras_ones:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch == update - 1:
+                return (f"EarlyStopping ({callback.monitor} did not improve for {callback.patience} "
+                        f"updates; best {callback.best:.4g} at update {callback.best_epoch + 1})")
+        return "a Keras callback (" + ", ".join(type(callback).__name__ for callback in self.keras_ones) + ")"
 
     def end(self, last_logs):
         self.keras.on_train_end(last_logs)

@@ -1,11 +1,13 @@
-"""What an update logs beside its losses: the gold score's agreement with the proxy, the warning when the
-proxy rises while the gold score falls, and the one-line progress report."""
+"""What an update logs beside its losses: the gold score's agreement with the proxy, the warnings when the
+proxy rises while the gold score falls or the policy drifts far from the reference, and the progress line."""
 
+import collections
 import json
 import warnings
 
 import numpy as np
 
+from tf_ppo.rl.callbacks import Callback
 from tf_ppo.rl.rewards import proxy_rises_gold_falls
 
 
@@ -33,6 +35,59 @@ class OveroptimisationWatch:
                           f"rose while the gold score fell: the policy may be exploiting the reward model "
                           f"(raise the KL coefficient or stop here)", OveroptimisationWarning)
         self.diverging = diverging
+
+
+class DriftWarning(UserWarning):
+    """The policy drifts far from the reference: its KL stays past `kl_warning`, or its fluency collapses."""
+
+
+class DriftWatch(Callback):
+    """Warns once, in plain words, when the policy drifts far from the reference model.
+
+    That is: the batch KL stays above `kl_limit` nats per response for
+    `window` updates in a row (or a held-out evaluation's KL passes it), or the
+    fluent share of the batch stays below half of its first `window` updates'
+    mean. A KL that far means the reward is being gamed at the cost of the
+    text (GRPO at beta 0.04 on the sentiment reward: 47 nats, 0% fluent).
+
+    Example:
+    >>> watch = DriftWatch(kl_limit=10.0, window=2)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     watch.on_update_end(1, {"kl": 12.0}); watch.on_update_end(2, {"kl": 15.0})
+    >>> print(caught[0].message)
+    update 2: the policy is drifting far from the reference (KL to it above 10 nats per response for 2 updates): raise beta (kl_coef), or set target_kl
+    """
+
+    def __init__(self, kl_limit, window=5):
+        self.kl_limit, self.window = kl_limit, window
+        self.recent = collections.deque(maxlen=window)  # the last `window` updates' logs
+        self.first_fluency = []  # the first `window` updates' fluent shares
+        self.warned = False
+
+    def on_update_end(self, update, logs):
+        if self.kl_limit is None or self.warned:
+            return
+        self.recent.append(logs)
+        if "fluency" in logs and len(self.first_fluency) < self.window:
+            self.first_fluency.append(logs["fluency"])
+        reason = self._reason(logs)
+        if reason:
+            self.warned = True
+            warnings.warn(f"update {update}: the policy is drifting far from the reference ({reason}): raise beta "
+                          f"(kl_coef), or set target_kl", DriftWarning)
+
+    def _reason(self, logs):
+        if logs.get("heldout_kl", 0.0) > self.kl_limit:
+            return f"held-out KL {logs['heldout_kl']:.1f} nats per response, above {self.kl_limit:g}"
+        kls = [row["kl"] for row in self.recent if "kl" in row]
+        if len(kls) == self.window and min(kls) > self.kl_limit:
+            return f"KL to it above {self.kl_limit:g} nats per response for {self.window} updates"
+        fluent = [row["fluency"] for row in self.recent if "fluency" in row]
+        start = np.mean(self.first_fluency) if len(self.first_fluency) == self.window else None
+        if start and len(fluent) == self.window and max(fluent) < start / 2:
+            return f"fluent completions fell from {start:.0%} to {fluent[-1]:.0%}"
+        return None
 
 
 def gold_metrics(rollout):
