@@ -144,6 +144,9 @@ class PPOConfig(Checked):
     eval_pass_samples: int = field(0, "samples per prompt behind pass@k, n >= eval_pass_k (more samples, less "
                                       "noise: Chen et al.'s unbiased estimator); 0 = eval_pass_k")
     overoptimisation_window: int = field(10, "updates; warn when the proxy reward rises while the gold score falls")
+    kl_warning: float | None = field(10.0, "nats per response; warn once when the KL to the reference stays above "
+                                           "this for 5 updates (or a held-out evaluation's does), or when fluency "
+                                           "halves; None = no warning")
 
     # One field per meaning for every algorithm. TRL's PPOConfig names of three fields (fields of their own here
     # before), and TRL's names of two more, still work, and warn.
@@ -173,7 +176,7 @@ class PPOConfig(Checked):
                      "learning_rate", "adam_epsilon", "checkpoint_every", "eval_size",
                      "max_consecutive_skips", "overoptimisation_window", "collective_timeout"):
             check_positive(self, name)
-        for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl"):
+        for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl", "kl_warning"):
             if getattr(self, name) is not None:
                 check_positive(self, name)
         for name in ("vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples",
@@ -330,7 +333,7 @@ GROUPS = {
     "optimisation": ("num_mini_batches", "learning_rate", "adam_epsilon", "clip_mode", "max_grad_norm",
                      "max_approx_kl", "max_consecutive_skips", "train_jit"),
     "evaluation": ("eval_prompts_csv", "eval_every", "eval_size", "eval_pass_k", "eval_pass_samples",
-                   "fluency_corpus", "overoptimisation_window"),
+                   "fluency_corpus", "overoptimisation_window", "kl_warning"),
     "run": ("task", "total_updates", "run_dir", "seed", "checkpoint_every", "strategy", "collective_timeout", "sft",
             "reward", "dpo"),
 }

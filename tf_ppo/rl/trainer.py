@@ -33,7 +33,7 @@ from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
 from tf_ppo.rl.learner import Learner
-from tf_ppo.rl.logs import OveroptimisationWatch, gold_metrics, heldout_metrics, metrics_line, summary
+from tf_ppo.rl.logs import DriftWatch, OveroptimisationWatch, gold_metrics, heldout_metrics, metrics_line, summary
 from tf_ppo.rl.rewards import reward_functions, reward_names
 from tf_ppo.rl.rollout import RolloutEngine
 from tf_ppo.rl.run_files import EVALUATION_AFTER, EVALUATION_BEFORE, read_evaluation, write_evaluation
@@ -79,7 +79,7 @@ class RLTrainer:
         accuracy_fn = accuracy_check(config, accuracy_fn)
         reward_fns, reward_weights = reward_functions(reward_fn, config)
         value_source = self.algorithm.value_model_source(reward_fns)
-        self.callbacks = UpdateCallbacks(callbacks, self)
+        self.callbacks = UpdateCallbacks([*callbacks, DriftWatch(config.kl_warning)], self)
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimisation = OveroptimisationWatch(config.overoptimisation_window) if gold_reward_fn else None
         self.stop_training = self.preempted = False
