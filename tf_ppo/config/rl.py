@@ -62,10 +62,9 @@ class PPOConfig(Checked):
     # --- algorithm
     algorithm: str = field("ppo", '"ppo" (critic, GAE), "grpo", "dr_grpo", "rloo", "reinforce_pp" or '
                                   '"reinforce_pp_baseline"; each reads only its own fields (docs/algorithms.md)')
-    num_generations: int | None = field(None, "samples per prompt, each prompt's in one contiguous block of rows; "
-                                             "batch_size counts rollouts, so it must be a multiple of this. None "
-                                             "= the algorithm's default (grpo, dr_grpo, gspo, "
-                                             "reinforce_pp_baseline 8, as TRL's GRPO; rloo 2, as TRL's; else 1)")
+    num_generations: int | None = field(None, "samples per prompt, in contiguous rows (batch_size: a multiple of "
+                                             "it); None = the algorithm's: grpo, dr_grpo, gspo, "
+                                             "reinforce_pp_baseline 8 (TRL's GRPO), rloo 2 (TRL's), else 1")
     beta: float | None = field(None, "the KL coefficient (TRL's PPO: kl_coef), PPO's initial one when "
                                      "adaptive. PPO, RLOO, REINFORCE++: KL in the reward; GRPO: k3 loss term. "
                                      "None = the algorithm's default (ppo 0.1, grpo 0: no reference model, rloo "
@@ -144,9 +143,8 @@ class PPOConfig(Checked):
     eval_pass_samples: int = field(0, "samples per prompt behind pass@k, n >= eval_pass_k (more samples, less "
                                       "noise: Chen et al.'s unbiased estimator); 0 = eval_pass_k")
     overoptimisation_window: int = field(10, "updates; warn when the proxy reward rises while the gold score falls")
-    kl_warning: float | None = field(10.0, "nats per response; warn once when the KL to the reference stays above "
-                                           "this for 5 updates (or a held-out evaluation's does), or when fluency "
-                                           "halves; None = no warning")
+    kl_warning: float | None = field(10.0, "nats per response: warn once when the KL to the reference stays above "
+                                           "this for 5 updates, or fluency halves; None = never")
 
     # One field per meaning for every algorithm. TRL's PPOConfig names of three fields (fields of their own here
     # before), and TRL's names of two more, still work, and warn.
