@@ -134,7 +134,7 @@ def test_cli_sft_writes_a_preset_that_cli_train_starts_from(preset_dirs, tmp_pat
 
     sizes = ["--batch_size", "32", "--eval_size", "32", "--response_length", "8"]
     assert main(["sft", "--model", preset_dirs["opt"], "--sft.epochs", "1", "--sft.train_csv", SMALL_CSV,
-                 "--run_dir", str(tmp_path / "sft"), *sizes]) == 0
+                 "--run_dir", str(tmp_path / "sft")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(tmp_path / "sft")
     assert main(["train", "--model", str(tmp_path / "sft" / "preset"), "--total_updates", "1",
                  "--run_dir", str(tmp_path / "ppo"), *sizes]) == 0
