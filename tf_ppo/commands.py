@@ -23,9 +23,9 @@ from tf_ppo.training.distribute import free_port, local_cluster, resolve_strateg
 from tf_ppo.preference.dpo import dpo
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.models import tokenizer_for
-from tf_ppo.pipeline import pipeline
+from tf_ppo.pipeline import dpo_summary, judge_dpo, pipeline, write_summary
 from tf_ppo.preference.reward_training import read_preferences, save_atomically, train_reward_model
-from tf_ppo.sft import default_policy, sft
+from tf_ppo.sft import default_policy, sft, starting_policy
 from tf_ppo.rl.trainer import train
 
 
@@ -36,9 +36,7 @@ def run_demo(config):
     started = time.perf_counter()
     result = train(config)
     before, after = result.evaluation_before, result.evaluation_after
-    print("\nHeld-out completions, before PPO -> after PPO:")
-    for (prompt, old), (_, new) in list(zip(before["samples"], after["samples"]))[:8]:
-        print(f"  {prompt!r}\n      SFT: {old.strip()!r}\n      PPO: {new.strip()!r}")
+    _print_samples(before, after, "PPO")
     summary = {
         "sentiment_before": round(before["score_mean"], 4),
         "sentiment_after": round(after["score_mean"], 4),
@@ -227,14 +225,47 @@ def run_train(args, config):
 
 
 def run_dpo(args, config):
-    """DPO; the last stdout line is the run directory and each epoch's held-out preference figures, as JSON."""
+    """DPO, judged as `tf-ppo pipeline --method dpo` judges it; the last stdout line is its summary as JSON.
+
+    The summary (also written to RUN_DIR/summary.json) has the gold score before
+    and after, the KL to the starting policy and fluency on held-out prompts.
+    """
+    started = time.perf_counter()
     result = dpo(config, resume=bool(args.resume))
     if result.preempted:
         print(f"stopped by SIGTERM after step {len(result.steps)}; checkpoint saved. "
               f"Continue with: tf-ppo dpo --resume {result.run_dir}")
     else:
-        print(json.dumps({"run_dir": str(result.run_dir), **{k: round(v, 4) for k, v in result.history[-1].items()
-                                                             if k != "epoch"}}))
+        # The start again (the cached SFT policy, or the preset): not held during training, where no reference
+        # model is kept (precompute_ref_log_probs).
+        judged = judge_dpo(result, starting_policy(config), config)
+        print_dpo_report(judged, write_summary(result.run_dir, dpo_summary(judged, time.perf_counter() - started,
+                                                                            result.run_dir)))
+
+
+def print_dpo_report(result, summary):
+    """Held-out samples before and after DPO, the gold score, KL and fluency, then `summary` as JSON (last line).
+
+    `result` is a `DPOResult` judged by `tf_ppo.pipeline.judge_dpo`, `summary` its `dpo_summary`.
+
+    Example:
+        print_dpo_report(pipeline_result.ppo, pipeline_result.summary)
+    """
+    before, after = result.evaluations
+    _print_samples(before, after, "DPO")
+    fluency = "" if summary["fluency"] is None else f"; fluent completions {summary['fluency']:.0%}"
+    print(f"\nGold score (held-out prompts): {summary['gold_before']:.3f} -> {summary['gold_after']:.3f}; KL to the "
+          f"starting policy {summary['heldout_kl']:.2f} nats/response (k1 on held-out completions){fluency}; "
+          f"held-out preference accuracy {summary['implicit_reward_heldout_accuracy']:.0%}; "
+          f"artefacts in {summary['run_dir']}")
+    print(json.dumps(summary))
+
+
+def _print_samples(before, after, method, count=8):
+    """The first `count` held-out completions of the starting policy beside the trained one's."""
+    print(f"\nHeld-out completions, before {method} -> after {method}:")
+    for (prompt, old), (_, new) in list(zip(before["samples"], after["samples"]))[:count]:
+        print(f"  {prompt!r}\n      SFT: {old.strip()!r}\n      {method}: {new.strip()!r}")
 
 
 def run_export(args):
@@ -243,5 +274,9 @@ def run_export(args):
 
 
 def run_pipeline(args, config):
-    """SFT -> reward model -> PPO, or SFT -> DPO (`--method dpo`); the last stdout line is the summary as JSON."""
-    print(json.dumps(pipeline(config, method=args.method).summary))
+    """SFT -> reward model -> PPO, or SFT -> DPO (`--method dpo`, reported as by `run_dpo`); last line: the summary."""
+    result = pipeline(config, method=args.method)
+    if args.method == "dpo":
+        print_dpo_report(result.ppo, result.summary)
+    else:
+        print(json.dumps(result.summary))

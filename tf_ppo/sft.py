@@ -115,18 +115,50 @@ def default_policy(config=None, show_progress=True, strategy=None):
         policy = default_policy()
     """
     config = run_config(config, "sft")
-    if config.model.preset is not None:
-        return sft(config, show_progress=show_progress, strategy=strategy).policy
-    path = _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"
-    if path.exists():
-        return keras.saving.load_model(path, compile=False)
-    policy = sft(config, show_progress=show_progress, strategy=strategy).policy
+    policy = cached_policy(config)
+    if policy is None:
+        policy = sft(config, show_progress=show_progress, strategy=strategy).policy
+        cache_policy(config, policy)
+    return policy
+
+
+def cached_policy(config):
+    """The cached SFT policy of `config`'s model, SFT settings and data files, or None (none yet, or a preset).
+
+    Example:
+        policy = cached_policy(config) or sft(config).policy
+    """
+    path = _cache_path(config)
+    return keras.saving.load_model(path, compile=False) if path is not None and path.exists() else None
+
+
+def cache_policy(config, policy):
+    """Cache `policy` as the SFT policy of `config` (what `cached_policy` returns); nothing for a preset.
+
+    Written atomically: a crash mid-save never leaves a half-written model to be picked up.
+
+    Example:
+        cache_policy(config, sft(config).policy)
+    """
+    path = _cache_path(config)
+    if path is None or path.exists():
+        return
     try:
         with atomic_directory(path.parent) as staging:
             policy.save(staging / path.name)
     except OSError:  # another process cached the same policy first; theirs is as good
         pass
-    return policy
+
+
+def starting_policy(config, tokenizer=None, show_progress=True, strategy=None):
+    """What a run given no policy starts from: the configured preset as it is, else `default_policy`.
+
+    Example:
+        reference = starting_policy(config)  # the policy DPO starts from, to measure its KL against
+    """
+    if config.model.preset is None:
+        return default_policy(config, show_progress=show_progress, strategy=strategy)
+    return policy_from_config(config, tokenizer or tokenizer_for(config))
 
 
 def _encode_csv(tokenizer, path, max_length):
@@ -136,6 +168,11 @@ def _encode_csv(tokenizer, path, max_length):
 
 def _cache_dir():
     return pathlib.Path(os.environ.get("TF_PPO_CACHE", pathlib.Path.home() / ".cache" / "tf_ppo"))
+
+
+def _cache_path(config):
+    # A preset's weights are not in the key: its fine-tuned policy is never cached.
+    return None if config.model.preset is not None else _cache_dir() / f"sft-{_cache_key(config)}" / "policy.keras"
 
 
 # Bumped when the cached policy's format changes, so an old cache entry is never picked up

@@ -171,6 +171,15 @@ def test_export_serves_generation_without_a_value_signature(finished, tmp_path):
     assert out["completions"].shape == (1,)
 
 
+@pytest.mark.parametrize("finished", ["grpo"], indirect=True)
+def test_config_json_records_the_versions_and_no_section_the_run_did_not_read(finished):
+    _, _, result = finished
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    assert "sft" in recorded and "reward" not in recorded and "dpo" not in recorded  # GRPO from the SFT policy
+    assert recorded["provenance"]["tensorflow"] == tf.__version__ and "git_commit" in recorded["provenance"]
+    assert PPOConfig.from_file(result.run_dir / "config.json") == result.config  # the sections left out: defaults
+
+
 # Each algorithm once, each dtype with and without a reference model (GRPO at beta 0 has none).
 @pytest.mark.parametrize("name, dtype", [("grpo", "mixed_bfloat16"), ("grpo", "mixed_float16"),
                                          ("rloo", "mixed_bfloat16"), ("reinforce_pp", "mixed_float16"),

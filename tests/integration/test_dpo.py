@@ -1,11 +1,12 @@
 """DPO: pairs and their encoding, log-probs against a float64 reference, one shared short run, resume
 (from a mid-epoch checkpoint, and after SIGKILL of a `tf-ppo dpo` process), SIGTERM, the precomputed reference
-against a live one, LoRA, mixed precision, export and the CLI.
+against a live one, LoRA, mixed precision, export, the CLI and the pipeline's DPO route (its report, config.json).
 
 One finished 2-epoch run on 48 training pairs (a module fixture) serves most tests.
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -27,8 +28,10 @@ from tf_ppo.preference.dpo import (DPOTrainer, dpo, encode_responses, preference
 from tf_ppo.models import BigramLM, load_tokenizer
 from tf_ppo.training.reporting import read_history
 
-SUMMARY_KEYS = {"method", "reward_model_heldout_accuracy", "proxy_before", "proxy_after", "gold_before", "gold_after",
-                "heldout_kl", "fluency", "updates", "seconds", "run_dir"}
+# The pipeline's DPO summary and `tf-ppo dpo`'s: no reward model, no proxy.
+DPO_SUMMARY_KEYS = {"method", "implicit_reward_heldout_accuracy", "gold_before", "gold_after", "heldout_kl", "fluency",
+                    "updates", "seconds", "run_dir"}
+PIPELINE = importlib.import_module("tf_ppo.pipeline")  # the module, which `tf_ppo.pipeline` (the function) hides
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,12 @@ def test_sequence_logps_match_a_float64_reference():
     assert counts.numpy().tolist() == [3, 1, 0] and logps.numpy()[2] == 0.0
 
 
+def test_config_json_holds_the_sections_dpo_read_and_the_provenance(finished):
+    recorded = json.loads((finished.run_dir / "config.json").read_text())
+    assert {"sft", "dpo", "provenance"} <= set(recorded) and "reward" not in recorded
+    assert PPOConfig.from_file(finished.run_dir / "config.json") == finished.config
+
+
 def test_a_finished_run_holds_no_reference_and_logs_every_metric(finished):
     assert "reference: none (log-probs precomputed once" in finished.parameter_report
     assert len(finished.steps) == 6 and [row["epoch"] for row in finished.history] == [1, 2]
@@ -104,10 +113,12 @@ def test_a_finished_run_holds_no_reference_and_logs_every_metric(finished):
     assert any((run_dir / "tensorboard").iterdir())
 
 
-def test_rerunning_a_finished_run_changes_nothing(finished):
+def test_rerunning_a_finished_run_changes_nothing_and_returns_the_trained_policy(finished):
     before = (finished.run_dir / "metrics.csv").read_text()
     again = tf_ppo.dpo(finished.config, resume=True, show_progress=False)
     assert again.history == finished.history and (finished.run_dir / "metrics.csv").read_text() == before
+    for got, expected in zip(again.policy.get_weights(), finished.policy.get_weights()):  # not the starting one
+        np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_at_the_same_weights(finished, tmp_path):
@@ -136,7 +147,7 @@ def test_sigkill_mid_run_then_cli_resume_ends_at_the_same_weights(finished, tmp_
     delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.2)  # somewhere in steps 3 to 6
     assert not (run_dir / "evaluation.json").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
 
-    resumed = cli("dpo", "--resume", str(run_dir))
+    resumed = cli("dpo", "--resume", str(run_dir), "--eval_size", "16", "--batch_size", "16")  # judged on 16 prompts
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     assert [row["step"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4, 5, 6]
@@ -217,13 +228,40 @@ def test_bad_dpo_settings_name_the_field():
     assert PPOConfig.from_json(config.to_json()) == config
 
 
-def test_pipeline_dpo_summary_has_the_ppo_pipeline_keys(tmp_path, pairs_csv, sft_policy):
-    config = dpo_config(tmp_path / "pipeline", pairs_csv, epochs=1).replace(eval_size=32, batch_size=32)
-    result = tf_ppo.pipeline(config, policy=sft_policy, show_progress=False, method="dpo")
-    summary = json.loads((tmp_path / "pipeline" / "summary.json").read_text())
-    assert set(summary) == SUMMARY_KEYS and summary["method"] == "dpo" and summary["proxy_after"] is None
+@pytest.fixture(scope="module")
+def dpo_pipeline(tmp_path_factory, pairs_csv, sft_policy_path):
+    """`pipeline(method="dpo")` given no policy, where training an SFT policy fails the test: the cache's must do."""
+    config = dpo_config(tmp_path_factory.mktemp("pipeline") / "run", pairs_csv, epochs=1).replace(eval_size=32,
+                                                                                                   batch_size=32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PIPELINE, "sft", lambda *args, **kwargs: pytest.fail("the pipeline trained SFT again"))
+        return tf_ppo.pipeline(config, show_progress=False, method="dpo")
+
+
+def test_pipeline_dpo_starts_from_the_cached_sft_policy(dpo_pipeline):
+    saved = keras.saving.load_model(dpo_pipeline.run_dir / "sft" / "policy.keras", compile=False)
+    for got, cached in zip(saved.get_weights(), tf_ppo.default_policy(PPOConfig(), show_progress=False).get_weights()):
+        np.testing.assert_array_equal(got, cached)
+
+
+def test_pipeline_dpo_summary_has_the_gold_score_and_kl_and_no_reward_model(dpo_pipeline):
+    summary = json.loads((dpo_pipeline.run_dir / "summary.json").read_text())
+    assert set(summary) == DPO_SUMMARY_KEYS and summary["method"] == "dpo" and summary == dpo_pipeline.summary
     assert summary["updates"] == 3 and summary["heldout_kl"] > 0 and summary["gold_after"] is not None
-    assert summary["reward_model_heldout_accuracy"] == result.reward_history[-1]["heldout_accuracy"]
+    assert summary["implicit_reward_heldout_accuracy"] == dpo_pipeline.reward_history[-1]["heldout_accuracy"]
+    recorded = json.loads((dpo_pipeline.run_dir / "config.json").read_text())
+    assert {"sft", "dpo", "provenance"} <= set(recorded) and "reward" not in recorded
+
+
+def test_the_dpo_command_reports_what_the_pipeline_does(finished, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished.run_dir, run_dir)  # a finished run: no training, only the judging
+    assert main(["dpo", "--resume", str(run_dir), "--eval_size", "16", "--batch_size", "16"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert set(summary) == DPO_SUMMARY_KEYS and json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary["heldout_kl"] > 0 and None not in (summary["gold_before"], summary["gold_after"])
+    assert "Held-out completions, before DPO -> after DPO:" in out and "KL to the starting policy" in out
 
 
 

@@ -11,6 +11,7 @@ what produced it. One module per concept:
 - `rl`: `PPOConfig` (= `RLConfig`), the task defaults and which fields are sections;
 - `entry_points`: TRL's `GRPOConfig` / `RLOOConfig`, and a stage's section alone (`run_config`);
 - `trl_names`: TRL's names that mean something else here, and what to use instead;
+- `provenance`: what a run's config.json records beside the config (the sections it read, versions, commit);
 - `reference`: each flag's help and docs/configuration.md (`python -m tf_ppo.config` rewrites it).
 
 Example:
@@ -24,6 +25,7 @@ from tf_ppo.config.fields import (DATA_DIR, OBJECT_MARK, SHIPPED, TYPE_WORDS, Co
 from tf_ppo.config.sections import DPOConfig, ModelConfig, PreferenceDataConfig, RewardConfig, SFTConfig
 from tf_ppo.config.rl import GROUPS, NESTED, SECTIONS, TASK_DEFAULTS, PPOConfig, RLConfig, upgrade_saved
 from tf_ppo.config.entry_points import ENTRY_POINTS, GRPOConfig, RLOOConfig, run_config
+from tf_ppo.config.provenance import PROVENANCE, policy_sections, run_provenance
 from tf_ppo.config.reference import (MARKERS, SECTION_TITLES, default_text, help_text, main, reference_markdown,
                                      type_name, with_reference)
 
@@ -33,7 +35,7 @@ __all__ = [
     "ModelConfig", "SFTConfig", "PreferenceDataConfig", "RewardConfig", "DPOConfig",
     "PPOConfig", "RLConfig", "GRPOConfig", "RLOOConfig", "GROUPS", "NESTED", "SECTIONS", "TASK_DEFAULTS",
     "ENTRY_POINTS", "run_config",
-    "upgrade_saved",
+    "upgrade_saved", "PROVENANCE", "policy_sections", "run_provenance",
     "MARKERS", "SECTION_TITLES", "default_text", "help_text", "main", "reference_markdown", "type_name",
     "with_reference",
 ]

@@ -11,6 +11,7 @@ import pathlib
 
 from tf_ppo.config.fields import (DATA_DIR, Alias, Checked, ConfigError, as_dict, check_choice,
                                   check_fields, check_positive, check_range, check_type, default, fail, field)
+from tf_ppo.config.provenance import PROVENANCE, run_record
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 from tf_ppo.config.trl_names import TRL_NAMES_THAT_DIFFER
 
@@ -282,14 +283,12 @@ class PPOConfig(Checked):
                 changes[name] = dataclasses.replace(getattr(self, name), **changes[name])
         return dataclasses.replace(self, **changes)
 
-    def to_json(self):
-        """JSON of every field; shipped data files as `shipped:<name>`, a CausalLM object by its class name only.
+    def to_json(self, sections=None):
+        """JSON of every field; with `sections`, a run's config.json (`tf_ppo.config.provenance` says what it holds).
 
-        Example:
-        >>> json.loads(PPOConfig().to_json())["prompts"]
-        'shipped:train_data.csv'
+        Example: `PPOConfig().to_json(sections=("sft",))` has no "reward" or "dpo" section, and a "provenance" record.
         """
-        return json.dumps(as_dict(self), indent=2, sort_keys=True)
+        return json.dumps(as_dict(self) if sections is None else run_record(self, sections), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text):
@@ -365,7 +364,7 @@ def upgrade_saved(values):
     >>> upgrade_saved({"algorithm": "ppo", "kl_coef": 0.2, "beta": None, "num_generations": 1})
     {'algorithm': 'ppo', 'beta': 0.2}
     """
-    values = dict(values)
+    values = {key: value for key, value in values.items() if key != PROVENANCE}  # a record, not a field
     algorithm = values.get("algorithm", "ppo")
     for alias, name in PPOConfig.aliases.items():
         if alias in values and name in values:

@@ -36,18 +36,17 @@ import tensorflow as tf
 
 from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
-from tf_ppo.config import ConfigError, DPOConfig, PPOConfig, RewardConfig, run_config
+from tf_ppo.config import ConfigError, DPOConfig, PPOConfig, RewardConfig, policy_sections, run_config
 from tf_ppo.config.fields import default
 from tf_ppo.data import DataError, start_token_ids
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
-from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, policy_from_config,
-                           tokenizer_for)
+from tf_ppo.models import AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, tokenizer_for
 from tf_ppo.preference.losses import preference_loss
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.preference.reward_training import read_preferences, split_rows
 from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
-from tf_ppo.sft import default_policy
+from tf_ppo.sft import starting_policy
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
@@ -79,14 +78,34 @@ def preference_settings(config):
         preference_settings(PPOConfig(reward={"preferences_csv": "mine.csv"})).preferences_csv  # "mine.csv"
     """
     settings, reward = config.dpo, config.reward
-    if (settings.preferences_csv == default(DPOConfig, "preferences_csv")
-            and reward.preferences_csv != default(RewardConfig, "preferences_csv")):
+    if reads_reward_file(config):
         warnings.warn(f"DPO reads dpo.preferences_csv; reward.preferences_csv={reward.preferences_csv} is used "
                       f"as before, set dpo.preferences_csv (--dpo.preferences_csv) instead", FutureWarning,
                       stacklevel=3)
         settings = dataclasses.replace(settings, preferences_csv=reward.preferences_csv,
                                        heldout_fraction=reward.heldout_fraction)
     return settings
+
+
+def reads_reward_file(config):
+    """Whether DPO trains on `reward.preferences_csv`: only that file is set, as before DPO had its own.
+
+    Example:
+    >>> reads_reward_file(PPOConfig(reward={"preferences_csv": "mine.csv"})), reads_reward_file(PPOConfig())
+    (True, False)
+    """
+    return (config.dpo.preferences_csv == default(DPOConfig, "preferences_csv")
+            and config.reward.preferences_csv != default(RewardConfig, "preferences_csv"))
+
+
+def dpo_sections(config):
+    """The optional sections a DPO run reads: `dpo`, `sft` without a preset, `reward` if its file stands in.
+
+    Example:
+    >>> dpo_sections(PPOConfig())
+    ('sft', 'dpo')
+    """
+    return (*policy_sections(config), "dpo", *(("reward",) if reads_reward_file(config) else ()))
 
 
 def preference_pairs(prompts, responses, best):
@@ -196,10 +215,8 @@ class DPOTrainer:
             raise DataError(f"{settings.preferences_csv}: {len(self.train_pairs['chosen_ids'])} training "
                             f"pairs, fewer than one batch of DPOConfig.batch_size={settings.batch_size}")
         with self.strategy.scope():
-            if policy is None and config.model.preset is None:
-                policy = default_policy(config, show_progress=show_progress, strategy=self.strategy)
-            elif policy is None:
-                policy = policy_from_config(config, self.tokenizer)
+            if policy is None:
+                policy = starting_policy(config, self.tokenizer, show_progress, self.strategy)
             self.policy = copy_model(policy, config.dtype)  # never changed in place; mirrored under the strategy
             if config.lora_rank:
                 enable_lora(self.policy, config.lora_rank)
@@ -292,11 +309,12 @@ class DPOTrainer:
         c, settings = self.config, self.config.dpo
         if (self.run_dir / EVALUATION).is_file():  # a rerun must not overwrite a finished run's figures
             print(f"{self.run_dir}: already complete; nothing changed")
+            self.policy = keras.saving.load_model(self.run_dir / "policy.keras", compile=False)  # not the start's
             finished = json.loads((self.run_dir / EVALUATION).read_text())
             return DPOResult(self.policy, self.tokenizer, finished["history"], read_history(self.run_dir / "metrics.csv"),
                              self.run_dir, c, self.parameter_report)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(c.to_json())
+        (self.run_dir / "config.json").write_text(c.to_json(sections=dpo_sections(c)))
         train_set, heldout_set = dict(self.train_pairs), dict(self.heldout_pairs)
         if self.reference is None:
             for pairs, name in ((train_set, "train"), (heldout_set, "heldout")):

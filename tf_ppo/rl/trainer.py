@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_ppo.config import ConfigError, PPOConfig, run_config
+from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
@@ -263,7 +263,7 @@ class RLTrainer:
             return self._result(read_history(self.run_dir / "metrics.csv"),
                                 read_evaluation(self.run_dir, EVALUATION_BEFORE), finished)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.json").write_text(c.to_json())
+        (self.output_dir / "config.json").write_text(c.to_json(sections=policy_sections(c)))  # no reward, dpo
         log = RunLog(self.output_dir, keep_updates=restored)  # rows after the checkpoint are redone, not duplicated
         history = read_history(log.csv_path)
         evaluation_before = self._starting_evaluation(restored)
