@@ -191,7 +191,14 @@ def _run(args, config):
 
 
 def main(argv=None):
-    """`tf-ppo COMMAND ...`; returns the exit code: 0, or 2 for a user error (one line on stderr)."""
+    """`tf-ppo COMMAND ...`; returns the exit code: 0, 2 for a user error, 130 after Ctrl-C (one line on stderr).
+
+    The first Ctrl-C in a training loop saves a checkpoint after the step in
+    flight and prints where the run stopped and how to resume it; a second one,
+    or one outside a loop, quits at once. Neither prints a traceback.
+    """
+    from tf_ppo.training.interrupts import Interrupted
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     if getattr(args, "workers", 0):
@@ -203,6 +210,12 @@ def main(argv=None):
         _run(args, config)
     except USER_ERRORS as error:  # user mistakes (an offline preset download included): one line, no stack trace
         return _user_error(args, error)
+    except Interrupted as stop:  # checkpointed: "interrupted at update 3/10; resume with: ..."
+        print(stop, file=sys.stderr)
+        return 130 if stop.signal_name == "SIGINT" else 0  # a preempted pipeline exits 0, as `train` does
+    except KeyboardInterrupt:
+        print(f"tf-ppo {args.command}: interrupted; what was not checkpointed is lost", file=sys.stderr)
+        return 130  # the shell's code for a command ended by SIGINT
     return 0
 
 

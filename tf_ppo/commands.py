@@ -3,8 +3,11 @@
 `run_demo`, `run_train`, `run_sft`, `run_reward`, `run_pipeline`, `run_dpo`
 take the parsed arguments and/or the `PPOConfig`; `run_export` and
 `run_generate` the arguments only. Each prints what the command reports (its
-last stdout line is JSON where a script may read it). `launch_workers` runs
-`tf-ppo train --workers N` as N local processes of one multi-worker cluster.
+last stdout line is JSON where a script may read it). A run stopped by Ctrl-C
+raises `Interrupted` with the one line `tf_ppo.cli` prints (where it stopped,
+how to resume); one stopped by SIGTERM prints that on stdout and returns.
+`launch_workers` runs `tf-ppo train --workers N` as N local processes of one
+multi-worker cluster.
 """
 
 import json
@@ -27,6 +30,7 @@ from tf_ppo.pipeline import dpo_summary, judge_dpo, pipeline, write_summary
 from tf_ppo.preference.reward_training import read_preferences, save_atomically, train_reward_model
 from tf_ppo.sft import default_policy, sft, starting_policy
 from tf_ppo.rl.trainer import train
+from tf_ppo.training.interrupts import Interrupted
 
 
 def run_demo(config):
@@ -35,6 +39,8 @@ def run_demo(config):
         return run_accuracy_demo(config)
     started = time.perf_counter()
     result = train(config)
+    if _rl_stopped_early(result):
+        return None
     before, after = result.evaluation_before, result.evaluation_after
     _print_samples(before, after, "PPO")
     summary = {
@@ -64,6 +70,8 @@ def run_accuracy_demo(config):
     """SFT + RL on a task with checkable answers: accuracy and pass@k before and after, sample answers, JSON."""
     started = time.perf_counter()
     result = train(config)
+    if _rl_stopped_early(result):
+        return None
     before, after = result.evaluation_before, result.evaluation_after
     k = config.eval_pass_k
     print(f"\nHeld-out problems, greedy answers before {config.algorithm.upper()} -> after:")
@@ -91,6 +99,9 @@ def run_reward(config):
     read_preferences(config.reward.preferences_csv)  # a bad file is named now, not after the SFT stage
     policy = default_policy(config)
     result = train_reward_model(config, policy.backbone, run_dir, policy=policy)
+    if _stopped_early(result, f"step {result.steps_done}/{result.total_steps}",
+                      f"tf-ppo reward --run_dir {run_dir} and the same flags (it continues from its checkpoints)"):
+        return
     print(f"reward model written to {result.path}")
     print(json.dumps(result.history[-1]))
 
@@ -99,6 +110,9 @@ def run_sft(config):
     """Supervised fine-tuning; writes `policy.keras` and, for a keras-hub policy, a preset PPO can start from."""
     run_dir = pathlib.Path(config.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
     result = sft(config, checkpoint_dir=run_dir / "checkpoints")
+    if _stopped_early(result, f"step {result.steps_done}/{result.total_steps}",
+                      f"tf-ppo sft --run_dir {run_dir} and the same flags (it continues from its checkpoints)"):
+        return
     save_atomically(result.policy, run_dir / "policy.keras")
     if isinstance(result.policy, keras_hub.models.CausalLM) and not (run_dir / "preset").exists():
         save_preset(result.policy, tokenizer_for(config, result.policy), run_dir / "preset")
@@ -217,10 +231,7 @@ def run_train(args, config):
     strategy = resolve_strategy("multi_worker", config.collective_timeout) \
         if config.strategy == "multi_worker" else None
     result = train(config, resume=bool(args.resume), strategy=strategy)
-    if result.preempted:
-        print(f"stopped by SIGTERM after update {len(result.history)}; checkpoint saved. "
-              f"Continue with: tf-ppo train --resume {result.run_dir}")
-    else:
+    if not _rl_stopped_early(result):
         print(json.dumps(train_summary(result)))
 
 
@@ -232,10 +243,8 @@ def run_dpo(args, config):
     """
     started = time.perf_counter()
     result = dpo(config, resume=bool(args.resume))
-    if result.preempted:
-        print(f"stopped by SIGTERM after step {len(result.steps)}; checkpoint saved. "
-              f"Continue with: tf-ppo dpo --resume {result.run_dir}")
-    else:
+    if not _stopped_early(result, f"step {result.steps_done}/{result.total_steps}",
+                          f"tf-ppo dpo --resume {result.run_dir}"):
         # The start again (the cached SFT policy, or the preset): not held during training, where no reference
         # model is kept (precompute_ref_log_probs).
         judged = judge_dpo(result, starting_policy(config), config)
@@ -266,6 +275,30 @@ def _print_samples(before, after, method, count=8):
     print(f"\nHeld-out completions, before {method} -> after {method}:")
     for (prompt, old), (_, new) in list(zip(before["samples"], after["samples"]))[:count]:
         print(f"  {prompt!r}\n      SFT: {old.strip()!r}\n      {method}: {new.strip()!r}")
+
+
+def _stopped_early(result, reached, resume):
+    """Whether a signal stopped the run (its checkpoint saved); Ctrl-C raises `Interrupted`, SIGTERM prints.
+
+    `reached` says where the run stopped ("update 3/10"), `resume` the command that continues it.
+
+    Example:
+    >>> from types import SimpleNamespace
+    >>> _stopped_early(SimpleNamespace(interrupted=False, preempted=True), "update 3/10", "tf-ppo train --resume x")
+    stopped by SIGTERM at update 3/10; checkpoint saved. Continue with: tf-ppo train --resume x
+    True
+    """
+    if result.interrupted:
+        raise Interrupted(f"interrupted at {reached}; resume with: {resume}")
+    if result.preempted:
+        print(f"stopped by SIGTERM at {reached}; checkpoint saved. Continue with: {resume}")
+    return result.preempted
+
+
+def _rl_stopped_early(result):
+    """`_stopped_early` for a `TrainResult`: `tf-ppo train --resume` continues any RL run (a demo's too)."""
+    return _stopped_early(result, f"update {result.updates_done}/{result.config.total_updates}",
+                          f"tf-ppo train --resume {result.run_dir}")
 
 
 def run_export(args):

@@ -39,6 +39,7 @@ from tf_ppo.tasks.sentiment import sentiment_reward
 from tf_ppo.sft import cache_policy, cached_policy, sft
 from tf_ppo.rl.evaluator import evaluate
 from tf_ppo.rl.trainer import TrainResult, train
+from tf_ppo.training.interrupts import Interrupted
 
 
 @dataclasses.dataclass
@@ -67,6 +68,10 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
         held-out prompts, KL and fluency; PPO's also the proxy's scores and the
         reward model's held-out accuracy, DPO's its implicit reward's.
 
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM stopped a stage after its checkpoint;
+            the same call (the same `run_dir`) continues it.
+
     Example:
         result = pipeline(PPOConfig(run_dir="runs/rlhf"))
         result.summary["gold_after"] > result.summary["gold_before"]
@@ -89,6 +94,7 @@ def pipeline(config=None, gold_reward_fn=sentiment_reward, policy=None, show_pro
     result = train(config.replace(run_dir=str(ppo_dir)), reward_fn=reward_model, policy=policy,
                    resume=(ppo_dir / "checkpoints" / "checkpoint").exists(), show_progress=show_progress,
                    gold_reward_fn=gold_reward_fn)
+    _stop_if_stopped(result, "PPO", f"update {result.updates_done}/{result.config.total_updates}", run_dir)
     summary = _ppo_summary(result, reward_history, time.perf_counter() - started, run_dir)
     return PipelineResult(run_dir, reward_history, result, write_summary(run_dir, summary))
 
@@ -103,7 +109,9 @@ def _sft_stage(config, directory, policy, show_progress):
         if policy is not None and show_progress:
             print("SFT: the cached policy of these model and SFT settings and data (not retrained)")
     if policy is None:
-        policy = sft(config, show_progress=show_progress, checkpoint_dir=directory / "checkpoints").policy
+        result = sft(config, show_progress=show_progress, checkpoint_dir=directory / "checkpoints")
+        _stop_if_stopped(result, "SFT", f"step {result.steps_done}/{result.total_steps}", directory.parent)
+        policy = result.policy
         cache_policy(config, policy)
     save_atomically(policy, path)
     return policy
@@ -115,6 +123,7 @@ def _reward_stage(config, directory, policy, show_progress):
         return RewardModel.load(path), json.loads((directory / "checkpoints" / "history.json").read_text())
     result = train_reward_model(config, policy.backbone if hasattr(policy, "backbone") else None, directory,
                                 show_progress, policy=policy)
+    _stop_if_stopped(result, "reward model", f"step {result.steps_done}/{result.total_steps}", directory.parent)
     return result.model, result.history
 
 
@@ -122,6 +131,7 @@ def _dpo_stage(config, directory, policy, gold_reward_fn, show_progress):
     """DPO from the SFT policy, then the SFT and DPO policies' completions judged as the PPO route's are."""
     result = dpo(config.replace(run_dir=str(directory)), policy=policy, show_progress=show_progress,
                  resume=(directory / "checkpoints" / "checkpoint").exists())
+    _stop_if_stopped(result, "DPO", f"step {result.steps_done}/{result.total_steps}", directory.parent)
     return judge_dpo(result, policy, config, gold_reward_fn)
 
 
@@ -140,6 +150,14 @@ def judge_dpo(result, start, config, gold_reward_fn=sentiment_reward):
                               gold_reward_fn=gold_reward_fn) for judged in (start, result.policy))
     before["score_mean"] = after["score_mean"] = None
     return dataclasses.replace(result, evaluations=(before, after))
+
+
+def _stop_if_stopped(result, stage, reached, run_dir):
+    """Raise `Interrupted` if Ctrl-C or SIGTERM stopped the stage: the next must not start from a half-trained model."""
+    if result.interrupted or result.preempted:
+        how, signal_name = ("interrupted", "SIGINT") if result.interrupted else ("stopped by SIGTERM", "SIGTERM")
+        raise Interrupted(f"{how} in the {stage} stage at {reached}; resume with: tf-ppo pipeline --run_dir {run_dir} "
+                          f"and the same flags", signal_name)
 
 
 def write_summary(run_dir, summary):

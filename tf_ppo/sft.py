@@ -31,6 +31,10 @@ class SFTResult:
 
     policy: keras.Model
     history: list
+    preempted: bool = False  # stopped early by SIGTERM, with a checkpoint in `checkpoint_dir`
+    interrupted: bool = False  # stopped early by Ctrl-C (SIGINT), with a checkpoint in `checkpoint_dir`
+    steps_done: int = 0  # optimiser steps taken (the checkpoint's, when stopped early)
+    total_steps: int = 0  # of every epoch
 
 
 def next_token_loss(policy, token_ids, padding_mask, training=False):
@@ -57,7 +61,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
             or a new tiny model). The policy is copied, never changed in place.
         show_progress: draw a progress bar per epoch.
         checkpoint_dir: checkpoint every epoch there, and continue from the
-            latest checkpoint found there.
+            latest checkpoint found there. With one, SIGTERM or Ctrl-C stops
+            after the step in flight with a checkpoint (`result.interrupted`).
         strategy: a `tf.distribute.Strategy` (default: from `config.strategy`);
             each batch is split over its replicas.
 
@@ -99,7 +104,7 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
                                                    epoch, strategy),
                        config.sft.epochs, lambda: {"heldout_loss": float(heldout_loss())}, checkpoint_dir,
                        show_progress=show_progress)
-    return SFTResult(policy, history)
+    return SFTResult(policy, history, **loop.outcome())
 
 
 def default_policy(config=None, show_progress=True, strategy=None):

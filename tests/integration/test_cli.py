@@ -1,6 +1,7 @@
 """The `tf-ppo` command: the demo's final JSON line, flags parsed by type, clear errors (and only for user errors)."""
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -16,6 +17,9 @@ import tf_ppo
 from tf_ppo import commands
 from tf_ppo.cli import build_parser, config_from_args, main, parse_args
 from tf_ppo.config import NESTED, PPOConfig, help_text, split_optional
+from tf_ppo.sft import SFTResult
+
+PIPELINE = importlib.import_module("tf_ppo.pipeline")  # the module, which `tf_ppo.pipeline` (the function) hides
 
 
 def config_of(*argv):
@@ -191,7 +195,8 @@ def test_generate_without_an_export_is_one_line(tmp_path, capsys):
 
 
 def test_train_ends_with_the_run_dir_and_figures_before_and_after(monkeypatch, tmp_path, capsys):
-    result = SimpleNamespace(run_dir=tmp_path / "run", preempted=False, history=[],
+    result = SimpleNamespace(run_dir=tmp_path / "run", preempted=False, interrupted=False, history=[],
+                             updates_done=2, config=PPOConfig(total_updates=2),
                              evaluation_before={"score_mean": 0.123456, "heldout_kl": 0.0, "samples": [("a", "b")]},
                              evaluation_after={"score_mean": 0.5, "heldout_kl": 1.234567, "fluency": 0.75,
                                                "samples": [("a", "c")], "updates": 3})
@@ -201,6 +206,39 @@ def test_train_ends_with_the_run_dir_and_figures_before_and_after(monkeypatch, t
     assert list(summary.items()) == [("run_dir", str(tmp_path / "run")), ("score_mean_before", 0.1235),
                                      ("score_mean_after", 0.5), ("heldout_kl_before", 0.0),
                                      ("heldout_kl_after", 1.2346), ("fluency_after", 0.75)]
+
+
+def test_ctrl_c_in_sft_exits_130_with_one_line_saying_how_to_continue(monkeypatch, tmp_path, capsys):
+    stopped = SFTResult(policy=None, history=[], interrupted=True, steps_done=3, total_steps=40)
+    monkeypatch.setattr(commands, "sft", lambda config, checkpoint_dir: stopped)
+    assert main(["sft", "--run_dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"interrupted at step 3/40; resume with: tf-ppo sft --run_dir {tmp_path} and the same flags "
+        f"(it continues from its checkpoints)"]
+    assert not (tmp_path / "policy.keras").exists()
+
+
+def test_a_pipeline_stops_at_an_interrupted_stage_and_says_how_to_continue(monkeypatch, tmp_path, capsys):
+    stopped = SFTResult(policy=None, history=[], interrupted=True, steps_done=5, total_steps=40)
+    monkeypatch.setattr(PIPELINE, "sft", lambda config, show_progress, checkpoint_dir: stopped)
+    monkeypatch.setattr(PIPELINE, "cached_policy", lambda config: None)  # else the session's cached SFT is taken
+    assert main(["pipeline", "--run_dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.splitlines() == [f"interrupted in the SFT stage at step 5/40; resume with: "
+                                                    f"tf-ppo pipeline --run_dir {tmp_path} and the same flags"]
+    assert not (tmp_path / "sft" / "policy.keras").exists()  # a rerun must not take a half-trained policy as SFT's
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_exit_130(monkeypatch, capsys):
+    def loading(*args, **kwargs):  # Ctrl-C while the models load: nothing to checkpoint yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "train", loading)
+    try:
+        code = main(["train"])
+    except KeyboardInterrupt:  # pytest would take it for the user's and stop the session
+        pytest.fail("the Ctrl-C left main() as a KeyboardInterrupt: a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.splitlines() == ["tf-ppo train: interrupted; what was not checkpointed is lost"]
 
 
 def test_a_deprecated_alias_flag_sets_its_field_and_says_so(capsys):

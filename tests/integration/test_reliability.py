@@ -77,6 +77,35 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, sft_policy_path):
     assert (run_dir / "checkpoints" / f"ckpt-{done}.index").exists()
 
 
+def test_ctrl_c_saves_exits_130_with_one_line_and_its_resume_command_ends_at_the_uninterrupted_weights(tmp_path,
+                                                                                                    straight):
+    run_dir = tmp_path / "ctrl-c"
+    # A test runner started in the background may ignore SIGINT, which the child would inherit; a terminal's does not.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # no scheduled checkpoint before the last update: the one Ctrl-C stops at is its own
+        process = cli("train", "--run_dir", str(run_dir), *RUN_FLAGS, "--checkpoint_every", "1000")
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    while len(read_history(run_dir / "metrics.csv")) < 1:  # Ctrl-C just after update 1, or during update 2
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    stopped = re.fullmatch(r"interrupted at update (\d)/4; resume with: tf-ppo (train --resume (\S+))",
+                           stderr.splitlines()[-1])
+    assert stopped and stopped[3] == str(run_dir) and "Traceback" not in stderr, stderr[-3000:]
+    done = int(stopped[1])
+    assert len(read_history(run_dir / "metrics.csv")) == done and not (run_dir / "evaluation_after.json").exists()
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{done}")
+
+    resumed = cli(*stopped[2].split())  # the command the line printed
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert_same_weights(straight.policy, run_dir)
+
+
 def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, straight):
     run_dir = tmp_path / "copy"
     shutil.copytree(straight.run_dir, run_dir)

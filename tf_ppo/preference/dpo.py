@@ -66,6 +66,9 @@ class DPOResult:
     parameter_report: str
     preempted: bool = False  # stopped by SIGTERM: checkpoint saved, no final artefacts
     evaluations: tuple | None = None  # set by `pipeline(method="dpo")`: held-out (before, after) evaluations
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): checkpoint saved, no final artefacts
+    steps_done: int = 0  # optimiser steps taken (the checkpoint's, when stopped early)
+    total_steps: int = 0  # of every epoch
 
 
 def preference_settings(config):
@@ -304,15 +307,17 @@ class DPOTrainer:
     def train(self):
         """Run `config.dpo.epochs` epochs (from the last checkpoint if resumed); returns a `DPOResult`.
 
-        SIGTERM ends the run after the step in flight, with a checkpoint (`result.preempted`).
+        SIGTERM or Ctrl-C ends the run after the step in flight, with a checkpoint (`result.preempted`,
+        `result.interrupted`).
         """
         c, settings = self.config, self.config.dpo
         if (self.run_dir / EVALUATION).is_file():  # a rerun must not overwrite a finished run's figures
             print(f"{self.run_dir}: already complete; nothing changed")
             self.policy = keras.saving.load_model(self.run_dir / "policy.keras", compile=False)  # not the start's
             finished = json.loads((self.run_dir / EVALUATION).read_text())
-            return DPOResult(self.policy, self.tokenizer, finished["history"], read_history(self.run_dir / "metrics.csv"),
-                             self.run_dir, c, self.parameter_report)
+            steps = read_history(self.run_dir / "metrics.csv")
+            return DPOResult(self.policy, self.tokenizer, finished["history"], steps, self.run_dir, c,
+                             self.parameter_report, steps_done=len(steps), total_steps=len(steps))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(c.to_json(sections=dpo_sections(c)))
         train_set, heldout_set = dict(self.train_pairs), dict(self.heldout_pairs)
@@ -326,8 +331,8 @@ class DPOTrainer:
             self.run_dir, show_progress=self.show_progress)
         steps = read_history(self.run_dir / "metrics.csv")
         result = DPOResult(self.policy, self.tokenizer, history, steps, self.run_dir, c, self.parameter_report,
-                           self.loop.preempted)
-        if self.loop.preempted:
+                           **self.loop.outcome())
+        if self.loop.stopped_by:
             return result
         self.policy.save(self.run_dir / "policy.keras")
         if c.lora_rank:

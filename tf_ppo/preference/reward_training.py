@@ -60,6 +60,10 @@ class RewardTrainResult:
     history: list  # per epoch: train_loss, heldout_loss, heldout_accuracy
     path: pathlib.Path | None  # the saved `.keras` file, when a directory was given
     normalisation: tuple | None  # raw (mean, std) on the policy's samples that gain and offset undo
+    preempted: bool = False  # stopped early by SIGTERM: checkpoint saved, nothing normalised or saved
+    interrupted: bool = False  # stopped early by Ctrl-C (SIGINT): the same
+    steps_done: int = 0  # optimiser steps taken (the checkpoint's, when stopped early)
+    total_steps: int = 0  # of every epoch
 
 
 def read_preferences(path):
@@ -121,7 +125,8 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
             (`policy.backbone`, copied, as lm-human-preferences does); default
             `config.model`'s preset, or a fresh one of its size.
         directory: checkpoints per epoch (a rerun continues from them) and
-            the final `reward_model.keras`.
+            the final `reward_model.keras`. With one, SIGTERM or Ctrl-C stops
+            after the step in flight with a checkpoint (`result.interrupted`).
         policy, prompts: when a policy is given (and `config.reward.normalise_samples`
             > 0), gain and offset are fitted on its samples for these prompts
             (any `load_prompts` source; default `config.prompts`, so `"tfds:NAME"`
@@ -179,6 +184,8 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
                                                    drop_remainder=strategy.num_replicas_in_sync > 1),
                        settings.epochs, evaluate, directory / "checkpoints" if directory else None,
                        show_progress=show_progress)
+    if loop.stopped_by:  # checkpointed mid-training: nothing to normalise or save yet
+        return RewardTrainResult(model, history, None, None, **loop.outcome())
     normalisation = None
     if policy is not None and settings.normalise_samples:
         prompts = load_prompts(prompts if prompts is not None else config.prompts)  # the trainer's sources too
@@ -187,7 +194,7 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     if directory is not None:
         path = directory / "reward_model.keras"
         save_atomically(model, path)
-    return RewardTrainResult(model, history, path, normalisation)
+    return RewardTrainResult(model, history, path, normalisation, **loop.outcome())
 
 
 def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):

@@ -42,7 +42,7 @@ from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
 from tf_ppo.training.distribute import is_chief, resolve_strategy, weights_fingerprint, writable_dir
 from tf_ppo.training.guarded_step import adam_for
-from tf_ppo.training.interrupts import sigterm_stops
+from tf_ppo.training.interrupts import signals_stop
 from tf_ppo.training.reporting import RunLog, plot_curves, read_history
 
 
@@ -59,6 +59,8 @@ class TrainResult:
     run_dir: pathlib.Path
     config: PPOConfig
     preempted: bool = False  # stopped early by SIGTERM: checkpoint saved, no final evaluation
+    interrupted: bool = False  # stopped early by Ctrl-C (SIGINT): the same
+    updates_done: int = 0  # the update reached: the checkpoint's, when stopped early
 
 
 class RLTrainer:
@@ -82,7 +84,7 @@ class RLTrainer:
         self.callbacks = UpdateCallbacks([*callbacks, DriftWatch(config.kl_warning)], self)
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimisation = OveroptimisationWatch(config.overoptimisation_window) if gold_reward_fn else None
-        self.stop_training = self.preempted = False
+        self.stop_training, self.stopped_by = False, None  # stopped_by: the signal's name
         self.run_dir = pathlib.Path(config.run_dir or f"runs/{config.algorithm}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         keras.utils.set_random_seed(config.seed)
 
@@ -252,8 +254,7 @@ class RLTrainer:
     def train(self):
         """Run `config.total_updates` updates (from the last checkpoint if resumed).
 
-        SIGTERM (a cloud preemption) ends the run at the end of the update in
-        flight, with a checkpoint: `result.preempted` is then True.
+        SIGTERM or Ctrl-C (a notebook's too) stops after the update in flight, with a checkpoint: see `train`.
         """
         c = self.config
         restored = int(self.update.numpy())
@@ -271,9 +272,9 @@ class RLTrainer:
         prompts = iter(prompt_dataset(self.prompt_ids, self.prompt_lengths,
                                       c.batch_size // self.algorithm.num_generations, c.seed)
                        .skip(restored))  # a resumed run continues where the data left off
-        progress = tqdm(total=c.total_updates, initial=restored, desc=c.algorithm.upper(),
-                        disable=not self.show_progress)
-        with sigterm_stops(self._request_stop):
+        # The bar closes whatever ends the loop, so a second Ctrl-C's one line is not drawn over.
+        with (tqdm(total=c.total_updates, initial=restored, desc=c.algorithm.upper(), disable=not self.show_progress)
+              as progress, signals_stop(lambda signal_name: setattr(self, "stopped_by", signal_name))):
             while int(self.update.numpy()) < c.total_updates and not self.stop_training:
                 update = int(self.update.numpy()) + 1
                 logs = self.run_update(next(prompts), update)
@@ -291,13 +292,13 @@ class RLTrainer:
                     self.overoptimisation.check(history)
                 if self.callbacks.update_end(update, logs):
                     self.stop_training = True
-                # Last in the update, so a SIGTERM that arrives during the callbacks still gets its checkpoint.
-                if update % c.checkpoint_every == 0 or update == c.total_updates or self.preempted:
+                # Last in the update: a signal during the callbacks gets this update's checkpoint, a later one the next.
+                if update % c.checkpoint_every == 0 or update == c.total_updates or self.stopped_by:
                     self.checkpoints.save(checkpoint_number=update)
-        progress.close()
+                    self.stop_training = self.stop_training or bool(self.stopped_by)  # only once it is saved
         log.close()
         self.callbacks.end(history[-1] if history else None)
-        if self.preempted:  # the grace period is short: the checkpoint is saved, skip evaluation and plots
+        if self.stopped_by:  # the checkpoint is saved; a preemption's grace is short: no evaluation or plots
             return self._result(history, evaluation_before, None)
         evaluation_after = self.evaluate()
         self.save_artifacts(history, evaluation_before)
@@ -309,11 +310,9 @@ class RLTrainer:
         return self._result(history, evaluation_before, evaluation_after)
 
     def _result(self, history, evaluation_before, evaluation_after):
-        return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before,
-                           evaluation_after, self.run_dir, self.config, preempted=self.preempted)
-
-    def _request_stop(self):
-        self.preempted = self.stop_training = True
+        return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before, evaluation_after,
+                           self.run_dir, self.config, self.stopped_by == "SIGTERM", self.stopped_by == "SIGINT",
+                           int(self.update.numpy()))
 
     def save_artifacts(self, history, evaluation_before=None):
         """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
@@ -384,8 +383,8 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
             check behind `eval_pass_k`'s accuracy and pass@k (default: the task's).
 
     Returns:
-        `TrainResult` with the policy, history, held-out evaluations and run directory.
-        Resuming a finished run changes nothing and returns its recorded figures.
+        `TrainResult` with the policy, history, held-out evaluations and run directory (after Ctrl-C or SIGTERM:
+        `interrupted` or `preempted`, no `evaluation_after`). Resuming a finished run returns its recorded figures.
 
     Example:
         from tf_ppo.rl.rewards import word_count_reward

@@ -5,7 +5,8 @@ share of a batch (means over the GLOBAL batch, as `masked.masked_mean` takes
 them inside `strategy.run`, so the replicas' shares add up); the loop does the
 rest: gradients, the sum over replicas, global-norm clipping of that sum,
 skipping a non-finite step, Adam, checkpoints every few steps with exact
-resume, SIGTERM, progress bar, per-epoch evaluation and a per-step log.
+resume, SIGTERM and Ctrl-C (a checkpoint after the step in flight, then
+stop), progress bar, per-epoch evaluation and a per-step log.
 
 Why not `keras.Model.fit` with a `train_step` override: on the TensorFlow
 backend Keras clips each replica's gradients before summing them
@@ -19,6 +20,7 @@ Example:
     history = loop.fit(lambda epoch: batches, epochs=2)
 """
 
+import contextlib
 import json
 import pathlib
 
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from tf_ppo.training.checkpoints import restore_latest, write_atomically
 from tf_ppo.training.distribute import split_batch
 from tf_ppo.training.guarded_step import GuardedStep, SkipCounter
-from tf_ppo.training.interrupts import sigterm_stops
+from tf_ppo.training.interrupts import signals_stop
 from tf_ppo.training.reporting import RunLog
 
 
@@ -67,7 +69,8 @@ class SupervisedLoop:
             self.epoch_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_steps")
         self.skips = SkipCounter(f"{name} steps", max_consecutive_skips)
         self.stop_training = False
-        self.preempted = False
+        self.stopped_by = None  # "SIGTERM" or "SIGINT" (Ctrl-C) when a signal stopped the run
+        self.total_steps = 0  # of all `epochs`, known once an epoch's batches are
 
     def fit(self, dataset_fn, epochs, evaluate=None, checkpoint_dir=None, checkpoint_every=0, log_dir=None,
             show_progress=True):
@@ -81,7 +84,10 @@ class SupervisedLoop:
             evaluate: `() -> dict` of held-out metrics after each epoch.
             checkpoint_dir: a checkpoint after every epoch (and every
                 `checkpoint_every` steps, if > 0), of the models, the optimizer
-                and the loop's counters, with `history.json`.
+                and the loop's counters, with `history.json`. With one,
+                SIGTERM or Ctrl-C stops the loop after the step in flight and
+                checkpoints it (`stopped_by`); without, they end the process
+                as usual, since a run stopped early would look finished.
             log_dir: if set, every step's metrics go to `metrics.csv` and
                 TensorBoard there (column `step`).
 
@@ -105,9 +111,12 @@ class SupervisedLoop:
             history = json.loads((checkpoint_dir / "history.json").read_text())[:epochs_done]
         done = int(self.step.numpy())
         log = RunLog(log_dir, keep_updates=done, index="step") if log_dir is not None else None
-        with sigterm_stops(self._request_stop):
+        self.total_steps = done
+        stoppable = signals_stop(self._request_stop) if manager is not None else contextlib.nullcontext()
+        with stoppable:
             for epoch in range(len(history) + 1, epochs + 1):
                 batches = dataset_fn(epoch)
+                self.total_steps = epochs * len(batches)
                 skip = done - (epoch - 1) * len(batches)  # > 0: this epoch was begun before the checkpoint
                 for batch in tqdm(batches[max(skip, 0):], desc=f"{self.name} epoch {epoch}/{epochs}",
                                   disable=not show_progress, leave=False):
@@ -130,11 +139,12 @@ class SupervisedLoop:
                                 f"{k} {v:.4f}" for k, v in history[-1].items() if k != "epoch"))
                     if log is not None:
                         log.write(step, {"epoch": epoch, **metrics})
-                    if manager is not None and (end_of_epoch or self.stop_training
+                    stopping = self.stop_training  # read once: a signal after this line stops after the next step
+                    if manager is not None and (end_of_epoch or stopping
                                                 or (checkpoint_every and step % checkpoint_every == 0)):
                         write_atomically(checkpoint_dir / "history.json", json.dumps(history))
                         manager.save(checkpoint_number=step)
-                    if self.stop_training:
+                    if stopping:
                         break
                 if self.stop_training:
                     break
@@ -150,8 +160,27 @@ class SupervisedLoop:
         self.epoch_steps.assign(0)
         return row
 
-    def _request_stop(self):
-        self.preempted = self.stop_training = True
+    def outcome(self):
+        """How far `fit` got and whether a signal stopped it: the fields every stage's result carries.
+
+        Example:
+            SFTResult(policy, history, **loop.outcome())
+        """
+        return {"preempted": self.preempted, "interrupted": self.interrupted, "steps_done": int(self.step.numpy()),
+                "total_steps": self.total_steps}
+
+    def _request_stop(self, signal_name):
+        self.stopped_by, self.stop_training = signal_name, True
+
+    @property
+    def preempted(self):
+        """Stopped by SIGTERM (a cloud preemption), with a checkpoint."""
+        return self.stopped_by == "SIGTERM"
+
+    @property
+    def interrupted(self):
+        """Stopped by Ctrl-C (SIGINT; a notebook's interrupt too), with a checkpoint."""
+        return self.stopped_by == "SIGINT"
 
 
 def epoch_batches(tensors, batch_size, seed, epoch, strategy, drop_remainder=True):
