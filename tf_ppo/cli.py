@@ -37,6 +37,7 @@ import time
 import keras_hub
 
 from tf_ppo.training.checkpoints import CheckpointError
+from tf_ppo.training.interrupts import Interrupted
 from tf_ppo.commands import (launch_workers, run_demo, run_dpo, run_export, run_generate, run_pipeline, run_reward,
                              run_sft, run_train)
 from tf_ppo.config import NESTED, OBJECT_MARK, ConfigError, PPOConfig, did_you_mean, upgrade_saved
@@ -197,8 +198,6 @@ def main(argv=None):
     flight and prints where the run stopped and how to resume it; a second one,
     or one outside a loop, quits at once. Neither prints a traceback.
     """
-    from tf_ppo.training.interrupts import Interrupted
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     if getattr(args, "workers", 0):

@@ -26,7 +26,7 @@ PROVENANCE = "provenance"  # the record's key in config.json
 # The sections a run may leave out, by whether it read them (`model` it always reads). tf_ppo.config.NESTED
 # less `model`: not imported from tf_ppo.config.rl, which imports this module.
 OPTIONAL_SECTIONS = ("sft", "reward", "dpo")
-PACKAGES = {"tf_ppo": "tf_ppo", "tensorflow": "tensorflow", "keras": "keras", "keras_hub": "keras_hub"}
+PACKAGES = ("tf_ppo", "tensorflow", "keras", "keras_hub")  # the versions recorded, by module name
 GIT_TIMEOUT = 5  # seconds per git command: a slow or hung git must not hold up a run's start
 
 
@@ -67,7 +67,7 @@ def run_provenance():
     Example:
         run_provenance()  # {"tf_ppo": "0.1.0", "tensorflow": "2.21.0", ..., "git_commit": "c680acb...", ...}
     """
-    record = {name: importlib.import_module(module).__version__ for name, module in PACKAGES.items()}
+    record = {name: importlib.import_module(name).__version__ for name in PACKAGES}
     commit, dirty = git_commit(pathlib.Path(importlib.import_module("tf_ppo").__file__).parent)
     return {**record, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty}
 

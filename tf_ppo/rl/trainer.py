@@ -26,7 +26,7 @@ from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
-                           policy_from_config, tokenizer_for)
+                           tokenizer_for)
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
@@ -37,7 +37,7 @@ from tf_ppo.rl.logs import DriftWatch, OveroptimisationWatch, gold_metrics, held
 from tf_ppo.rl.rewards import reward_functions, reward_names
 from tf_ppo.rl.rollout import RolloutEngine
 from tf_ppo.rl.run_files import EVALUATION_AFTER, EVALUATION_BEFORE, read_evaluation, write_evaluation
-from tf_ppo.sft import default_policy
+from tf_ppo.sft import starting_policy
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
 from tf_ppo.training.distribute import is_chief, resolve_strategy, weights_fingerprint, writable_dir
@@ -153,10 +153,8 @@ class RLTrainer:
         A policy built outside the strategy's scope is copied in, so its variables are mirrored.
         """
         c = self.config
-        if policy is None and c.model.preset is None:
-            policy = default_policy(c, show_progress=self.show_progress, strategy=self.strategy)
-        elif policy is None:
-            policy = policy_from_config(c, self.tokenizer)
+        if policy is None:
+            policy = starting_policy(c, self.tokenizer, self.show_progress, self.strategy)
         if self.strategy.num_replicas_in_sync > 1 or policy.dtype_policy.name != c.dtype:
             policy = copy_model(policy, c.dtype)
         return policy
@@ -311,8 +309,8 @@ class RLTrainer:
 
     def _result(self, history, evaluation_before, evaluation_after):
         return TrainResult(self.policy, self.value_model, self.tokenizer, history, evaluation_before, evaluation_after,
-                           self.run_dir, self.config, self.stopped_by == "SIGTERM", self.stopped_by == "SIGINT",
-                           int(self.update.numpy()))
+                           self.run_dir, self.config, preempted=self.stopped_by == "SIGTERM",
+                           interrupted=self.stopped_by == "SIGINT", updates_done=int(self.update.numpy()))
 
     def save_artifacts(self, history, evaluation_before=None):
         """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
