@@ -220,7 +220,7 @@ def test_each_prompt_is_sampled_num_generations_times_side_by_side(finished):
 # --- configuration and errors, before any model is built
 
 @pytest.mark.parametrize("changes, message", [
-    ({"algorithm": "grpo"}, "num_generations must be >= 2 for algorithm='grpo'"),
+    ({"algorithm": "grpo", "num_generations": 1}, "num_generations must be >= 2 for algorithm='grpo'"),
     ({"algorithm": "rloo", "num_generations": 3}, "batch_size counts rollouts, so it must be a multiple of "
                                                   "num_generations=3, got 64"),
     ({"algorithm": "grpo", "num_generations": 4, "vf_coef": 0.5}, "vf_coef is not used by algorithm='grpo'"),
