@@ -122,6 +122,9 @@ def default_policy(config=None, show_progress=True, strategy=None):
     config = run_config(config, "sft")
     policy = cached_policy(config)
     if policy is None:
+        if show_progress and _cache_path(config) is not None:
+            print(f"SFT: no policy of these model and SFT settings and data is cached yet; training one (stage 1) "
+                  f"and caching it in {_cache_path(config).parent}, so later runs start from it")
         policy = sft(config, show_progress=show_progress, strategy=strategy).policy
         cache_policy(config, policy)
     return policy
