@@ -14,6 +14,7 @@ import json
 import numbers
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -145,28 +146,56 @@ def launch_workers(argv, workers):
     Each process gets its `TF_CONFIG`; worker 0 is the chief (it alone writes the
     run directory). Output lines are prefixed with the worker index. If a
     worker fails, the others are stopped and its exit code is returned.
+
+    Ctrl-C in the terminal reaches every worker (they share its process group):
+    they agree on an update, save its checkpoint and exit 130, and this process
+    waits for them, then prints how to resume with the same number of workers.
     """
     child_argv = _without_flag(argv, "--workers") + ["--strategy", "multi_worker"]
-    if not any(arg.startswith("--run_dir") for arg in child_argv):  # every worker must name the same run
+    run_dir = _flag_value(child_argv, "--run_dir") or _flag_value(child_argv, "--resume")
+    if run_dir is None:  # every worker must name the same run
         algorithm = _flag_value(child_argv, "--algorithm") or PPOConfig().algorithm
-        child_argv += ["--run_dir", f"runs/{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"]
+        run_dir = f"runs/{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+        child_argv += ["--run_dir", run_dir]
     ports = [free_port() for _ in range(workers)]
-    processes = []
+    processes, printers = [], []
     for index, tf_config in enumerate(local_cluster(ports)):
         process = subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *child_argv], text=True,
                                    env={**os.environ, "TF_CONFIG": tf_config},
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         print(f"started worker {index} (pid {process.pid}) on 127.0.0.1:{ports[index]}", flush=True)
-        threading.Thread(target=_prefix_lines, args=(process.stdout, f"[worker {index}] "), daemon=True).start()
+        printers.append(threading.Thread(target=_prefix_lines, args=(process.stdout, f"[worker {index}] "),
+                                         daemon=True))
+        printers[-1].start()
         processes.append(process)
+    ctrl_c = []  # the workers got the same Ctrl-C: wait for their checkpoint rather than die with a traceback
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+    try:
+        code = _wait_for_workers(processes)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for printer in printers:
+        printer.join(timeout=5)  # their last lines (where each stopped) before ours
+    if code == INTERRUPTED:
+        print(f"interrupted; resume with: tf-ppo train --resume {run_dir} --workers {workers}", file=sys.stderr,
+              flush=True)
+    return code
+
+
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; a worker stopped by Ctrl-C exits with it
+
+
+def _wait_for_workers(processes):
+    """The workers' exit code once all ended: 0, 130 after Ctrl-C, or the first failure (the others stopped)."""
     while True:
         codes = [process.poll() for process in processes]
-        failed = [code for code in codes if code not in (None, 0)]
-        if failed or all(code == 0 for code in codes):
+        failed = [code for code in codes if code not in (None, 0, INTERRUPTED)]
+        if failed or all(code is not None for code in codes):
             for process in processes:
                 if process.poll() is None:
                     process.terminate()
-            return failed[0] if failed else 0
+                process.wait()
+            return failed[0] if failed else max(codes)
         time.sleep(0.5)
 
 

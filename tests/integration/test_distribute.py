@@ -162,18 +162,35 @@ def test_xla_inside_strategy_run_needs_the_replicas_device_and_then_reads_each_r
     assert report["per_replica_xla"] == [3.0, 6.0]  # replica 0 reads 1.0, replica 1 reads its own 2.0
 
 
-def test_two_workers_on_localhost_end_identical_and_only_the_chief_writes(tmp_path, sft_policy_path):
+def test_two_workers_stop_together_on_ctrl_c_then_resume_to_identical_weights_and_only_the_chief_writes(
+        tmp_path, sft_policy_path):
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "tf_ppo-worker*")))
     run_dir = tmp_path / "mw"
-    completed = subprocess.run(
-        [sys.executable, "-m", "tf_ppo.cli", "train", "--workers", "2", "--run_dir", str(run_dir),
-         "--total_updates", "2", "--batch_size", "32", "--eval_size", "32", "--checkpoint_every", "1"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=False)
+    train = [sys.executable, "-m", "tf_ppo.cli", "train", "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    # Its own session: the Ctrl-C below reaches the launcher and both workers, as a terminal's does.
+    launcher = subprocess.Popen([*train, "--run_dir", str(run_dir), "--total_updates", "4", "--batch_size", "32",
+                                 "--eval_size", "32", "--checkpoint_every", "1"], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "ckpt-1.index").exists():
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGINT)
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 130, (stdout[-3000:], stderr[-3000:])
+    assert "Traceback" not in stdout + stderr, (stdout[-3000:], stderr[-3000:])
+    assert stderr.strip().splitlines()[-1] == f"interrupted; resume with: tf-ppo train --resume {run_dir} --workers 2"
+    stopped = set(re.findall(r"\[worker \d\] interrupted at update (\d)/4", stdout))
+    assert len(stopped) == 1 and int(stopped.pop()) < 4, stdout[-3000:]  # both at the same update, before the end
+
+    completed = subprocess.run([*train, "--resume", str(run_dir)], capture_output=True, text=True, timeout=600,
+                               cwd=ROOT, env=env, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:]
     fingerprints = dict(re.findall(r"\[worker (\d)\] weights fingerprint: (\w+)", completed.stdout))
     assert set(fingerprints) == {"0", "1"} and fingerprints["0"] == fingerprints["1"], completed.stdout[-3000:]
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == ["ckpt-1.index", "ckpt-2.index"]
-    assert len(read_history(run_dir / "metrics.csv")) == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index"))[-1] == "ckpt-4.index"
+    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tf_ppo-worker*"))) == before  # worker 1 cleaned up
 
 

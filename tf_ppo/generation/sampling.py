@@ -160,7 +160,7 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
         buffer = tf.where(tf.range(total_length)[None, :] == index, current[:, None], buffer)
         return index + 1, buffer, cache
 
-    index = tf.reduce_min(prompt_lengths)
+    index = decoder.first_step(prompt_lengths)
     for end in segment_ends(prompt_ids.shape[1], response_length, total_length):
         # A fixed cache length per segment (XLA needs static shapes); steps attend over `end` positions, not all.
         cache = decoder.grow(cache, end)

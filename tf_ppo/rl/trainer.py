@@ -40,7 +40,8 @@ from tf_ppo.rl.run_files import EVALUATION_AFTER, EVALUATION_BEFORE, read_evalua
 from tf_ppo.sft import starting_policy
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
-from tf_ppo.training.distribute import is_chief, resolve_strategy, weights_fingerprint, writable_dir
+from tf_ppo.training.distribute import (agreed_stop_signal, is_chief, resolve_strategy, weights_fingerprint,
+                                       writable_dir)
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.interrupts import signals_stop
 from tf_ppo.training.reporting import RunLog, plot_curves, read_history
@@ -84,7 +85,8 @@ class RLTrainer:
         self.callbacks = UpdateCallbacks([*callbacks, DriftWatch(config.kl_warning)], self)
         self.gold_reward_fn = gold_reward_fn  # an independent judge, logged beside the proxy reward
         self.overoptimisation = OveroptimisationWatch(config.overoptimisation_window) if gold_reward_fn else None
-        self.stop_training, self.stopped_by = False, None  # stopped_by: the signal's name
+        # signal_received: this process's SIGTERM / SIGINT; stopped_by: the one every worker acts on.
+        self.stop_training, self.signal_received, self.stopped_by = False, None, None
         self.run_dir = pathlib.Path(config.run_dir or f"runs/{config.algorithm}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         keras.utils.set_random_seed(config.seed)
 
@@ -272,7 +274,7 @@ class RLTrainer:
                        .skip(restored))  # a resumed run continues where the data left off
         # The bar closes whatever ends the loop, so a second Ctrl-C's one line is not drawn over.
         with (tqdm(total=c.total_updates, initial=restored, desc=c.algorithm.upper(), disable=not self.show_progress)
-              as progress, signals_stop(lambda signal_name: setattr(self, "stopped_by", signal_name))):
+              as progress, signals_stop(lambda signal_name: setattr(self, "signal_received", signal_name))):
             while int(self.update.numpy()) < c.total_updates and not self.stop_training:
                 update = int(self.update.numpy()) + 1
                 logs = self.run_update(next(prompts), update)
@@ -291,18 +293,19 @@ class RLTrainer:
                 if self.callbacks.update_end(update, logs):
                     self.stop_training = True
                 # Last in the update: a signal during the callbacks gets this update's checkpoint, a later one the next.
+                self.stopped_by = agreed_stop_signal(self.strategy, self.signal_received)
                 if update % c.checkpoint_every == 0 or update == c.total_updates or self.stopped_by:
                     self.checkpoints.save(checkpoint_number=update)
                     self.stop_training = self.stop_training or bool(self.stopped_by)  # only once it is saved
         log.close()
         self.callbacks.end(history[-1] if history else None)
-        if self.stopped_by:  # the checkpoint is saved; a preemption's grace is short: no evaluation or plots
-            return self._result(history, evaluation_before, None)
-        evaluation_after = self.evaluate()
-        self.save_artifacts(history, evaluation_before)
-        write_evaluation(self.output_dir, EVALUATION_AFTER, evaluation_after)  # last: it marks the run finished
-        if self.strategy.num_replicas_in_sync > 1:  # replicas must agree; print it so every worker can be compared
-            print(f"weights fingerprint: {weights_fingerprint(self.policy)}", flush=True)
+        evaluation_after = None
+        if not self.stopped_by:  # stopped: the checkpoint is saved; a preemption's grace is short, so nothing more
+            evaluation_after = self.evaluate()
+            self.save_artifacts(history, evaluation_before)
+            write_evaluation(self.output_dir, EVALUATION_AFTER, evaluation_after)  # last: it marks the run finished
+            if self.strategy.num_replicas_in_sync > 1:  # replicas must agree; printed so workers can be compared
+                print(f"weights fingerprint: {weights_fingerprint(self.policy)}", flush=True)
         if self.output_dir != self.run_dir:
             shutil.rmtree(self.output_dir, ignore_errors=True)  # a non-chief worker's throw-away copy
         return self._result(history, evaluation_before, evaluation_after)

@@ -153,6 +153,25 @@ def is_chief(strategy):
                                     and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def agreed_stop_signal(strategy, signal_received):
+    """The signal every worker stops for: SIGTERM if any worker got one, else SIGINT if any did, else None.
+
+    Workers of a cluster must stop after the same update, or one would wait forever in a collective the
+    other never joins; a Ctrl-C reaches each process at its own moment. So at the end of every update
+    the workers sum who got which signal (one small all-reduce). One worker alone decides by itself.
+
+    Example:
+    >>> agreed_stop_signal(tf.distribute.get_strategy(), "SIGINT")
+    'SIGINT'
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or len(resolver.cluster_spec().as_dict()) == 0:
+        return signal_received
+    flags = tf.constant([signal_received == "SIGTERM", signal_received == "SIGINT"], tf.int32)
+    sigterm, sigint = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: flags), axis=None).numpy()
+    return "SIGTERM" if sigterm else "SIGINT" if sigint else None
+
+
 def writable_dir(run_dir, strategy):
     """The run directory on the chief; a throw-away directory on other workers (TF's multi-worker recipe)."""
     if is_chief(strategy):

@@ -5,7 +5,7 @@ The adapters are the one place that touches keras-hub's private internals (`_bui
 keras-hub changes them. A family without an adapter of its own uses the generic one, which serves any
 keras-hub `CausalLM` through keras-hub's own cache. An adapter answers:
 
-    adapter.decoder(model)        the decoding cache the sampler steps (start / grow / step)
+    adapter.decoder(model)        the decoding cache the sampler steps (start / first_step / grow / step)
     adapter.packs_prompts         whether positions and attention masks can be given token by token
     adapter.packed_logits(...)    the forward pass over packed rows (the families that pack)
 
@@ -17,9 +17,10 @@ Example:
 'KerasHubCache'
 """
 
-from tf_ppo.models.families import generic, gpt2
+from tf_ppo.models.families import gemma3, gemma3n, generic, gpt2, qwen3_5
 
-FAMILIES = (gpt2.Adapter,)  # the families with code of their own; any other model uses generic.Adapter
+# The families with code of their own; any other model uses generic.Adapter.
+FAMILIES = (gpt2.Adapter, gemma3.Adapter, gemma3n.Adapter, qwen3_5.Adapter)
 
 
 def adapter_for(model):

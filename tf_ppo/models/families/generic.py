@@ -4,17 +4,25 @@ keras-hub's `_build_cache` / `call_with_cache` are the decoding entry points of 
 signature is the GPT-2 one (GPT-2, GPT-NeoX, OPT, Bloom, Falcon, Llama, Mistral, Gemma, Phi-3, Qwen, ...);
 tests/unit/models/test_families.py checks this cache against `CausalLM.generate`.
 
-A decoding cache has three methods, which `tf_ppo.generation.sampling.generate` calls:
+A decoding cache has four methods, which `tf_ppo.generation.sampling.generate` calls:
 
     cache = decoder.start(prompt_ids)             # keys/values of the prompts: [.., P, ..]
+    index = decoder.first_step(prompt_lengths)    # the first position the step loop feeds a token for
     cache = decoder.grow(cache, length)           # room for `length` positions (zeros, masked until written)
     logits, cache = decoder.step(ids, index, cache)   # one token per row at position `index`
+
+The step loop writes every position from `first_step - 1` on, prompt tokens included (a row keeps its
+own prompt token there). Keys and values written twice are the same, so an attention cache starts
+after the shortest prompt; a recurrent state would count a token twice, so a recurrent family starts
+from an empty state at position 0 (`families.qwen3_5`).
 
 keras-hub's cache is one stacked `[batch, layers, 2, S, heads, head_dim]` tensor, which its attention
 slices, restacks and transposes for every layer at every step; the GPT-2 adapter's cache avoids that.
 The sampler grows the cache segment by segment (`sampling.segment_ends`), so a step attends over the
 positions written so far rather than the whole buffer.
 """
+
+import inspect
 
 import tensorflow as tf
 
@@ -61,18 +69,42 @@ class KerasHubCache:
     (TensorShape([1, 1, 50]), TensorShape([1, 1, 2, 5, 2, 8]))
     """
 
+    position_axis = 3  # of keras-hub's stacked cache; Gemma 3n's is 4
+
     def __init__(self, model):
         self.model = model
 
     def start(self, prompt_ids):
-        return self.model._build_cache(prompt_ids)[1]
+        return self.model._build_cache(prompt_ids, **text_only_inputs(self.model._build_cache, prompt_ids))[1]
+
+    @staticmethod
+    def first_step(prompt_lengths):
+        return tf.reduce_min(prompt_lengths)
 
     def grow(self, cache, length):
-        return pad_positions(cache, axis=3, length=length)
+        return pad_positions(cache, axis=self.position_axis, length=length)
 
     def step(self, token_ids, index, cache):
         logits, _, cache = self.model.call_with_cache(token_ids, cache, index)
         return logits, cache
+
+
+def text_only_inputs(build_cache, prompt_ids):
+    """The arguments a family's `_build_cache` requires beside the tokens, for text alone.
+
+    Multimodal families (Gemma 3, Gemma 4, Qwen 3.5, ...) require their image and audio inputs by
+    position: None says "no image". The padding mask is all True: attention is causal, and positions
+    past a row's prompt are written again by the step loop before anything attends to them.
+
+    Example:
+    >>> def build_cache(token_ids, img_embeddings, padding_mask, audio=None): ...
+    >>> sorted(text_only_inputs(build_cache, tf.constant([[1, 2]])))
+    ['img_embeddings', 'padding_mask']
+    """
+    required = [parameter.name for parameter in inspect.signature(build_cache).parameters.values()
+                if parameter.default is inspect.Parameter.empty and parameter.name != "token_ids"
+                and parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    return {name: tf.ones_like(prompt_ids, tf.bool) if name == "padding_mask" else None for name in required}
 
 
 def pad_positions(cache, axis, length):

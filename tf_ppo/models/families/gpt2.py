@@ -38,7 +38,7 @@ class Adapter(generic.Adapter):
         return packed_logits(model, token_ids, position_ids, mask, sources, training)
 
 
-class GPT2Cache:
+class GPT2Cache(generic.KerasHubCache):
     """Per-layer keys and values `[batch, heads, S, head_dim]` for a `GPT2CausalLM`, written in place.
 
     It calls the model's own layers (embeddings, layer norms, projections,
