@@ -17,18 +17,21 @@ tf_ppo or keras-hub:
 Prompts are tokenised exactly as in training: start token + prompt.
 """
 
+import contextlib
 import os
 import pathlib
 
 import keras
 import keras_hub
 import tensorflow as tf
+from keras.src.backend.tensorflow.layer import TFLayer  # private: see keras_serving_functions_off
 
 from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
 from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
+from tf_ppo.models.families import adapter_for
 from tf_ppo.generation.sampling import generate
 from tf_ppo.models.forward import response_logits
 from tf_ppo.generation.responses import response_tokens, response_view
@@ -95,6 +98,12 @@ class PolicyModule(tf.Module):
         mask = tf.range(width)[None, :] < completion_lengths[:, None]
         scatter_index = tf.stack([tf.repeat(tf.range(tf.shape(prompts)[0]), width), tf.reshape(positions, [-1])], 1)
         sequence_ids = tf.tensor_scatter_nd_update(sequence_ids, scatter_index, tf.reshape(completion_ids, [-1]))
+        width = adapter_for(self.policy).fixed_length
+        if width is not None:  # a family whose forward pass cannot be traced for any length (Qwen 3.5)
+            tf.debugging.assert_less_equal(tf.shape(sequence_ids)[1], width,
+                                           message=f"prompt + completion must be at most {width} tokens")
+            sequence_ids = tf.ensure_shape(tf.pad(sequence_ids, [[0, 0], [0, width - tf.shape(sequence_ids)[1]]]),
+                                           [None, width])
         return sequence_ids, positions, completion_ids, mask, completion_lengths
 
     @compiled(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string)])
@@ -159,9 +168,27 @@ def export(policy_or_run_dir, export_dir, tokenizer=None, max_new_tokens=None, v
     if value_model is not None:
         signatures["value"] = module.value
     export_dir = pathlib.Path(export_dir)
-    with atomic_directory(export_dir) as staging:
+    with atomic_directory(export_dir) as staging, keras_serving_functions_off():
         tf.saved_model.save(module, str(staging), signatures=signatures)
     return export_dir
+
+
+@contextlib.contextmanager
+def keras_serving_functions_off():
+    """While inside, Keras models offer `tf.saved_model.save` no serving function of their own.
+
+    Keras 3 (TensorFlow backend) gives every functional model a `serving_default` at its inputs' shapes
+    (`TFLayer._default_save_signature`, private), and saving traces it for each model the module holds,
+    at any sequence length. The SavedModel's signatures are `PolicyModule`'s; that extra trace only costs
+    time, and fails for a family that traces at static lengths only (Qwen 3.5). The one place tf_ppo
+    touches this Keras internal; tests/integration/test_export.py fails if Keras renames it.
+    """
+    original = TFLayer.__dict__["_default_save_signature"]
+    TFLayer._default_save_signature = property(lambda layer: None)
+    try:
+        yield
+    finally:
+        TFLayer._default_save_signature = original
 
 
 def _own_tokenizer(policy):

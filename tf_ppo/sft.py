@@ -21,6 +21,7 @@ from tf_ppo.config import ConfigError, run_config
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.data import encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
+from tf_ppo.models.inputs import model_inputs
 from tf_ppo.training.checkpoints import atomic_directory
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
 
@@ -46,7 +47,7 @@ def next_token_loss(policy, token_ids, padding_mask, training=False):
     >>> float(next_token_loss(policy, tf.constant([[1, 2, 0]]), tf.constant([[True, True, False]]))) > 0
     True
     """
-    logits = policy({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
+    logits = policy(model_inputs(policy, token_ids, padding_mask), training=training)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=token_ids[:, 1:], logits=logits[:, :-1])
     return masked.masked_mean(losses, padding_mask[:, 1:])  # [batch, len - 1] -> scalar
 

@@ -41,6 +41,11 @@ class ModelConfig(Checked):
         if is_missing_directory(self.preset):
             fail(self, "preset", f"is a directory that does not exist: {self.preset!r} "
                                  f"(a value with '/' or a leading '.' is read as a local preset directory)")
+        from tf_ppo.models.families.support import preset_backbone_class, unsupported_reason  # models import config
+        backbone = (preset_backbone_class(self.preset) if isinstance(self.preset, str)
+                    else type(getattr(self.preset, "backbone", None)).__name__)
+        if unsupported_reason(backbone):
+            fail(self, "preset", f"is a model tf_ppo cannot train: {unsupported_reason(backbone)}")
         check_choice(self, "architecture", ("gpt2", "bigram"))
         for name in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "max_sequence_length"):
             check_positive(self, name)

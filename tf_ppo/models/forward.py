@@ -10,6 +10,7 @@ projection) at those positions only, not over the prompt (`trunk_and_head`).
 import tensorflow as tf
 
 from tf_ppo.models.heads import trunk_and_head
+from tf_ppo.models.inputs import model_inputs
 
 
 def response_logits(model, sequence_ids, positions):
@@ -31,7 +32,7 @@ def response_logits(model, sequence_ids, positions):
     """
     # All-True padding mask: attention is causal, so a response position only
     # sees its prompt and earlier response tokens, never the padding after it.
-    inputs = {"token_ids": sequence_ids, "padding_mask": tf.ones_like(sequence_ids, tf.bool)}
+    inputs = model_inputs(model, sequence_ids)
     split = trunk_and_head(model)
     if split is None:
         outputs = tf.gather(model(inputs, training=False), positions - 1, batch_dims=1)
@@ -40,3 +41,4 @@ def response_logits(model, sequence_ids, positions):
         outputs = head(tf.gather(trunk(inputs, training=False), positions - 1, batch_dims=1))
     # float32 whatever the model's precision: log-softmax, ratios and KL need it.
     return tf.cast(outputs, tf.float32)
+

@@ -14,6 +14,8 @@ import keras_hub
 import tensorflow as tf
 
 from tf_ppo.config import OBJECT_MARK, ConfigError, ModelConfig  # noqa: F401  ModelConfig: used by the doctests
+from tf_ppo.models.families import causal_lm_class
+from tf_ppo.models.inputs import model_inputs
 
 
 def load_tokenizer(vocabulary, merges):
@@ -83,7 +85,7 @@ def policy_from_config(config, tokenizer):
     if isinstance(preset, str):
         _check_preset_name(preset)
         with _download_errors_named(preset):
-            return keras_hub.models.CausalLM.from_preset(preset)
+            return causal_lm_class(preset).from_preset(preset)
     if preset is not None:
         return preset
     return build_policy(config.model, tokenizer.vocabulary_size(), tokenizer)
@@ -178,7 +180,7 @@ def build_weights(model):
     """
     if not model.built:  # a subclassed model creates its weights on its first call
         # Two tokens, not one: attention over a single position makes Keras warn about a size-1 softmax.
-        model({"token_ids": tf.zeros([1, 2], tf.int32), "padding_mask": tf.ones([1, 2], tf.bool)})
+        model(model_inputs(model, tf.zeros([1, 2], tf.int32)))
     return model
 
 

@@ -42,6 +42,7 @@ from tf_ppo.data import DataError, start_token_ids
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
 from tf_ppo.models import AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, tokenizer_for
+from tf_ppo.models.inputs import model_inputs
 from tf_ppo.preference.losses import preference_loss
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.preference.reward_training import read_preferences, split_rows
@@ -174,7 +175,7 @@ def sequence_logps(model, token_ids, padding_mask, response_mask, training=False
     >>> int(count[0]), bool(logps[0] < 0)
     (1, True)
     """
-    logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)  # [N, L, V]
+    logits = model(model_inputs(model, token_ids, padding_mask), training=training)  # [N, L, V]
     logps = masked.logprobs_from_logits(tf.cast(logits[:, :-1], tf.float32), token_ids[:, 1:])  # [N, L - 1]
     mask = tf.cast(response_mask, tf.float32)
     return tf.reduce_sum(logps * mask, axis=1), tf.reduce_sum(mask, axis=1)

@@ -22,6 +22,7 @@ from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig  # noqa: F401  used by the doctests
 from tf_ppo.data import DataError, prepend_start_token
 from tf_ppo.models import load_tokenizer  # noqa: F401  used by the doctests
+from tf_ppo.models.inputs import model_inputs
 
 
 def join_texts(prompts, responses):
@@ -94,7 +95,7 @@ class RewardModel(keras.Model):
         self.head.build([None, self.backbone.hidden_dim])
 
     def call(self, inputs):
-        hidden_states = self.backbone(inputs)  # [batch, length, hidden]
+        hidden_states = self.backbone(model_inputs(self.backbone, inputs["token_ids"], inputs["padding_mask"]))
         if isinstance(hidden_states, dict):  # encoder backbones (BERT, ...) return several outputs
             hidden_states = hidden_states["sequence_output"]
         last = tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), axis=1) - 1  # [batch] last real token

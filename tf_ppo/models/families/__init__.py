@@ -17,7 +17,10 @@ Example:
 'KerasHubCache'
 """
 
+import keras_hub
+
 from tf_ppo.models.families import gemma3, gemma3n, generic, gpt2, qwen3_5
+from tf_ppo.models.families.support import UNSUPPORTED_TASKS, preset_backbone_class
 
 # The families with code of their own; any other model uses generic.Adapter.
 FAMILIES = (gpt2.Adapter, gemma3.Adapter, gemma3n.Adapter, qwen3_5.Adapter)
@@ -31,3 +34,26 @@ def adapter_for(model):
 def decoder_for(model):
     """The fastest decoding cache that serves `model`: its family adapter's."""
     return adapter_for(model).decoder(model)
+
+
+def causal_lm_classes():
+    """Every `CausalLM` class keras-hub exports (`keras_hub.models.*CausalLM`), in name order."""
+    return [cls for name, cls in sorted(vars(keras_hub.models).items())
+            if isinstance(cls, type) and issubclass(cls, keras_hub.models.CausalLM) and cls is not keras_hub.models.CausalLM]
+
+
+def causal_lm_class(preset):
+    """The `CausalLM` class to load a local preset directory with: the one of its backbone class.
+
+    `keras_hub.models.CausalLM.from_preset` takes the first task class registered for the backbone,
+    which for Gemma 4 is the speculative-decoding assistant, not `Gemma4CausalLM`. A preset name
+    (a download) or a directory without config.json gets the generic `CausalLM`.
+
+    Example:
+    >>> causal_lm_class("gpt2_base_en").__name__
+    'CausalLM'
+    """
+    backbone = preset_backbone_class(preset)
+    matches = [cls for cls in causal_lm_classes()
+               if getattr(cls.backbone_cls, "__name__", None) == backbone and cls.__name__ not in UNSUPPORTED_TASKS]
+    return matches[0] if matches else keras_hub.models.CausalLM

@@ -38,6 +38,7 @@ class Adapter:
     """
 
     packs_prompts = False  # whether `packed_logits` can run the family
+    fixed_length = None  # the sequence length the SavedModel's score and value pad to; None = any length
 
     @staticmethod
     def matches(model):

@@ -24,6 +24,10 @@ class Adapter(generic.Adapter):
     False
     """
 
+    # keras-hub 0.32's gated delta-net branches in Python on the sequence length (`if pad_size > 0`), so its
+    # forward pass traces for static lengths only: the SavedModel's score and value pad to this many tokens.
+    fixed_length = 512
+
     @staticmethod
     def matches(model):
         return isinstance(model, (keras_hub.models.Qwen3_5CausalLM, keras_hub.models.Qwen3_5MoeCausalLM))
@@ -38,7 +42,7 @@ class RecurrentCache(generic.KerasHubCache):
 
     def start(self, prompt_ids):
         # keras-hub builds its cache by prefilling: one token gives the layout, zeros make it the empty state.
-        first = prompt_ids[:, :1]
+        first = tf.reshape(prompt_ids[:, :1], [-1, 1])  # width 1 statically, also when the prompts' is not
         cache = self.model._build_cache(first, **text_only_inputs(self.model._build_cache, first))[1]
         return tf.nest.map_structure(tf.zeros_like, cache)
 
