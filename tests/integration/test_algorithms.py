@@ -72,8 +72,8 @@ def test_no_critic_is_built_checkpointed_or_saved(finished):
 
 # Checkpoints and resume are the run's and the learner's, which read no algorithm's fields
 # (tests/unit/test_structure.py); the critic-free algorithms keep no state of their own across updates (a fixed
-# KL coefficient). So each way in is shown on GRPO (with a reference), the hard kill on every algorithm, and
-# PPO's adaptive KL controller in tests/integration/test_reliability.py.
+# KL coefficient). So each way in (a lost checkpoint, SIGKILL, SIGTERM) is shown on GRPO with a reference, and
+# PPO's adaptive KL controller and its critic in tests/integration/test_reliability.py.
 @pytest.mark.parametrize("finished", ["grpo"], indirect=True)
 def test_resume_from_the_first_checkpoint_ends_at_the_same_weights(finished, tmp_path):
     name, _, straight = finished
@@ -98,6 +98,7 @@ PPOTrainer(algorithm_config(pathlib.Path(sys.argv[1]), sys.argv[2]), reward_fn=v
 """
 
 
+@pytest.mark.parametrize("finished", ["grpo"], indirect=True)
 def test_sigkill_mid_run_then_resume_ends_at_the_uninterrupted_runs_weights(finished, tmp_path):
     name, _, straight = finished
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -162,6 +163,7 @@ def test_a_nan_advantage_skips_the_step_inside_the_graph(finished):
         np.testing.assert_array_equal(old, variable.numpy())
 
 
+@pytest.mark.parametrize("finished", ["grpo"], indirect=True)  # the export reads no algorithm's fields
 def test_export_serves_generation_without_a_value_signature(finished, tmp_path):
     name, _, result = finished
     export(result, tmp_path / "export")

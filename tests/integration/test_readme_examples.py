@@ -53,7 +53,7 @@ def training_blocks():
 def few_updates(tmp_path, monkeypatch, sft_policy_path, arithmetic_sft_path):
     """tf_ppo's configs cut to a smoke run, in an empty working directory."""
     pairs = tmp_path / "pairs.csv"
-    pd.read_csv(tf_ppo.PPOConfig().dpo.preferences_csv).head(64).to_csv(pairs, index=False)
+    pd.read_csv(tf_ppo.PPOConfig().dpo.preferences_csv).sample(64, random_state=0).to_csv(pairs, index=False)
     real = tf_ppo.PPOConfig
     short = {"total_updates": 2, "eval_size": 16}
     preference_data = {"epochs": 1, "preferences_csv": str(pairs), "heldout_fraction": 0.25}
@@ -81,8 +81,8 @@ def test_the_block_runs_as_pasted(document, code, few_updates):
         assert after["heldout_kl"] <= claims["max_heldout_kl"], after
     if "min_fluency" in claims:
         assert after["fluency"] >= claims["min_fluency"], after
-    for run in few_updates.glob("runs/*"):  # every run the block started finished and recorded its config
-        assert json.loads((run / "config.json").read_text())["total_updates"] == 2, run
+    for config_file in few_updates.glob("runs/*/config.json"):  # each run the block started ran the short config
+        assert json.loads(config_file.read_text())["total_updates"] == 2, config_file
 
 
 def test_every_training_block_is_found():

@@ -37,9 +37,10 @@ def decoder_for(model):
 
 
 def causal_lm_classes():
-    """Every `CausalLM` class keras-hub exports (`keras_hub.models.*CausalLM`), in name order."""
+    """Every model class keras-hub exports as a `CausalLM` (its Seq2SeqLMs too), in name order; no base classes."""
     return [cls for name, cls in sorted(vars(keras_hub.models).items())
-            if isinstance(cls, type) and issubclass(cls, keras_hub.models.CausalLM) and cls is not keras_hub.models.CausalLM]
+            if isinstance(cls, type) and issubclass(cls, keras_hub.models.CausalLM)
+            and getattr(cls, "backbone_cls", None) is not None]
 
 
 def causal_lm_class(preset):

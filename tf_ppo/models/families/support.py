@@ -23,14 +23,19 @@ UNSUPPORTED = {
                                     "training step its logits are not those generate() samples from"),
     "RWKV7Backbone": ("RWKV-7", "a recurrent model whose keras-hub cache has no position index; tf_ppo's sampler "
                                 "and scoring step a transformer's positions"),
-    "Gemma4AssistantBackbone": ("Gemma 4 assistant", "a draft model for Gemma 4's speculative decoding; it borrows "
-                                                     "its target's cache and does not generate on its own"),
     "PaliGemmaBackbone": ("PaliGemma", "a vision-language model: its text generation needs an image"),
     "BLIP2Backbone": ("BLIP-2", "a vision-language model: its text generation needs an image"),
     "PARSeqBackbone": ("PARSeq", "a scene-text recogniser: it reads an image, not a prompt"),
+    "MoonshineBackbone": ("Moonshine", "a speech recogniser: it reads audio, not a prompt"),
+    **{backbone: (family, "an encoder-decoder (sequence-to-sequence) model; tf_ppo trains decoder-only causal LMs")
+       for backbone, family in (("BartBackbone", "BART"), ("T5Backbone", "T5"), ("T5GemmaBackbone", "T5Gemma"),
+                                ("T5Gemma2Backbone", "T5Gemma 2"), ("EdRecBackbone", "EdRec"))},
 }
 # CausalLM classes whose backbone is shared with a supported class, refused by class name.
-UNSUPPORTED_TASKS = {"Gemma4AssistantCausalLM": UNSUPPORTED["Gemma4AssistantBackbone"]}
+UNSUPPORTED_TASKS = {
+    "Gemma4AssistantCausalLM": ("Gemma 4 assistant", "a draft model for Gemma 4's speculative decoding; it borrows "
+                                                     "its target's cache and does not generate on its own"),
+}
 
 
 def unsupported_reason(backbone_class_name):
