@@ -33,7 +33,8 @@ from tf_ppo.sft import default_policy  # noqa: E402
 LONGEST_SCOPES_FIRST = (
     "tests/notebooks/test_tutorials.py::TestNotebooksWithTheArticlesCode", "tests/unit/tasks/test_arithmetic.py",
     "tests/notebooks/test_tutorials.py::TestNotebooksProjectScaleAndFAQ", "tests/integration/test_distribute.py",
-    "tests/integration/test_algorithms.py", "tests/integration/test_reliability.py",
+    "tests/integration/test_every_family.py", "tests/integration/test_algorithms.py",
+    "tests/integration/test_reliability.py", "tests/integration/test_readme_examples.py",
     "tests/integration/test_rl_trainer.py", "tests/integration/test_presets.py", "tests/integration/test_first_run.py",
     "tests/unit/preference/test_reward_model.py", "tests/integration/test_benchmarks.py",
     "tests/integration/test_dpo.py", "tests/integration/test_export.py", "tests/unit/models/test_precision.py",
