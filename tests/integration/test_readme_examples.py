@@ -30,7 +30,8 @@ NEEDS_THE_NETWORK = {
 # break it.
 CLAIMS = {
     "beta=0.3, total_updates=100": {"max_heldout_kl": 2.88, "min_fluency": 0.9},  # "+0.604 at 2.88 nats"
-    "callbacks=": {"max_heldout_kl": 3.0, "min_fluency": 0.9},  # README: what the callback example reaches
+    # README: the callback example ends at KL 0.29 and 92% fluent; fluency here is of 16 held-out samples.
+    "callbacks=": {"max_heldout_kl": 0.29, "min_fluency": 0.85},
 }
 
 
