@@ -19,11 +19,11 @@ Example:
 
 import keras_hub
 
-from tf_ppo.models.families import gemma3, gemma3n, generic, gpt2, qwen3_5
+from tf_ppo.models.families import gemma3, generic, gpt2, qwen3_5
 from tf_ppo.models.families.support import UNSUPPORTED_TASKS, preset_backbone_class
 
 # The families with code of their own; any other model uses generic.Adapter.
-FAMILIES = (gpt2.Adapter, gemma3.Adapter, gemma3n.Adapter, qwen3_5.Adapter)
+FAMILIES = (gpt2.Adapter, gemma3.Adapter, qwen3_5.Adapter)
 
 
 def adapter_for(model):

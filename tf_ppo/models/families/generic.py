@@ -70,7 +70,7 @@ class KerasHubCache:
     (TensorShape([1, 1, 50]), TensorShape([1, 1, 2, 5, 2, 8]))
     """
 
-    position_axis = 3  # of keras-hub's stacked cache; Gemma 3n's is 4
+    position_axis = 3  # of keras-hub's stacked cache `[batch, layers, 2, S, heads, head_dim]`
 
     def __init__(self, model):
         self.model = model

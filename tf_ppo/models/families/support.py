@@ -39,7 +39,7 @@ UNSUPPORTED_TASKS = {
 
 
 def unsupported_reason(backbone_class_name):
-    """"Family: reason" when tf_ppo cannot train models of this backbone class, else None.
+    """The family and reason ("RWKV-7: ...") when tf_ppo cannot train this backbone class, else None.
 
     Example:
     >>> unsupported_reason("GPT2Backbone") is None
