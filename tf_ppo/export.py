@@ -181,7 +181,8 @@ def keras_serving_functions_off():
     (`TFLayer._default_save_signature`, private), and saving traces it for each model the module holds,
     at any sequence length. The SavedModel's signatures are `PolicyModule`'s; that extra trace only costs
     time, and fails for a family that traces at static lengths only (Qwen 3.5). The one place tf_ppo
-    touches this Keras internal; tests/integration/test_export.py fails if Keras renames it.
+    touches this Keras internal: if Keras moves or renames it, every export fails at once (ImportError or
+    KeyError), so do tests/integration/test_export.py and the Qwen 3.5 export of test_every_family.py.
     """
     original = TFLayer.__dict__["_default_save_signature"]
     TFLayer._default_save_signature = property(lambda layer: None)
