@@ -182,9 +182,9 @@ def test_config_json_records_the_versions_and_no_section_the_run_did_not_read(fi
     assert PPOConfig.from_file(result.run_dir / "config.json") == result.config  # the sections left out: defaults
 
 
-# Each algorithm once, each dtype with and without a reference model (GRPO at beta 0 has none).
+# Each dtype with and without a reference model (GRPO at beta 0 has none); the algorithms differ in their
+# advantages only (float64-tested), not in how LoRA or a dtype policy enters the loop.
 @pytest.mark.parametrize("name, dtype", [("grpo", "mixed_bfloat16"), ("grpo", "mixed_float16"),
-                                         ("rloo", "mixed_bfloat16"), ("reinforce_pp", "mixed_float16"),
                                          ("reinforce_pp_baseline", "mixed_bfloat16")])
 def test_lora_and_mixed_precision_with_and_without_a_reference(name, dtype, tmp_path, sft_policy_path):
     beta = 0.0 if name == "grpo" else None  # GRPO with beta 0: no reference; the others: their default beta

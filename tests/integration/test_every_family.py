@@ -88,7 +88,9 @@ def exports_and_generates(result, export_dir, family):
         assert np.isfinite(score["sum_logprobs"].numpy()).all() and score["lengths"].numpy()[0] > 0, family
 
 
-@pytest.mark.parametrize("family", TRAINED)
+# The families with code of their own (Gemma 3's and Qwen 3.5's caches, Gemma 4's inputs) and a generic MoE;
+# GPT-2's trains throughout the suite. All 21 here took 10 worker-minutes, a third of the suite's bar.
+@pytest.mark.parametrize("family", ["gemma3", "gemma4", "qwen3_5", "mixtral"])
 def test_two_grpo_updates_then_export(family, tmp_path):
     result = tiny_run(tmp_path, family, algorithm="grpo", num_generations=4, beta=0.04)
     assert len(result.history) == 2 and all(row["skipped_steps"] == 0 for row in result.history)
