@@ -104,22 +104,29 @@ def relative_difference(got, expected):
     return max(np.abs(a - b).max() for a, b in zip(got, expected)) / max(np.abs(b).max() for b in expected)
 
 
+@pytest.fixture(scope="module")
+def one_device_ppo(tmp_path_factory, sft_policy_path):
+    """The one-device PPO run (weights, report) both PPO comparisons below are made against: run once."""
+    return run_two_device_script("ppo", "default", tmp_path_factory.mktemp("one-device"), xla=True)
+
+
 def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_no_strategy(tmp_path,
-                                                                                          sft_policy_path):
+                                                                                          one_device_ppo):
     # XLA on: the optimiser step is one XLA computation inside strategy.run's replica context.
     mirrored, _ = run_two_device_script("ppo", "mirrored_one_device", tmp_path, xla=True)
-    single, _ = run_two_device_script("ppo", "default", tmp_path, xla=True)
+    single, _ = one_device_ppo
     assert relative_difference(mirrored, single) <= 1e-5
 
 
 # RLOO and REINFORCE++ are left out: their groups split over replicas as GRPO's do, and their global whitening
 # is REINFORCE++-baseline's.
 @pytest.mark.parametrize("stage", ["ppo", "grpo", "reinforce_pp_baseline", "sft", "dpo"])
-def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path):
+def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path, request):
     # Default settings: XLA samples and scores on each replica (compiled_per_replica), the optimiser step is not
     # compiled on two; the same noise either way.
     mirrored, report = run_two_device_script(stage, "mirrored", tmp_path, xla=True)
-    single, single_report = run_two_device_script(stage, "default", tmp_path, xla=True)
+    single, single_report = (request.getfixturevalue("one_device_ppo") if stage == "ppo"
+                             else run_two_device_script(stage, "default", tmp_path, xla=True))
     assert relative_difference(mirrored, single) <= 1e-5
     if stage not in ("sft", "dpo"):
         assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
