@@ -168,8 +168,8 @@ def launch_workers(argv, workers):
                                          daemon=True))
         printers[-1].start()
         processes.append(process)
-    ctrl_c = []  # the workers got the same Ctrl-C: wait for their checkpoint rather than die with a traceback
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+    # The workers got the same Ctrl-C: wait for their checkpoint rather than die with a traceback.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = _wait_for_workers(processes)
     finally:
