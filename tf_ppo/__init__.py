@@ -14,6 +14,7 @@ from tf_ppo.rl.functional import estimators, ppo
 from tf_ppo.config import (ConfigError, DPOConfig, GRPOConfig, ModelConfig, PPOConfig, RewardConfig, RLConfig, RLOOConfig,
                            SFTConfig, UnknownFieldError)
 from tf_ppo.data import DataError, load_prompts
+from tf_ppo.chat import ChatError, register_chat_template
 from tf_ppo.preference.dpo import DPOResult, DPOTrainer, dpo
 from tf_ppo.export import ExportError, export, save_preset
 from tf_ppo.rl.rewards import RewardError, word_count_reward
@@ -52,6 +53,8 @@ __all__ = [
     "export",
     "save_preset",
     "load_prompts",
+    "ChatError",
+    "register_chat_template",
     "RewardError",
     "sentiment_reward",
     "word_count_reward",

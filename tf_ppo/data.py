@@ -5,6 +5,11 @@ The CSV format is the article's: columns `input_text` (the prompt) and
 from tensorflow-datasets (`"tfds:imdb_reviews"`), a `tf.data.Dataset` of
 strings or a Python list (`load_prompts`).
 
+A prompt may also be a conversation in TRL's format, a list of `{"role",
+"content"}` messages: from Python, a JSON Lines file (one `{"prompt": [...]}`
+per line, as TRL's datasets) or a CSV `input_text` column of JSON. It is
+rendered with the family's chat template (`tf_ppo.chat`).
+
 Token layout. Every sequence starts with the tokenizer's start token
 (`<|endoftext|>` for GPT-2, `<|begin_of_text|>` for Llama 3, `</s>` for OPT;
 none if the tokenizer has none), so the first real word has a context. Prompts are
@@ -13,6 +18,7 @@ absolute positions correct for every row, and fixed shapes mean the compiled
 steps are traced once.
 """
 
+import json
 import pathlib
 import warnings
 
@@ -22,6 +28,8 @@ import tensorflow as tf
 
 PROMPT_COLUMN = "input_text"
 TARGET_COLUMN = "target"
+JSONL_PROMPT_KEYS = ("prompt", PROMPT_COLUMN)  # TRL's key, then the CSV's column name
+ROLES = ("system", "user", "assistant")
 
 
 class DataError(ValueError):
@@ -46,9 +54,109 @@ def read_prompt_csv(path, require_target=False):
         raise DataError(f"{path}: missing column(s) {missing}; found {frame.columns.tolist()}")
     if frame.empty:
         raise DataError(f"{path}: no rows")
+    if PROMPT_COLUMN in frame.columns:
+        frame[PROMPT_COLUMN] = [json_conversation(cell) for cell in frame[PROMPT_COLUMN]]
     for column in required:
-        check_texts(frame[column].tolist(), f"{path}: column {column!r}")
+        check_prompts(frame[column].tolist(), f"{path}: column {column!r}", conversations=column == PROMPT_COLUMN)
     return frame
+
+
+def json_conversation(cell):
+    """A CSV cell holding a JSON list of messages, parsed; any other cell unchanged.
+
+    Example:
+    >>> json_conversation('[{"role": "user", "content": "hi"}]'), json_conversation("[hi]")
+    ([{'role': 'user', 'content': 'hi'}], '[hi]')
+    """
+    if not (isinstance(cell, str) and cell.lstrip().startswith("[{")):
+        return cell
+    try:
+        parsed = json.loads(cell)
+    except json.JSONDecodeError:
+        return cell
+    return parsed if is_conversation(parsed) else cell
+
+
+def read_prompt_jsonl(path):
+    """Prompts from a JSON Lines file: one object per line with a `prompt` (or `input_text`) text or conversation.
+
+    Example:
+        read_prompt_jsonl("prompts.jsonl")  # [[{"role": "user", "content": "2 + 2 ?"}], ...]
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    prompts = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_number}: not JSON ({error.msg})") from error
+        key = next((key for key in JSONL_PROMPT_KEYS if isinstance(row, dict) and key in row), None)
+        if key is None:
+            raise DataError(f"{path}, line {line_number}: expected an object with a {JSONL_PROMPT_KEYS[0]!r} key, "
+                            f"got {line.strip()[:80]!r}")
+        prompts.append(row[key])
+    check_prompts(prompts, str(path), conversations=True)
+    return prompts
+
+
+def is_conversation(prompt):
+    """True for a list of message dicts (TRL's conversational format), False for text.
+
+    Example:
+    >>> is_conversation([{"role": "user", "content": "hi"}]), is_conversation("hi")
+    (True, False)
+    """
+    return isinstance(prompt, (list, tuple)) and all(isinstance(message, dict) for message in prompt)
+
+
+def check_conversation(messages, where):
+    """Raise `DataError` naming the message that is not `{"role": one of ROLES, "content": text}`.
+
+    Example:
+    >>> check_conversation([{"role": "robot", "content": "hi"}], "row 3")
+    Traceback (most recent call last):
+    ...
+    tf_ppo.data.DataError: row 3, message 0: unknown role 'robot'; expected one of ('system', 'user', 'assistant')
+    """
+    if not messages:
+        raise DataError(f"{where}: an empty conversation; expected a list of {{'role', 'content'}} messages")
+    for index, message in enumerate(messages):
+        if message.get("role") not in ROLES:
+            raise DataError(f"{where}, message {index}: unknown role {message.get('role')!r}; expected one of "
+                            f"{ROLES}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"{where}, message {index}: content must be text, got {message.get('content')!r:.80}")
+    if messages[-1]["role"] == "assistant":
+        raise DataError(f"{where}: the conversation ends with an assistant message; a prompt ends where the "
+                        f"assistant's reply starts")
+
+
+def check_prompts(prompts, where, conversations=True):
+    """Raise `DataError` naming the first bad row: all texts, or (if allowed) all conversations.
+
+    Example:
+    >>> check_prompts(["a", [{"role": "user", "content": "b"}]], "prompts")
+    Traceback (most recent call last):
+    ...
+    tf_ppo.data.DataError: prompts: row 1 is a conversation, row 0 is text; all prompts must be one or the other
+    """
+    if len(prompts) == 0:
+        raise DataError(f"{where}: no rows")
+    if not conversations or not any(isinstance(prompt, (list, tuple)) for prompt in prompts):
+        return check_texts(prompts, where)
+    for row, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            other = next(i for i, p in enumerate(prompts) if isinstance(p, (list, tuple)))
+            raise DataError(f"{where}: row {other} is a conversation, row {row} is text; all prompts must be one "
+                            f"or the other")
+        if not is_conversation(prompt):
+            raise DataError(f"{where}: row {row} is {type(prompt).__name__} {prompt!r:.80}; expected a list of "
+                            f"{{'role', 'content'}} messages")
+        check_conversation(prompt, f"{where}: row {row}")
 
 
 def check_texts(texts, where):
@@ -70,7 +178,10 @@ def check_texts(texts, where):
 
 
 def load_prompts(source):
-    """Prompt texts from a list, a `tf.data.Dataset`, a CSV path, `"tfds:NAME[:SPLIT]"` or pandas.
+    """Prompts from a list, a `tf.data.Dataset`, a CSV or JSON Lines path, `"tfds:NAME[:SPLIT]"` or pandas.
+
+    A prompt is a text, or a conversation (a list of `{"role", "content"}`
+    messages) from a list, a JSON Lines file or a CSV column of JSON.
 
     A tensorflow-datasets source reads the split (default `train`, slicing
     such as `train[:2000]` allowed) and takes its `text` feature, as TRL's IMDB
@@ -80,7 +191,8 @@ def load_prompts(source):
 
     Raises:
         DataError: a DataFrame without an `input_text` column (names the
-            columns found), or a DataFrame or Series cell that is not text.
+            columns found), a cell that is not text, or a conversation with
+            an unknown role or no messages (names the row and message).
 
     Example:
     >>> load_prompts(tf.data.Dataset.from_tensor_slices(["the film", "a plot"]))
@@ -97,9 +209,13 @@ def load_prompts(source):
 
         name, _, split = str(source)[len("tfds:"):].partition(":")
         return _dataset_texts(tfds.load(name, split=split or "train"), source)
+    if isinstance(source, (str, pathlib.Path)) and pathlib.Path(source).suffix in (".jsonl", ".json"):
+        return read_prompt_jsonl(source)
     if isinstance(source, (str, pathlib.Path)):
         return read_prompt_csv(source)[PROMPT_COLUMN].tolist()
-    return list(source)
+    prompts = list(source)
+    check_prompts(prompts, "the prompt list")
+    return prompts
 
 
 def _pandas_texts(source):
@@ -138,17 +254,18 @@ def prompt_token_counts(count, low, high, seed):
     return np.random.default_rng(seed).integers(low, high + 1, size=count)
 
 
-def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_tokens=None):
+def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_tokens=None, chat=None):
     """Tokenise prompts: start token + prompt, right-padded.
 
     Args:
         tokenizer: a keras-hub tokenizer with `start_token_id`/`pad_token_id`.
-        prompts: list of N strings.
+        prompts: list of N strings, or of N conversations.
         max_prompt_length: the padded width P (start token included).
         truncate: cut longer prompts to their last P - 1 tokens (with a warning)
             instead of raising; the end of a prompt is what the response continues.
         keep_tokens: int `[N]` or None; keep only the first `keep_tokens[i]`
             tokens of prompt i (a review's opening as the prompt).
+        chat: the `tf_ppo.chat.ChatFormat` that renders conversations, or None.
 
     Returns:
         `(token_ids, lengths)`: int32 `[N, P]` and int32 `[N]` (real tokens per row).
@@ -164,14 +281,11 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     >>> ids.shape, lengths.tolist()
     ((1, 8), [4])
     """
-    check_texts(prompts, "prompts")
-    if keep_tokens is not None:
-        # A word is at least one token, and byte-level BPE splits words before merging, so the first
-        # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
-        prompts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(prompts, keep_tokens)]
-    token_lists = _tokenize(tokenizer, prompts)
-    if keep_tokens is not None:
-        token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
+    check_prompts(prompts, "prompts")
+    if is_conversation(prompts[0]):
+        token_lists = _conversation_token_lists(prompts, keep_tokens, chat)
+    else:
+        token_lists = _text_token_lists(tokenizer, prompts, keep_tokens)
     start = start_token_ids(tokenizer)
     token_lists = [start + ids for ids in token_lists]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
@@ -179,7 +293,7 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     if too_long.size and not truncate:
         row = int(too_long[0])
         raise DataError(f"prompt row {row} has {lengths[row]} tokens (start token included), more than "
-                        f"max_prompt_length={max_prompt_length}: {prompts[row]!r} (or set truncate_prompts=True)")
+                        f"max_prompt_length={max_prompt_length}: {prompts[row]!r:.200} (or set truncate_prompts=True)")
     if too_long.size:
         warnings.warn(f"{too_long.size} of {len(prompts)} prompts cut to their last {max_prompt_length - 1} "
                       f"tokens (max_prompt_length={max_prompt_length}); first: row {int(too_long[0])}")
@@ -189,8 +303,30 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
 
 
-def encode_sft_examples(tokenizer, prompts, targets, max_length):
+def _conversation_token_lists(conversations, keep_tokens, chat):
+    if chat is None:
+        raise DataError("the prompts are conversations, but no chat template renders them here")
+    if keep_tokens is not None:
+        raise DataError("prompt_tokens_min/max keep a text's first words; the prompts are conversations")
+    return [chat.prompt_ids(messages) for messages in conversations]
+
+
+def _text_token_lists(tokenizer, prompts, keep_tokens):
+    if keep_tokens is not None:
+        # A word is at least one token, and byte-level BPE splits words before merging, so the first
+        # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
+        prompts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(prompts, keep_tokens)]
+    token_lists = _tokenize(tokenizer, prompts)
+    if keep_tokens is not None:
+        token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
+    return token_lists
+
+
+def encode_sft_examples(tokenizer, prompts, targets, max_length, chat=None):
     """Tokenise `start + prompt + " " + target + end` for next-token training.
+
+    A conversation prompt is rendered with `chat` (a `tf_ppo.chat.ChatFormat`),
+    and its target, the assistant's reply, ends with the template's end of turn.
 
     Returns:
         `(token_ids, padding_mask)`: int32 `[N, max_length]`, bool `[N, max_length]`;
@@ -203,9 +339,14 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length):
     >>> int(mask.sum())
     7
     """
-    texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
-    start, end = start_token_ids(tokenizer), [tokenizer.end_token_id]
-    token_lists = [start + ids + end for ids in _tokenize(tokenizer, texts)]
+    start = start_token_ids(tokenizer)
+    if is_conversation(prompts[0]):
+        replies = _tokenize(tokenizer, targets)
+        token_lists = [start + ids + reply + [chat.reply_end_id]
+                       for ids, reply in zip(_conversation_token_lists(prompts, None, chat), replies)]
+    else:
+        texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
+        token_lists = [start + ids + [tokenizer.end_token_id] for ids in _tokenize(tokenizer, texts)]
     token_lists = [ids[:max_length] for ids in token_lists]
     mask = np.array([[i < len(ids) for i in range(max_length)] for ids in token_lists])
     return _pad(token_lists, max_length, tokenizer.pad_token_id), mask

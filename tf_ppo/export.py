@@ -28,6 +28,7 @@ from keras.src.backend.tensorflow.layer import TFLayer  # private: see keras_ser
 
 from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
+from tf_ppo.chat import chat_format, stop_token_ids
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import prepend_start_token
 from tf_ppo.models import enable_lora, load_tokenizer, policy_from_config, tokenizer_for
@@ -60,7 +61,8 @@ class PolicyModule(tf.Module):
         self.tokenizer = tokenizer
         self.value_model = value_model
         self.default_max_new_tokens = default_max_new_tokens
-        self.end_token_id = tokenizer.end_token_id
+        # Completions stop where training's did: at the end token, or the family's end of turn.
+        self.stop_token_ids = stop_token_ids(tokenizer, chat_format(tokenizer, None, type(policy).__name__))
         if value_model is not None:  # saving traces every tf.function attribute, so only attach it when usable
             self.value = compiled(self._value, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
 
@@ -78,10 +80,10 @@ class PolicyModule(tf.Module):
         prompt_ids, prompt_lengths = self._encode(prompts, with_start=True)
         sequence_ids = generate(self.policy, prompt_ids, prompt_lengths, tf.stack([seed, 0]), max_new_tokens,
                                 temperature, top_k)
-        responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.end_token_id)
-        completions = self.tokenizer.detokenize(response_tokens(responses, self.end_token_id))
+        responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.stop_token_ids)
+        completions = self.tokenizer.detokenize(response_tokens(responses, self.stop_token_ids))
         token_ids = tf.where(responses.mask, responses.token_ids, self.tokenizer.pad_token_id)  # not what followed
-        return {"completions": completions, "token_ids": token_ids,  # the end token (in `lengths` too)
+        return {"completions": completions, "token_ids": token_ids,  # the stop token (in `lengths` too)
                 "lengths": tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)}
 
     @compiled(input_signature=[tf.TensorSpec([None], tf.string)])

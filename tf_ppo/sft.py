@@ -19,8 +19,9 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, run_config
 from tf_ppo.training.distribute import resolve_strategy
-from tf_ppo.data import encode_sft_examples, read_prompt_csv
-from tf_ppo.models import copy_model, policy_from_config, tokenizer_for
+from tf_ppo.chat import chat_format, check_chat_template, no_template_error
+from tf_ppo.data import PROMPT_COLUMN, TARGET_COLUMN, encode_sft_examples, is_conversation, read_prompt_csv
+from tf_ppo.models import copy_model, family_for, policy_from_config, tokenizer_for
 from tf_ppo.models.inputs import model_inputs
 from tf_ppo.training.checkpoints import atomic_directory
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
@@ -78,8 +79,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
     config = run_config(config, "sft")
     keras.utils.set_random_seed(config.sft.seed)
     tokenizer = tokenizer_for(config, policy)
-    train_ids, train_mask = _encode_csv(tokenizer, config.sft.train_csv, config.sft.max_length)
-    heldout_ids, heldout_mask = _encode_csv(tokenizer, config.eval_prompts_csv, config.sft.max_length)
+    frames = [read_prompt_csv(path, require_target=True) for path in (config.sft.train_csv, config.eval_prompts_csv)]
+    check_chat_template(frames[0][PROMPT_COLUMN].tolist(), config.model.chat_template, family_for(config, policy))
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if config.sft.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"SFTConfig.batch_size {config.sft.batch_size} must be divisible by the "
@@ -93,6 +94,9 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         source = policy if policy is not None else policy_from_config(config, tokenizer)
         policy = source if built_here and source.dtype_policy.name == dtype else copy_model(source, dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
+    chat = chat_format(tokenizer, config.model.chat_template, type(source).__name__)  # None: no template
+    (train_ids, train_mask), (heldout_ids, heldout_mask) = [
+        _encode(tokenizer, frame, config.sft.max_length, chat, type(source).__name__) for frame in frames]
 
     def loss_fn(batch):
         token_ids, padding_mask = batch
@@ -170,9 +174,11 @@ def starting_policy(config, tokenizer=None, show_progress=True, strategy=None):
     return policy_from_config(config, tokenizer or tokenizer_for(config))
 
 
-def _encode_csv(tokenizer, path, max_length):
-    frame = read_prompt_csv(path, require_target=True)
-    return encode_sft_examples(tokenizer, frame["input_text"].tolist(), frame["target"].tolist(), max_length)
+def _encode(tokenizer, frame, max_length, chat, family):
+    prompts = frame[PROMPT_COLUMN].tolist()
+    if chat is None and is_conversation(prompts[0]):
+        raise no_template_error(family)
+    return encode_sft_examples(tokenizer, prompts, frame[TARGET_COLUMN].tolist(), max_length, chat)
 
 
 def _cache_dir():

@@ -6,7 +6,10 @@ against keras-hub's own greedy `generate_step` and against the argmax of the ful
 log-probs scoring computes against that forward pass.
 """
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 from tests.presets import FAMILIES, causal_lm, save_tiny_preset
@@ -68,12 +71,29 @@ def test_greedy_decoding_equals_keras_hub_and_scoring_equals_the_forward_pass(fa
     np.testing.assert_allclose(scored.numpy(), expected, atol=1e-5)
 
 
-def tiny_run(tmp_path, family, **changes):
+def tiny_run(tmp_path, family, reward_fn=None, **changes):
     """A 2-update run from `family`'s tiny preset: 8 rollouts, 8 held-out prompts, no XLA (few steps)."""
     preset = save_tiny_preset(family, tmp_path / "preset")
     settings = {"model": preset, "total_updates": 2, "batch_size": 8, "eval_size": 8, "response_length": 8,
                 "run_dir": str(tmp_path / "run"), "train_jit": False, "generation_jit": False, **changes}
-    return tf_ppo.train(tf_ppo.PPOConfig(**settings), show_progress=False)
+    return tf_ppo.train(tf_ppo.PPOConfig(**settings), reward_fn=reward_fn, show_progress=False)
+
+
+def conversations_jsonl(path, rows=64):
+    """The shipped held-out prompts as one-message conversations, in TRL's JSON Lines form."""
+    texts = pd.read_csv(tf_ppo.PPOConfig().eval_prompts_csv).input_text[:rows]
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": text}]}) + "\n" for text in texts))
+    return str(path)
+
+
+TURN_OPENING = {"gemma3": "<start_of_turn>", "gemma4": "<|turn>", "qwen3_5": "<|im_start|>", "mixtral": "[INST]"}
+
+
+def trl_style_reward(prompts, completions, **kwargs):
+    """TRL's conversational reward signature; fails the run if the conversation does not reach it."""
+    assert all(prompt[-1]["role"] == "user" for prompt in prompts)
+    assert all(completion[0]["role"] == "assistant" for completion in completions)
+    return [float(len(completion[0]["content"].split())) for completion in completions]
 
 
 def exports_and_generates(result, export_dir, family):
@@ -88,11 +108,17 @@ def exports_and_generates(result, export_dir, family):
         assert np.isfinite(score["sum_logprobs"].numpy()).all() and score["lengths"].numpy()[0] > 0, family
 
 
-# The families with code of their own (Gemma 3's and Qwen 3.5's caches, Gemma 4's inputs) and a generic MoE;
-# GPT-2's trains throughout the suite. All 21 here took 10 worker-minutes, a third of the suite's bar.
+# The families with code of their own (Gemma 3's and Qwen 3.5's caches, Gemma 4's inputs) and a generic MoE,
+# on chat-formatted prompts (Gemma's, Gemma 4's, ChatML and Mistral's templates); GPT-2's trains throughout the
+# suite. All 21 here took 10 worker-minutes, a third of the suite's bar.
 @pytest.mark.parametrize("family", ["gemma3", "gemma4", "qwen3_5", "mixtral"])
-def test_two_grpo_updates_then_export(family, tmp_path):
-    result = tiny_run(tmp_path, family, algorithm="grpo", num_generations=4, beta=0.04)
+def test_two_grpo_updates_on_conversations_then_export(family, tmp_path):
+    prompts = conversations_jsonl(tmp_path / "prompts.jsonl")
+    result = tiny_run(tmp_path, family, trl_style_reward, algorithm="grpo", num_generations=4, beta=0.04,
+                      prompts=prompts, eval_prompts_csv=prompts, max_prompt_length=32)
     assert len(result.history) == 2 and all(row["skipped_steps"] == 0 for row in result.history)
+    prompt, _ = result.evaluation_after["samples"][0]  # as the policy saw it: rendered with the family's template
+    first = json.loads(open(prompts).readline())["prompt"][0]["content"]
+    assert TURN_OPENING[family] in prompt and first.split()[0] in prompt
     assert all(np.isfinite(weight).all() for weight in result.policy.get_weights())
     exports_and_generates(result, tmp_path / "export", family)

@@ -36,11 +36,12 @@ class PPOConfig(Checked):
                                    'problems, exact-match reward, accuracy and pass@k); sets the data fields '
                                    'left at their defaults')
     # --- data and models
-    prompts: str = field(str(DATA_DIR / "train_data.csv"), 'prompts: a CSV (column input_text) or '
+    prompts: str = field(str(DATA_DIR / "train_data.csv"), 'prompts: a CSV (column input_text, text or a JSON '
+                                                           'conversation), a JSON Lines file of {"prompt": ...} or '
                                                            '"tfds:NAME[:SPLIT]" (e.g. "tfds:imdb_reviews", its '
                                                            '`text` feature)')
-    eval_prompts_csv: str = field(str(DATA_DIR / "heldout_data.csv"), "held-out prompts (column input_text) "
-                                                                      "scored at each evaluation")
+    eval_prompts_csv: str = field(str(DATA_DIR / "heldout_data.csv"), "held-out prompts (any file form of "
+                                                                      "`prompts`) scored at each evaluation")
     vocabulary: str = field(str(DATA_DIR / "vocab.json"), "BPE vocabulary of the tiny model's GPT-2 tokenizer "
                                                           "(a preset brings its own)")
     merges: str = field(str(DATA_DIR / "merges.txt"), "BPE merges that go with `vocabulary`")

@@ -32,9 +32,14 @@ class ModelConfig(Checked):
     intermediate_dim: int = field(512, "width of each block's feed-forward layer")
     max_sequence_length: int = field(64, "the tiny model's context in tokens (>= prompt + response length)")
     dropout: float = field(0.0, "dropout is off in PPO in any case (models run with training=False)")
+    chat_template: str | None = field(None, 'how conversation prompts are written: None = the family\'s template '
+                                            '(tf_ppo.chat), a template\'s name ("chatml", "gemma", ...) or a Jinja '
+                                            'template string, as in a Hugging Face tokenizer_config.json')
 
     def __post_init__(self):
         check_fields(self)
+        if self.chat_template is not None:
+            self._check_chat_template()
         if self.preset is not None and not isinstance(self.preset, str) and not hasattr(self.preset, "backbone"):
             fail(self, "preset", f"must be a preset name, a preset directory or a keras_hub CausalLM, "
                                  f"got {type(self.preset).__name__}")
@@ -52,6 +57,13 @@ class ModelConfig(Checked):
         if self.hidden_dim % self.num_heads:
             fail(self, "hidden_dim", f"must be divisible by num_heads={self.num_heads}, got {self.hidden_dim}")
         check_range(self, "dropout", 0.0, 1.0, include_high=False)
+
+    def _check_chat_template(self):
+        from tf_ppo.chat import TEMPLATES, is_jinja  # imported here: tf_ppo.chat imports TensorFlow
+        if not is_jinja(self.chat_template) and self.chat_template not in TEMPLATES:
+            fail(self, "chat_template", f"must be a template's name ({sorted(TEMPLATES)}; more with "
+                                        f"tf_ppo.register_chat_template) or a Jinja template string, got "
+                                        f"{self.chat_template!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,8 @@ The modules (their public names are all importable from `tf_ppo.models`):
 from tf_ppo.config import OBJECT_MARK, ConfigError, ModelConfig
 from tf_ppo.models.heads import trunk_and_head
 from tf_ppo.models.lora import AdaptersOff, enable_lora
-from tf_ppo.models.policy import (BigramLM, build_backbone, build_policy, build_weights, copy_model, frozen_copy,
-                                  load_tokenizer, policy_from_config, tokenizer_for)
+from tf_ppo.models.policy import (BigramLM, build_backbone, build_policy, build_weights, copy_model, family_for,
+                                  frozen_copy, load_tokenizer, policy_from_config, tokenizer_for)
 from tf_ppo.models.report import parameter_report, weight_bytes
 from tf_ppo.models.value import ValueModel, build_value_model, freeze_output_projection
 
@@ -44,6 +44,7 @@ __all__ = [
     "BigramLM",
     "policy_from_config",
     "tokenizer_for",
+    "family_for",
     "build_backbone",
     "build_policy",
     "build_weights",

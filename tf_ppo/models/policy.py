@@ -91,6 +91,25 @@ def policy_from_config(config, tokenizer):
     return build_policy(config.model, tokenizer.vocabulary_size(), tokenizer)
 
 
+def family_for(config, policy=None):
+    """The keras-hub class name the policy is, or will be, when known before loading it (its chat template's key).
+
+    None for a preset name: its class is known once it is downloaded.
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> family_for(PPOConfig()), family_for(PPOConfig(model="gpt2_base_en"))
+    ('GPT2CausalLM', None)
+    """
+    model = policy if policy is not None else config.model.preset
+    if isinstance(model, str):
+        cls = causal_lm_class(model)
+        return None if cls is keras_hub.models.CausalLM else cls.__name__
+    if model is not None:
+        return type(model).__name__
+    return {"gpt2": "GPT2CausalLM", "bigram": "BigramLM"}[config.model.architecture]
+
+
 def tokenizer_for(config, policy=None):
     """The tokenizer that goes with a policy: its preprocessor's, else the preset's, else the config's files.
 

@@ -38,10 +38,12 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, DPOConfig, PPOConfig, RewardConfig, policy_sections, run_config
 from tf_ppo.config.fields import default
-from tf_ppo.data import DataError, start_token_ids
+from tf_ppo.chat import chat_format, check_chat_template, no_template_error
+from tf_ppo.data import DataError, is_conversation, start_token_ids
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
-from tf_ppo.models import AdaptersOff, copy_model, enable_lora, frozen_copy, parameter_report, tokenizer_for
+from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, family_for, frozen_copy, parameter_report,
+                           tokenizer_for)
 from tf_ppo.models.inputs import model_inputs
 from tf_ppo.preference.losses import preference_loss
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
@@ -129,8 +131,11 @@ def preference_pairs(prompts, responses, best):
     return pair_prompts, chosen, rejected
 
 
-def encode_responses(tokenizer, prompts, responses, max_length):
+def encode_responses(tokenizer, prompts, responses, max_length, chat=None):
     """Token ids of `start + prompt + " " + response + end` and the mask of the response's tokens.
+
+    A conversation prompt is rendered with `chat` (a `tf_ppo.chat.ChatFormat`);
+    its response, the assistant's reply, ends with the template's end of turn.
 
     Returns:
         `(token_ids int32 [N, L], padding_mask bool [N, L], response_mask bool [N, L - 1])`;
@@ -143,9 +148,13 @@ def encode_responses(tokenizer, prompts, responses, max_length):
     >>> int(padding.sum()), int(response.sum())  # 1 + 3 prompt tokens; "great", ".", end
     (7, 3)
     """
-    start, end = start_token_ids(tokenizer), [tokenizer.end_token_id]
-    prompt_tokens = _token_lists(tokenizer, prompts)
-    response_tokens = _token_lists(tokenizer, [" " + response for response in responses])
+    start = start_token_ids(tokenizer)
+    if is_conversation(prompts[0]):
+        prompt_tokens, end = [chat.prompt_ids(messages) for messages in prompts], [chat.reply_end_id]
+        response_tokens = _token_lists(tokenizer, responses)
+    else:
+        prompt_tokens, end = _token_lists(tokenizer, prompts), [tokenizer.end_token_id]
+        response_tokens = _token_lists(tokenizer, [" " + response for response in responses])
     token_ids = np.full([len(prompts), max_length], tokenizer.pad_token_id, np.int32)
     padding_mask = np.zeros([len(prompts), max_length], bool)
     is_response = np.zeros([len(prompts), max_length], bool)
@@ -213,11 +222,11 @@ class DPOTrainer:
                               f"model.max_sequence_length={config.model.max_sequence_length}")
         self.tokenizer = tokenizer_for(config, policy)
         train_rows, heldout_rows = split_rows(read_preferences(settings.preferences_csv), settings)
-        self.train_pairs = self._encode(*train_rows)
-        self.heldout_pairs = self._encode(*heldout_rows)
-        if len(self.train_pairs["chosen_ids"]) < settings.batch_size:
-            raise DataError(f"{settings.preferences_csv}: {len(self.train_pairs['chosen_ids'])} training "
-                            f"pairs, fewer than one batch of DPOConfig.batch_size={settings.batch_size}")
+        check_chat_template(train_rows[0], config.model.chat_template, family_for(config, policy))
+        train_pairs = preference_pairs(*train_rows)
+        if len(train_pairs[0]) < settings.batch_size:
+            raise DataError(f"{settings.preferences_csv}: {len(train_pairs[0])} training pairs, fewer than one "
+                            f"batch of DPOConfig.batch_size={settings.batch_size}")
         with self.strategy.scope():
             if policy is None:
                 policy = starting_policy(config, self.tokenizer, show_progress, self.strategy)
@@ -227,6 +236,10 @@ class DPOTrainer:
             self.reference = None
             if not settings.precompute_ref_log_probs:
                 self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
+        # Encoded once the policy is loaded: a preset name's family, so its chat template, is known only then.
+        self.chat = chat_format(self.tokenizer, config.model.chat_template, type(self.policy).__name__)
+        self.train_pairs = self._encode(*train_pairs)
+        self.heldout_pairs = self._encode(*preference_pairs(*heldout_rows))
         self.packed = settings.share_prompt and packs_pairs(self.policy)
         if self.packed:
             self.train_pairs, self.heldout_pairs = pack_pairs(**self.train_pairs), pack_pairs(**self.heldout_pairs)
@@ -244,12 +257,14 @@ class DPOTrainer:
 
     # ----------------------------------------------------------------- data
 
-    def _encode(self, prompts, responses, best):
-        pair_prompts, chosen, rejected = preference_pairs(prompts, responses, best)
+    def _encode(self, pair_prompts, chosen, rejected):
+        if self.chat is None and is_conversation(pair_prompts[0]):
+            raise no_template_error(type(self.policy).__name__)
         length = self.config.dpo.max_length
-        chosen_ids, chosen_padding, chosen_response = encode_responses(self.tokenizer, pair_prompts, chosen, length)
+        chosen_ids, chosen_padding, chosen_response = encode_responses(self.tokenizer, pair_prompts, chosen, length,
+                                                                       self.chat)
         rejected_ids, rejected_padding, rejected_response = encode_responses(self.tokenizer, pair_prompts, rejected,
-                                                                             length)
+                                                                             length, self.chat)
         return {"chosen_ids": chosen_ids, "chosen_padding": chosen_padding, "chosen_response": chosen_response,
                 "rejected_ids": rejected_ids, "rejected_padding": rejected_padding,
                 "rejected_response": rejected_response}

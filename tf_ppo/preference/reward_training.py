@@ -20,9 +20,10 @@ import pandas as pd
 import tensorflow as tf
 
 from tf_ppo.training.compiled import compiled
+from tf_ppo.chat import chat_format, stop_token_ids
 from tf_ppo.config import ConfigError, PPOConfig, RewardConfig, run_config  # noqa: F401  RewardConfig: used by the doctests
-from tf_ppo.data import (DataError, check_texts, encode_prompts, load_prompts, prompt_token_counts,
-                         start_token_ids)
+from tf_ppo.data import (DataError, check_prompts, check_texts, encode_prompts, is_conversation,
+                         json_conversation, load_prompts, prompt_token_counts, start_token_ids)
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.models import copy_model, freeze_output_projection, policy_from_config, tokenizer_for
 from tf_ppo.generation.sampling import generate
@@ -67,11 +68,13 @@ class RewardTrainResult:
 
 
 def read_preferences(path):
-    """Read a preference CSV into `(prompts [N], responses [N][n], best [N], split [N] or None)`.
+    """Read a preference CSV or JSON Lines file into `(prompts [N], responses [N][n], best [N], split [N] or None)`.
 
     Two layouts: pairwise `prompt,chosen,rejected` (best = 0, the chosen one)
     or best-of-n `prompt,response_0,...,response_{n-1},best`. An optional
-    `split` column marks `train` / `heldout` rows.
+    `split` column marks `train` / `heldout` rows. As in TRL's conversational
+    preference datasets, a prompt may be a conversation (a JSON list of
+    messages in a CSV cell) and a response `[{"role": "assistant", "content": ...}]`.
 
     Example:
     >>> prompts, responses, best, split = read_preferences(PPOConfig().reward.preferences_csv)
@@ -81,7 +84,7 @@ def read_preferences(path):
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    frame = pd.read_csv(path, keep_default_na=False)
+    frame = _read_table(path)
     columns = sorted((c for c in frame.columns if c.startswith("response_")), key=lambda c: int(c[9:]))
     if not columns or "chosen" in frame.columns:
         columns, required = ["chosen", "rejected"], ["prompt", "chosen", "rejected"]
@@ -93,7 +96,11 @@ def read_preferences(path):
                         f"or prompt,response_0,response_1,...,best; found {frame.columns.tolist()}")
     if frame.empty:
         raise DataError(f"{path}: no rows")
-    for column in ["prompt"] + columns:
+    frame["prompt"] = [json_conversation(cell) for cell in frame["prompt"]]
+    check_prompts(frame["prompt"].tolist(), f"{path}: column 'prompt'")
+    for column in columns:
+        frame[column] = [_reply(json_conversation(cell), f"{path}: column {column!r}, row {row}")
+                         for row, cell in enumerate(frame[column])]
         check_texts(frame[column].tolist(), f"{path}: column {column!r}")
     responses = frame[columns].to_numpy().tolist()
     if "chosen" in columns:
@@ -113,6 +120,25 @@ def read_preferences(path):
                       f"{int(np.flatnonzero(ties)[0])}) carry no preference")
     split = frame["split"].tolist() if "split" in frame.columns else None
     return frame["prompt"].tolist(), responses, best, split
+
+
+def _read_table(path):
+    if path.suffix not in (".jsonl", ".json"):
+        return pd.read_csv(path, keep_default_na=False)
+    try:
+        return pd.read_json(path, lines=True, dtype=False)
+    except ValueError as error:
+        raise DataError(f"{path}: not JSON Lines ({error})") from error
+
+
+def _reply(response, where):
+    """A response's text: itself, or the content of TRL's `[{"role": "assistant", "content": text}]`."""
+    if not is_conversation(response):
+        return response
+    if len(response) != 1 or response[0].get("role") != "assistant" or not isinstance(response[0].get("content"), str):
+        raise DataError(f"{where}: a conversational response must be one assistant message "
+                        f"[{{'role': 'assistant', 'content': text}}], got {response!r:.120}")
+    return response[0]["content"]
 
 
 def train_reward_model(config=None, backbone=None, directory=None, show_progress=True, policy=None, prompts=None,
@@ -146,7 +172,11 @@ def train_reward_model(config=None, backbone=None, directory=None, show_progress
     settings = config.reward
     keras.utils.set_random_seed(settings.seed)
     tokenizer = tokenizer_for(config, policy)
-    train_set, heldout_set = split_rows(read_preferences(settings.preferences_csv), settings)
+    preferences = read_preferences(settings.preferences_csv)
+    if is_conversation(preferences[0][0]):
+        raise DataError(f"{settings.preferences_csv}: the reward model reads text prompts; conversations are for "
+                        f"DPO (tf_ppo.dpo)")
+    train_set, heldout_set = split_rows(preferences, settings)
     strategy = resolve_strategy(strategy if strategy is not None else config.strategy, config.collective_timeout)
     if settings.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"RewardConfig.batch_size {settings.batch_size} must be divisible by the "
@@ -217,9 +247,10 @@ def normalise_on_policy_samples(reward_model, policy, prompts, config, seed=0):
     prompt_ids, lengths = encode_prompts(tokenizer, prompts, config.max_prompt_length, config.truncate_prompts, keep)
     sequence_ids = generate(policy, tf.constant(prompt_ids), tf.constant(lengths), tf.constant([seed, 0]),
                             config.response_length, config.temperature, config.top_k, config.top_p)
-    end_token = tokenizer.end_token_id if config.stop_at_eos else None
-    responses = response_view(sequence_ids, tf.constant(lengths), config.response_length, end_token)
-    texts = tokenizer.detokenize(response_tokens(responses, tokenizer.end_token_id))
+    stops = stop_token_ids(tokenizer, chat_format(tokenizer, config.model.chat_template, type(policy).__name__))
+    responses = response_view(sequence_ids, tf.constant(lengths), config.response_length,
+                              stops if config.stop_at_eos else None)
+    texts = tokenizer.detokenize(response_tokens(responses, stops))
     return reward_model.fit_normalisation(_prompt_texts(tokenizer, prompt_ids, lengths), texts)
 
 

@@ -14,7 +14,7 @@ from tf_ppo.generation.responses import response_view
 from tf_ppo.models import tokenizer_for
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import pass_at_k
-from tf_ppo.rl.rewards import RewardFunctionFailed, corpus_bigrams, is_fluent, reward_functions
+from tf_ppo.rl.rewards import RewardFunctionFailed, compute_scores, corpus_bigrams, is_fluent, reward_functions
 from tf_ppo.rl.rollout import RolloutEngine
 from tf_ppo.tasks import TASKS
 from tf_ppo.training.distribute import resolve_strategy
@@ -105,10 +105,13 @@ class Evaluator:
         """Greedy exact-match accuracy, pass@k from n >= k samples per prompt, and the greedy answers."""
         k = self.config.eval_pass_k
         n = self.config.eval_pass_samples or k
+        conversations = self.engine.conversations_of(token_ids, lengths)
+        if conversations is not None:  # positional checks read the prompt as the policy saw it
+            prompts = self.engine.prompt_texts(token_ids, lengths)
         greedy = self._completions(token_ids, lengths, seed, greedy=True)
-        correct = np.asarray(self.accuracy_fn(prompts, greedy), np.float64)  # [prompts]
+        correct = compute_scores(self.accuracy_fn, greedy, prompts, conversations)  # [prompts]
         sampled = self._completions(np.repeat(token_ids, n, axis=0), np.repeat(lengths, n), seed)
-        sampled_correct = np.asarray(self.accuracy_fn(np.repeat(prompts, n).tolist(), sampled), np.float64)
+        sampled_correct = compute_scores(self.accuracy_fn, sampled, _repeat(prompts, n), _repeat(conversations, n))
         counts = sampled_correct.reshape(len(prompts), n).sum(axis=1).astype(np.int64)  # [prompts] correct of n
         return {"accuracy": float(np.mean(correct)), f"pass@{k}": float(np.mean(pass_at_k(n, counts, k))),
                 "greedy_samples": list(zip(prompts, greedy))}
@@ -117,15 +120,21 @@ class Evaluator:
         """Decoded responses of these prompts (greedy, or sampled as in training), in batch_size chunks."""
         c = self.config
         rows = whole_batches(len(token_ids), c.batch_size)
-        end_token = self.engine.tokenizer.end_token_id if c.stop_at_eos else None
+        stop_token_ids = self.engine.stop_token_ids if c.stop_at_eos else None
         texts = []
         for start in range(0, len(rows), c.batch_size):
             chunk = rows[start: start + c.batch_size]
             chunk_lengths = tf.gather(lengths, chunk)
             sequence_ids = self.engine.sample(tf.gather(token_ids, chunk), chunk_lengths,
                                               tf.constant([seed, start], tf.int32), greedy)
-            texts += self.engine.decode(response_view(sequence_ids, chunk_lengths, c.response_length, end_token))
+            texts += self.engine.decode(response_view(sequence_ids, chunk_lengths, c.response_length,
+                                                           stop_token_ids))
         return texts[: len(token_ids)]
+
+
+def _repeat(rows, n):
+    """Each of `rows` n times in a row (as `np.repeat`, for lists of anything); None stays None."""
+    return None if rows is None else [row for row in rows for _ in range(n)]
 
 
 def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn=None, accuracy_fn=None,

@@ -2,7 +2,14 @@
 
 A reward is any Python callable `responses -> scores`, or `(prompts, responses)
 -> scores` when it takes two arguments (a list of floats or a 1-D array, one
-per response), or a `tf_ppo.RewardModel`. It runs on decoded text.
+per response), or a `tf_ppo.RewardModel`. It runs on decoded text: the
+responses are the replies alone, and the prompts are as the policy saw them.
+
+A function written TRL's way, with a parameter named `completions` (such as
+`def reward(completions, **kwargs)` or `def reward(prompts, completions,
+**kwargs)`), is called with keywords. When the prompts are conversations it
+gets them in TRL's conversational form: `prompts` the lists of messages, and
+each completion `[{"role": "assistant", "content": reply}]`.
 """
 
 import inspect
@@ -36,11 +43,14 @@ class RewardFunctionFailed(RewardError):
     """The reward function itself raised; training skips such an update (the non-finite guard) and says why."""
 
 
-def compute_scores(reward_fn, texts, prompts=None):
+def compute_scores(reward_fn, texts, prompts=None, conversations=None):
     """Score `texts` (the responses) and check the reward returned one number per text.
 
     `reward_fn(texts)`, or `reward_fn(prompts, texts)` when it takes two
-    arguments, or `reward_fn.score_texts(prompts, texts)` (a `RewardModel`).
+    arguments, or `reward_fn.score_texts(prompts, texts)` (a `RewardModel`);
+    a function with a `completions` parameter is called TRL's way, with
+    keywords, in TRL's conversational form when `conversations` (each
+    prompt's messages) are given.
     NaN and inf pass through: the trainer's non-finite guard skips such an
     update and counts it, rather than ending the run.
 
@@ -52,10 +62,15 @@ def compute_scores(reward_fn, texts, prompts=None):
     [1.0, 1.0]
     >>> compute_scores(lambda prompts, texts: [len(p + t) for p, t in zip(prompts, texts)], ["a"], ["xy"]).tolist()
     [3.0]
+    >>> def trl_style(completions, **kwargs): return [len(c[0]["content"]) for c in completions]
+    >>> compute_scores(trl_style, ["abc"], ["q"], conversations=[[{"role": "user", "content": "q"}]]).tolist()
+    [3.0]
     """
     try:
         if hasattr(reward_fn, "score_texts"):
             scores = reward_fn.score_texts(prompts, texts)
+        elif _takes_completions(reward_fn):
+            scores = _call_trl_style(reward_fn, texts, prompts, conversations)
         elif _takes_prompts(reward_fn):
             scores = reward_fn(prompts, texts)
         else:
@@ -71,6 +86,21 @@ def compute_scores(reward_fn, texts, prompts=None):
         raise RewardError(f"reward function {_name(reward_fn)} returned shape {scores.shape} "
                           f"for {len(texts)} texts; expected one score per text")
     return scores
+
+
+def _call_trl_style(reward_fn, texts, prompts, conversations):
+    if conversations is None:
+        return reward_fn(prompts=prompts, completions=texts)
+    completions = [[{"role": "assistant", "content": text}] for text in texts]
+    return reward_fn(prompts=conversations, completions=completions)
+
+
+def _takes_completions(reward_fn):
+    """True when `reward_fn` names a parameter `completions`, as TRL's reward functions do."""
+    try:
+        return "completions" in inspect.signature(reward_fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _takes_prompts(reward_fn):
@@ -137,7 +167,7 @@ def reward_names(reward_fns):
     return names
 
 
-def combined_scores(reward_fns, weights, texts, prompts=None):
+def combined_scores(reward_fns, weights, texts, prompts=None, conversations=None):
     """The weighted sum of several rewards, and each function's own scores by name (`reward_names`).
 
     Example:
@@ -147,7 +177,8 @@ def combined_scores(reward_fns, weights, texts, prompts=None):
     >>> total.tolist(), sorted(each)
     ([2.5, 1.5], ['length', 'one'])
     """
-    each = {name: compute_scores(fn, texts, prompts) for name, fn in zip(reward_names(reward_fns), reward_fns)}
+    each = {name: compute_scores(fn, texts, prompts, conversations)
+            for name, fn in zip(reward_names(reward_fns), reward_fns)}
     total = sum(weight * scores for weight, scores in zip(weights, each.values()))
     return np.asarray(total, dtype=np.float64), each
 

@@ -16,8 +16,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_ppo.data import encode_prompts, prompt_token_counts, start_token_ids
-from tf_ppo.generation.responses import response_tokens, response_view
+from tf_ppo.chat import chat_format, no_template_error, stop_token_ids
+from tf_ppo.data import encode_prompts, is_conversation, prompt_token_counts, start_token_ids
+from tf_ppo.generation.responses import is_stop_token, response_tokens, response_view
 from tf_ppo.generation.sampling import generate
 from tf_ppo.models.forward import response_logits
 from tf_ppo.rl.experience import Experience
@@ -34,8 +35,8 @@ class Rollout:
 
     experience: Experience  # advantages not yet filled in
     entropy: float  # mean entropy of the policy over response tokens, nats
-    texts: list  # decoded responses
-    prompt_texts: list  # the prompts as the policy saw them
+    texts: list  # decoded responses: the replies alone (no stop token)
+    prompt_texts: list  # the prompts as the policy saw them (chat-rendered, for conversations)
     gold_scores: np.ndarray | None  # the independent judge's scores, if one is given
     reward_scores: dict  # name -> [batch] scores of each reward function (several reward functions only)
     reward_failure: str | None  # why the reward could not be computed; the update is then skipped
@@ -76,6 +77,10 @@ class RolloutEngine:
         self.config, self.policy, self.tokenizer, self.strategy = config, policy, tokenizer, strategy
         self.reward_fns, self.reward_weights, self.gold_reward_fn = reward_fns, reward_weights, gold_reward_fn
         self.reference, self.value_model = reference, value_model
+        self.family = type(policy).__name__  # the keras-hub CausalLM class: its chat template
+        self.chat = chat_format(tokenizer, config.model.chat_template, self.family)  # None: no template known
+        self.stop_token_ids = stop_token_ids(tokenizer, self.chat)
+        self.conversations = {}  # prompt token ids -> the conversation they render, for TRL-style rewards
         # One compiled function per phase, each with fixed shapes: traced once (once per device on several
         # replicas). Each runs its replica part with `strategy.run` and gathers the global batch back (identity
         # on one device). Sampling and scoring hold no cross-replica reduction: XLA on every replica.
@@ -111,7 +116,7 @@ class RolloutEngine:
         """
         c = self.config
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
-                                  self.tokenizer.end_token_id if c.stop_at_eos else None)
+                                  self.stop_token_ids if c.stop_at_eos else None)
         logprobs, logits = response_logprobs(self.policy, batch["sequence_ids"], responses, c.temperature)
         scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
         if self.reference is not None:
@@ -139,15 +144,27 @@ class RolloutEngine:
     # ----------------------------------------------------------------- public steps
 
     def encode(self, prompts, seed=None):
-        """Token ids and lengths of prompt texts, cut to their first k tokens if the config asks.
+        """Token ids and lengths of prompt texts (cut to their first k tokens if the config asks) or conversations.
+
+        Conversations are rendered with the chat template, and remembered for reward functions that take
+        TRL's conversational form.
 
         Example:
             prompt_ids, prompt_lengths = engine.encode(["the movie was"])
+            prompt_ids, prompt_lengths = engine.encode([[{"role": "user", "content": "2 + 2 ?"}]])
         """
         c = self.config
-        counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
-                                     c.seed if seed is None else seed)
-        return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
+        if not is_conversation(prompts[0]):
+            counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
+                                         c.seed if seed is None else seed)
+            return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
+        if self.chat is None:
+            raise no_template_error(self.family)
+        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts,
+                                            chat=self.chat)
+        for row, messages in enumerate(prompts):
+            self.conversations[tuple(token_ids[row, :lengths[row]].tolist())] = messages
+        return token_ids, lengths
 
     def sample(self, prompt_ids, prompt_lengths, seed, greedy=False):
         """Prompt + response token ids `[rows, P + R]`, sampled (or greedy) in `rollout_batch_size` chunks.
@@ -175,11 +192,11 @@ class RolloutEngine:
         entropy = float(masked.masked_mean(scored["entropy"], responses.mask))
         scoring_done = time.perf_counter()
         texts = self.decode(responses)
-        start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
-        prompt_texts = self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:],
-                                                                    lengths=prompt_lengths - start))
-        scores, reward_scores, failure = self._rewards(texts, prompt_texts)
-        gold_scores = compute_scores(self.gold_reward_fn, texts, prompt_texts) if self.gold_reward_fn else None
+        prompt_texts = self.prompt_texts(sequence_ids, prompt_lengths)
+        conversations = self.conversations_of(sequence_ids, prompt_lengths)
+        scores, reward_scores, failure = self._rewards(texts, prompt_texts, conversations)
+        gold_scores = (compute_scores(self.gold_reward_fn, texts, prompt_texts, conversations)
+                       if self.gold_reward_fn else None)
         scores, loss_mask = self._shape(scores, responses)
         experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
                                 loss_mask, scored.get("ref_logprobs"), scored.get("values"))
@@ -190,7 +207,7 @@ class RolloutEngine:
     def _shape(self, scores, responses):
         """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`."""
         c = self.config
-        ended = np.any(responses.token_ids.numpy() == self.tokenizer.end_token_id, axis=1)  # [batch]
+        ended = np.any(is_stop_token(responses.token_ids, self.stop_token_ids).numpy(), axis=1)  # [batch]
         if c.missing_eos_penalty is not None:
             scores = scores - c.missing_eos_penalty * ~ended
         if c.overlong_buffer:
@@ -202,21 +219,33 @@ class RolloutEngine:
             loss_mask = responses.mask & tf.constant(ended)[:, None]
         return scores, loss_mask
 
-    def _rewards(self, texts, prompt_texts):
+    def prompt_texts(self, sequence_ids, prompt_lengths):
+        """Each row's prompt as the policy saw it, decoded (chat-rendered, for conversations); no start token."""
+        start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
+        return self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:], lengths=prompt_lengths - start))
+
+    def conversations_of(self, sequence_ids, prompt_lengths):
+        """The conversation each row's prompt renders, or None when the prompts are texts."""
+        if not self.conversations:
+            return None
+        rows = np.asarray(sequence_ids)
+        return [self.conversations[tuple(row[:length].tolist())] for row, length in zip(rows, np.asarray(prompt_lengths))]
+
+    def _rewards(self, texts, prompt_texts, conversations):
         """`(weighted scores [batch], each function's scores by name, failure or None)`.
 
         A reward function that raises gives NaN scores, so the non-finite guard
         skips the update (and says which function failed) instead of ending the run.
         """
         try:
-            scores, each = combined_scores(self.reward_fns, self.reward_weights, texts, prompt_texts)
+            scores, each = combined_scores(self.reward_fns, self.reward_weights, texts, prompt_texts, conversations)
         except RewardFunctionFailed as error:
             return np.full(len(texts), np.nan), {}, str(error)
         return scores, (each if len(self.reward_fns) > 1 else {}), None
 
     def decode(self, responses):
-        """Response texts, without the end token and the padding after it."""
-        return self._detokenize(response_tokens(responses, self.tokenizer.end_token_id))
+        """Response texts, without the stop token and the padding after it."""
+        return self._detokenize(response_tokens(responses, self.stop_token_ids))
 
     def _detokenize(self, token_ids):
         texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings

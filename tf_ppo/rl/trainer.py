@@ -22,11 +22,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tf_ppo.chat import check_chat_template
 from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
-                           tokenizer_for)
+                           family_for, tokenizer_for)
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
@@ -91,6 +92,8 @@ class RLTrainer:
         keras.utils.set_random_seed(config.seed)
 
         self.tokenizer = tokenizer_for(config, policy)
+        prompts = load_prompts(prompts if prompts is not None else config.prompts)  # bad data fails here, early
+        check_chat_template(prompts, config.model.chat_template, family_for(config, policy))
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
         self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
                                          config.collective_timeout)
@@ -108,8 +111,7 @@ class RLTrainer:
         self.engine = RolloutEngine(config, self.policy, self.tokenizer, self.strategy, reward_fns, reward_weights,
                                     self.reference, self.value_model, gold_reward_fn)
         self.evaluator = Evaluator(self.engine, accuracy_fn)
-        self.prompt_ids, self.prompt_lengths = self.engine.encode(load_prompts(prompts if prompts is not None
-                                                                               else config.prompts))
+        self.prompt_ids, self.prompt_lengths = self.engine.encode(prompts)
         self.parameter_report = parameter_report(self._models_by_role(reward_fns))
         if self.show_progress:
             print(self.parameter_report)
@@ -363,11 +365,13 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
 
     Args:
         config: `PPOConfig` (default: the demo task's settings, PPO).
-        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, a
-            `RewardModel`, or a list of them, summed with `config.reward_weights`
+        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, TRL's
+            `(prompts=, completions=, **kwargs) -> scores`, a `RewardModel`, or a list of them, summed with `config.reward_weights`
             (each one's mean and std logged by name); default the task's reward.
-        prompts: a list of strings, a `tf.data.Dataset` of strings, a CSV path or
-            "tfds:NAME[:SPLIT]"; default `config.prompts`.
+        prompts: a list of strings or of conversations (TRL's lists of
+            `{"role", "content"}` messages, rendered with the family's chat
+            template), a `tf.data.Dataset` of strings, a CSV or JSON Lines path
+            or "tfds:NAME[:SPLIT]"; default `config.prompts`.
         policy: a policy to start from (trained in place); default `config.model`'s
             preset, else the tiny SFT policy (cached).
         callbacks: `tf_ppo.Callback` objects (`on_update_end(update, logs)` after
