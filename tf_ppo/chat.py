@@ -275,8 +275,10 @@ def check_chat_template(prompts, chat_template, family):
         raise no_template_error(family)
 
 
-def chat_format(tokenizer, chat_template, family):
+def chat_format(tokenizer, chat_template, family, prompts=None):
     """The `ChatFormat` of `chat_template`, else of the family's template; None when there is neither.
+
+    Given `prompts` that are conversations, "neither" raises the `ChatError` that says how to pass a template.
 
     Example:
     >>> from tf_ppo.config import PPOConfig
@@ -285,6 +287,7 @@ def chat_format(tokenizer, chat_template, family):
     True
     """
     if chat_template is None and family not in FAMILY_TEMPLATES:
+        check_chat_template(prompts or [], None, family or "this model")
         return None
     return ChatFormat(tokenizer, chat_template, family)
 

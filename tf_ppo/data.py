@@ -5,10 +5,8 @@ The CSV format is the article's: columns `input_text` (the prompt) and
 from tensorflow-datasets (`"tfds:imdb_reviews"`), a `tf.data.Dataset` of
 strings or a Python list (`load_prompts`).
 
-A prompt may also be a conversation in TRL's format, a list of `{"role",
-"content"}` messages: from Python, a JSON Lines file (one `{"prompt": [...]}`
-per line, as TRL's datasets) or a CSV `input_text` column of JSON. It is
-rendered with the family's chat template (`tf_ppo.chat`).
+A prompt may also be a conversation, TRL's list of `{"role", "content"}` messages (Python, JSON Lines
+`{"prompt": [...]}` or a CSV column of JSON), rendered with the family's chat template (`tf_ppo.chat`).
 
 Token layout. Every sequence starts with the tokenizer's start token
 (`<|endoftext|>` for GPT-2, `<|begin_of_text|>` for Llama 3, `</s>` for OPT;
@@ -283,7 +281,9 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
     """
     check_prompts(prompts, "prompts")
     if is_conversation(prompts[0]):
-        token_lists = _conversation_token_lists(prompts, keep_tokens, chat)
+        if keep_tokens is not None:
+            raise DataError("prompt_tokens_min/max keep a text's first words; the prompts are conversations")
+        token_lists = [chat.prompt_ids(messages) for messages in prompts]
     else:
         token_lists = _text_token_lists(tokenizer, prompts, keep_tokens)
     start = start_token_ids(tokenizer)
@@ -301,14 +301,6 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
                        if len(ids) > max_prompt_length else ids for ids in token_lists]
         lengths = np.minimum(lengths, max_prompt_length)
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
-
-
-def _conversation_token_lists(conversations, keep_tokens, chat):
-    if chat is None:
-        raise DataError("the prompts are conversations, but no chat template renders them here")
-    if keep_tokens is not None:
-        raise DataError("prompt_tokens_min/max keep a text's first words; the prompts are conversations")
-    return [chat.prompt_ids(messages) for messages in conversations]
 
 
 def _text_token_lists(tokenizer, prompts, keep_tokens):
@@ -341,9 +333,8 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length, chat=None):
     """
     start = start_token_ids(tokenizer)
     if is_conversation(prompts[0]):
-        replies = _tokenize(tokenizer, targets)
-        token_lists = [start + ids + reply + [chat.reply_end_id]
-                       for ids, reply in zip(_conversation_token_lists(prompts, None, chat), replies)]
+        token_lists = [start + chat.prompt_ids(messages) + reply + [chat.reply_end_id]
+                       for messages, reply in zip(prompts, _tokenize(tokenizer, targets))]
     else:
         texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
         token_lists = [start + ids + [tokenizer.end_token_id] for ids in _tokenize(tokenizer, texts)]

@@ -19,8 +19,8 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, run_config
 from tf_ppo.training.distribute import resolve_strategy
-from tf_ppo.chat import chat_format, check_chat_template, no_template_error
-from tf_ppo.data import PROMPT_COLUMN, TARGET_COLUMN, encode_sft_examples, is_conversation, read_prompt_csv
+from tf_ppo.chat import chat_format, check_chat_template
+from tf_ppo.data import PROMPT_COLUMN, TARGET_COLUMN, encode_sft_examples, read_prompt_csv
 from tf_ppo.models import copy_model, family_for, policy_from_config, tokenizer_for
 from tf_ppo.models.inputs import model_inputs
 from tf_ppo.training.checkpoints import atomic_directory
@@ -94,9 +94,10 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         source = policy if policy is not None else policy_from_config(config, tokenizer)
         policy = source if built_here and source.dtype_policy.name == dtype else copy_model(source, dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
-    chat = chat_format(tokenizer, config.model.chat_template, type(source).__name__)  # None: no template
+    chat = chat_format(tokenizer, config.model.chat_template, type(source).__name__, frames[0][PROMPT_COLUMN].tolist())
     (train_ids, train_mask), (heldout_ids, heldout_mask) = [
-        _encode(tokenizer, frame, config.sft.max_length, chat, type(source).__name__) for frame in frames]
+        encode_sft_examples(tokenizer, frame[PROMPT_COLUMN].tolist(), frame[TARGET_COLUMN].tolist(),
+                            config.sft.max_length, chat) for frame in frames]
 
     def loss_fn(batch):
         token_ids, padding_mask = batch
@@ -172,13 +173,6 @@ def starting_policy(config, tokenizer=None, show_progress=True, strategy=None):
     if config.model.preset is None:
         return default_policy(config, show_progress=show_progress, strategy=strategy)
     return policy_from_config(config, tokenizer or tokenizer_for(config))
-
-
-def _encode(tokenizer, frame, max_length, chat, family):
-    prompts = frame[PROMPT_COLUMN].tolist()
-    if chat is None and is_conversation(prompts[0]):
-        raise no_template_error(family)
-    return encode_sft_examples(tokenizer, prompts, frame[TARGET_COLUMN].tolist(), max_length, chat)
 
 
 def _cache_dir():

@@ -23,8 +23,8 @@ from tests.conftest import cli, kill_after
 from tf_ppo import DPOConfig, PPOConfig
 from tf_ppo.data import DataError
 from tf_ppo.cli import main
-from tf_ppo.preference.dpo import (DPOTrainer, dpo, encode_responses, preference_pairs, preference_settings,
-                                   sequence_logps)
+from tf_ppo.preference.pairs import encode_responses, preference_pairs
+from tf_ppo.preference.dpo import DPOTrainer, dpo, preference_settings, sequence_logps
 from tf_ppo.models import BigramLM, load_tokenizer
 from tf_ppo.training.reporting import read_history
 

@@ -61,7 +61,7 @@ def test_fresh_tensorflow_process_matches_the_library(exported):
     tokenizer = result.tokenizer
     prompt_ids, lengths = encode_prompts(tokenizer, PROMPTS, result.config.max_prompt_length)
     sequence = generate(result.policy, prompt_ids, lengths, tf.constant([0, 0]), 16, top_k=1)
-    view = response_view(sequence, lengths, 16, tokenizer.end_token_id)
+    view = response_view(sequence, lengths, 16, (tokenizer.end_token_id,))
     assert served["lengths"] == view.mask.numpy().sum(axis=1).tolist()
     for row, n in enumerate(served["lengths"]):
         assert served["token_ids"][row][:n] == view.token_ids[row, :n].numpy().tolist()

@@ -9,8 +9,7 @@ computed once, by the starting policy itself in one compiled pass, and kept
 no reference model exists during training. `precompute_ref_log_probs=False`
 keeps a live frozen copy instead (LoRA: the policy with its adapters off).
 
-Sequence layout: `start + prompt + " " + response + end`, the prompt and the
-response tokenised apart so the response's tokens are exactly known.
+Sequence layout: `tf_ppo.preference.pairs`.
 
 Layout of `run_dir`:
     config.json, reference_logps.npz, checkpoints/, metrics.csv (per step), tensorboard/
@@ -38,14 +37,15 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.training.compiled import compiled
 from tf_ppo.config import ConfigError, DPOConfig, PPOConfig, RewardConfig, policy_sections, run_config
 from tf_ppo.config.fields import default
-from tf_ppo.chat import chat_format, check_chat_template, no_template_error
-from tf_ppo.data import DataError, is_conversation, start_token_ids
+from tf_ppo.chat import chat_format, check_chat_template
+from tf_ppo.data import DataError
 from tf_ppo.training.distribute import resolve_strategy
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, copy_model, enable_lora, family_for, frozen_copy, parameter_report,
                            tokenizer_for)
 from tf_ppo.models.inputs import model_inputs
 from tf_ppo.preference.losses import preference_loss
+from tf_ppo.preference.pairs import encode_responses, preference_pairs
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.preference.reward_training import read_preferences, split_rows
 from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
@@ -114,66 +114,6 @@ def dpo_sections(config):
     return (*policy_sections(config), "dpo", *(("reward",) if reads_reward_file(config) else ()))
 
 
-def preference_pairs(prompts, responses, best):
-    """(prompt, chosen, rejected) triples: a pairwise row as it is, a best-of-n row as n - 1 pairs.
-
-    Example:
-    >>> preference_pairs(["p"], [["a", "b", "c"]], [1])
-    (['p', 'p'], ['b', 'b'], ['a', 'c'])
-    """
-    pair_prompts, chosen, rejected = [], [], []
-    for prompt, row, winner in zip(prompts, responses, best):
-        for index, response in enumerate(row):
-            if index != winner:
-                pair_prompts.append(prompt)
-                chosen.append(row[winner])
-                rejected.append(response)
-    return pair_prompts, chosen, rejected
-
-
-def encode_responses(tokenizer, prompts, responses, max_length, chat=None):
-    """Token ids of `start + prompt + " " + response + end` and the mask of the response's tokens.
-
-    A conversation prompt is rendered with `chat` (a `tf_ppo.chat.ChatFormat`);
-    its response, the assistant's reply, ends with the template's end of turn.
-
-    Returns:
-        `(token_ids int32 [N, L], padding_mask bool [N, L], response_mask bool [N, L - 1])`;
-        `response_mask[:, t]` marks the positions whose NEXT token (t + 1) is a response token.
-
-    Example:
-    >>> from tf_ppo.models import load_tokenizer
-    >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
-    >>> ids, padding, response = encode_responses(tokenizer, ["the film was"], ["great."], 12)
-    >>> int(padding.sum()), int(response.sum())  # 1 + 3 prompt tokens; "great", ".", end
-    (7, 3)
-    """
-    start = start_token_ids(tokenizer)
-    if is_conversation(prompts[0]):
-        prompt_tokens, end = [chat.prompt_ids(messages) for messages in prompts], [chat.reply_end_id]
-        response_tokens = _token_lists(tokenizer, responses)
-    else:
-        prompt_tokens, end = _token_lists(tokenizer, prompts), [tokenizer.end_token_id]
-        response_tokens = _token_lists(tokenizer, [" " + response for response in responses])
-    token_ids = np.full([len(prompts), max_length], tokenizer.pad_token_id, np.int32)
-    padding_mask = np.zeros([len(prompts), max_length], bool)
-    is_response = np.zeros([len(prompts), max_length], bool)
-    for row, (prompt, response) in enumerate(zip(prompt_tokens, response_tokens)):
-        head = start + prompt
-        sequence = (head + response + end)[:max_length]
-        token_ids[row, : len(sequence)] = sequence
-        padding_mask[row, : len(sequence)] = True
-        is_response[row, len(head): len(sequence)] = True
-    return token_ids, padding_mask, is_response[:, 1:]
-
-
-def _token_lists(tokenizer, texts):
-    tokens = tokenizer(tf.constant(texts))
-    if isinstance(tokens, tf.RaggedTensor):
-        return [row.tolist() for row in tokens.numpy()]
-    return [list(row) for row in tokens]
-
-
 def sequence_logps(model, token_ids, padding_mask, response_mask, training=False):
     """The summed log-probs of each sequence's response tokens, float32 `[N]`, and their count `[N]`.
 
@@ -237,7 +177,7 @@ class DPOTrainer:
             if not settings.precompute_ref_log_probs:
                 self.reference = AdaptersOff(self.policy) if config.lora_rank else frozen_copy(self.policy)
         # Encoded once the policy is loaded: a preset name's family, so its chat template, is known only then.
-        self.chat = chat_format(self.tokenizer, config.model.chat_template, type(self.policy).__name__)
+        self.chat = chat_format(self.tokenizer, config.model.chat_template, type(self.policy).__name__, train_pairs[0])
         self.train_pairs = self._encode(*train_pairs)
         self.heldout_pairs = self._encode(*preference_pairs(*heldout_rows))
         self.packed = settings.share_prompt and packs_pairs(self.policy)
@@ -258,8 +198,6 @@ class DPOTrainer:
     # ----------------------------------------------------------------- data
 
     def _encode(self, pair_prompts, chosen, rejected):
-        if self.chat is None and is_conversation(pair_prompts[0]):
-            raise no_template_error(type(self.policy).__name__)
         length = self.config.dpo.max_length
         chosen_ids, chosen_padding, chosen_response = encode_responses(self.tokenizer, pair_prompts, chosen, length,
                                                                        self.chat)

@@ -44,7 +44,7 @@ def packs_pairs(model):
 
 
 def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, rejected_padding, rejected_response):
-    """One packed row per pair from its two encoded sequences (as `tf_ppo.preference.dpo.encode_responses` returns them).
+    """One packed row per pair from its two encoded sequences (as `tf_ppo.preference.pairs.encode_responses` returns them).
 
     Args:
         chosen_ids, rejected_ids: int32 `[pairs, L]`, `start + prompt + response + end`, cut to L.

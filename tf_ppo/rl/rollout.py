@@ -154,15 +154,14 @@ class RolloutEngine:
             prompt_ids, prompt_lengths = engine.encode([[{"role": "user", "content": "2 + 2 ?"}]])
         """
         c = self.config
-        if not is_conversation(prompts[0]):
-            counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
-                                         c.seed if seed is None else seed)
-            return encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts)
-        if self.chat is None:
+        conversations = is_conversation(prompts[0])
+        if conversations and self.chat is None:
             raise no_template_error(self.family)
-        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts,
-                                            chat=self.chat)
-        for row, messages in enumerate(prompts):
+        counts = prompt_token_counts(len(prompts), c.prompt_tokens_min, c.prompt_tokens_max,
+                                     c.seed if seed is None else seed)
+        token_ids, lengths = encode_prompts(self.tokenizer, prompts, c.max_prompt_length, c.truncate_prompts, counts,
+                                            self.chat)
+        for row, messages in enumerate(prompts if conversations else ()):
             self.conversations[tuple(token_ids[row, :lengths[row]].tolist())] = messages
         return token_ids, lengths
 
@@ -228,8 +227,8 @@ class RolloutEngine:
         """The conversation each row's prompt renders, or None when the prompts are texts."""
         if not self.conversations:
             return None
-        rows = np.asarray(sequence_ids)
-        return [self.conversations[tuple(row[:length].tolist())] for row, length in zip(rows, np.asarray(prompt_lengths))]
+        rows, lengths = np.asarray(sequence_ids), np.asarray(prompt_lengths)
+        return [self.conversations[tuple(row[:length].tolist())] for row, length in zip(rows, lengths)]
 
     def _rewards(self, texts, prompt_texts, conversations):
         """`(weighted scores [batch], each function's scores by name, failure or None)`.

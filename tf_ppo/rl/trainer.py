@@ -365,13 +365,11 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
 
     Args:
         config: `PPOConfig` (default: the demo task's settings, PPO).
-        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, TRL's
-            `(prompts=, completions=, **kwargs) -> scores`, a `RewardModel`, or a list of them, summed with `config.reward_weights`
+        reward_fn: `responses -> scores`, `(prompts, responses) -> scores`, TRL's `(prompts=, completions=,
+            **kwargs) -> scores`, a `RewardModel`, or a list of them, summed with `config.reward_weights`
             (each one's mean and std logged by name); default the task's reward.
-        prompts: a list of strings or of conversations (TRL's lists of
-            `{"role", "content"}` messages, rendered with the family's chat
-            template), a `tf.data.Dataset` of strings, a CSV or JSON Lines path
-            or "tfds:NAME[:SPLIT]"; default `config.prompts`.
+        prompts: a list of strings or of conversations (TRL's `{"role", "content"}` message lists, chat-formatted),
+            a `tf.data.Dataset` of strings, a CSV or JSON Lines path or "tfds:NAME[:SPLIT]"; default `config.prompts`.
         policy: a policy to start from (trained in place); default `config.model`'s
             preset, else the tiny SFT policy (cached).
         callbacks: `tf_ppo.Callback` objects (`on_update_end(update, logs)` after
@@ -398,6 +396,5 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         train(PPOConfig(algorithm="grpo", num_generations=4, beta=0.3))  # no critic; 16 prompts x 4 samples
         train(PPOConfig(task="arithmetic", algorithm="grpo", num_generations=4))  # exact-match reward, pass@4
     """
-    trainer = RLTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy,
-                        accuracy_fn)
-    return trainer.train()
+    return RLTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy,
+                     accuracy_fn).train()

@@ -13,7 +13,7 @@ from tf_ppo.chat import (FAMILY_TEMPLATES, TEMPLATES, ChatError, ChatFormat, cha
 from tf_ppo.config import ConfigError, ModelConfig, PPOConfig
 from tf_ppo.data import DataError, encode_prompts, encode_sft_examples, load_prompts
 from tf_ppo.generation.responses import response_tokens, response_view
-from tf_ppo.preference.dpo import encode_responses
+from tf_ppo.preference.pairs import encode_responses
 from tf_ppo.preference.reward_training import read_preferences
 from tf_ppo.rl.rewards import compute_scores
 

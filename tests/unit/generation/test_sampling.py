@@ -56,7 +56,7 @@ def test_sample_next_token_distribution_top_k_and_top_p():
 def test_response_view_stops_after_the_first_end_token():
     sequence = tf.constant([[1, 2, 0, 5, 0, 6],    # prompt 2 tokens, response [0 ...]: ends at once
                             [1, 7, 8, 9, 9, 9]])   # prompt 3 tokens, never ends
-    view = response_view(sequence, tf.constant([2, 3]), 3, end_token_id=0)
+    view = response_view(sequence, tf.constant([2, 3]), 3, stop_token_ids=(0,))
     assert view.token_ids.numpy().tolist() == [[0, 5, 0], [9, 9, 9]]
     assert view.mask.numpy().tolist() == [[True, False, False], [True, True, True]]
     assert view.positions.numpy().tolist() == [[2, 3, 4], [3, 4, 5]]
