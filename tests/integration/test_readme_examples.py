@@ -24,6 +24,9 @@ NEEDS_THE_NETWORK = {
     ("docs/models.md", 'prompts="tfds:imdb_reviews"'): "reads tensorflow-datasets' IMDB (a download) and a "
                                                        "user's own preset; tests/integration/test_presets.py runs "
                                                        "the same options on a local preset and CSV",
+    ("docs/models.md", 'model="gemma3_instruct_1b"'): "downloads Gemma 3 1B; tests/integration/test_every_family.py "
+                                                      "trains tiny local Gemma 3, Gemma 4, Qwen 3.5 and Mixtral "
+                                                      "presets on conversations the same way",
 }
 
 # What the text beside a block claims (measured at full length), by a line of the block: the short run must not
