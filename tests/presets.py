@@ -87,25 +87,31 @@ SENTENCEPIECE_VOCABULARY_SIZE = 768  # 256 byte pieces (byte fallback, as Llama 
 SEED = 1234
 SLIDING_WINDOW = 32  # where a family has sliding-window attention: shorter than the 64-token sequences tests use
 
-_PROTOS = {}  # family -> serialized SentencePiece model, trained once per process
+_PROTOS = {}  # (family, corpus) -> serialized SentencePiece model, trained once per process
 
 
-def sentencepiece_proto(family):
-    """A small SentencePiece model of `family`'s vocabulary layout, trained on `data/corpus.txt` (cached)."""
-    if family not in _PROTOS:
+def sentencepiece_proto(family, corpus=None):
+    """A small SentencePiece model of `family`'s vocabulary layout, trained on `corpus` (cached).
+
+    `corpus`: a text file, one sentence per line; default the shipped `data/corpus.txt`.
+    """
+    # A small corpus of its own may hold fewer pieces than the vocabulary size: then the vocabulary is smaller.
+    limits = {"hard_vocab_limit": False} if corpus else {}
+    corpus = corpus or Path(PPOConfig().vocabulary).with_name("corpus.txt")
+    if (family, str(corpus)) not in _PROTOS:
         import sentencepiece
 
-        with open(Path(PPOConfig().vocabulary).with_name("corpus.txt")) as corpus:  # the shipped data/
-            lines = [line.strip() for line in corpus if line.strip()]
+        with open(corpus) as lines_file:
+            lines = [line.strip() for line in lines_file if line.strip()]
         model = io.BytesIO()
         sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=model, vocab_size=SENTENCEPIECE_VOCABULARY_SIZE,
             model_type="bpe", character_coverage=1.0, byte_fallback=True, split_digits=True,
             normalization_rule_name="identity", remove_extra_whitespaces=False,
             add_dummy_prefix=not family.startswith("gemma"), user_defined_symbols=SPECIAL_TOKENS[family],
-            num_threads=1, minloglevel=2, **_SP_IDS[family])
-        _PROTOS[family] = model.getvalue()
-    return _PROTOS[family]
+            num_threads=1, minloglevel=2, **limits, **_SP_IDS[family])
+        _PROTOS[family, str(corpus)] = model.getvalue()
+    return _PROTOS[family, str(corpus)]
 
 
 def _bpe_vocabulary(family):
@@ -125,11 +131,14 @@ _TOKENIZERS = {"gpt2": "GPT2Tokenizer", "gpt_neo_x": "GPTNeoXTokenizer", "opt": 
                "gemma3n": "Gemma3nTokenizer", "gemma4": "Gemma4Tokenizer"}
 
 
-def tokenizer(architecture):
-    """`architecture`'s keras-hub tokenizer, over the project's BPE vocabulary or a small SentencePiece model."""
+def tokenizer(architecture, corpus=None):
+    """`architecture`'s keras-hub tokenizer, over the project's BPE vocabulary or a small SentencePiece model.
+
+    `corpus` (SentencePiece families): the text the SentencePiece model is trained on; default `data/corpus.txt`.
+    """
     cls = getattr(keras_hub.models, _TOKENIZERS[architecture])
     if architecture in SENTENCEPIECE_FAMILIES:
-        return cls(proto=sentencepiece_proto(architecture))
+        return cls(proto=sentencepiece_proto(architecture, corpus))
     vocabulary, merges = _bpe_vocabulary(architecture), PPOConfig().merges
     if architecture in ARCHITECTURES:  # as the integration tests of presets have always had them
         return cls(vocabulary=vocabulary, merges=merges)
@@ -151,11 +160,11 @@ def _seeded(seed):
         random.setstate(state)
 
 
-def _backbone(family, tok, hidden_dim):
+def _backbone(family, tok, hidden_dim, num_layers=2):
     m = keras_hub.models
     vocabulary_size = tok.vocabulary_size()
     head_dim = hidden_dim // 2
-    size = dict(vocabulary_size=vocabulary_size, num_layers=2, hidden_dim=hidden_dim,
+    size = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=hidden_dim,
                 intermediate_dim=2 * hidden_dim)
     gqa = dict(num_query_heads=2, num_key_value_heads=1)  # grouped-query attention: 2 query heads, 1 key/value head
     moe = dict(num_experts=4, top_k=2)
@@ -242,13 +251,17 @@ _CLASSES = {"gpt2": "GPT2", "gpt_neo_x": "GPTNeoX", "opt": "OPT", "bloom": "Bloo
             "qwen3_5_moe": "Qwen3_5Moe", "smollm3": "SmolLM3", "gpt_oss": "GptOss"}
 
 
-def causal_lm(architecture, hidden_dim=32):
-    """A randomly initialised (seeded) tiny CausalLM of `architecture` (one of `FAMILIES`) with its preprocessor."""
+def causal_lm(architecture, hidden_dim=32, num_layers=2, corpus=None):
+    """A randomly initialised (seeded) tiny CausalLM of `architecture` (one of `FAMILIES`) with its preprocessor.
+
+    `num_layers` and `corpus` (what a SentencePiece tokenizer is trained on) serve larger experiments
+    (scripts/chat_arithmetic.py); the tests use the defaults.
+    """
     prefix = _CLASSES[architecture]
-    tok = tokenizer(architecture)
+    tok = tokenizer(architecture, corpus)
     preprocessor = getattr(keras_hub.models, f"{prefix}CausalLMPreprocessor")(tokenizer=tok)
     with _seeded(SEED):
-        backbone = _backbone(architecture, tok, hidden_dim)
+        backbone = _backbone(architecture, tok, hidden_dim, num_layers)
         return getattr(keras_hub.models, f"{prefix}CausalLM")(backbone=backbone, preprocessor=preprocessor)
 
 
