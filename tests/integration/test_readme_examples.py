@@ -2,7 +2,7 @@
 
 The blocks are read from the Markdown files, so an example that drifts from the API fails here. Each runs in
 its own empty directory with `tf_ppo`'s config classes wrapped to cut the run short (two updates, a small
-held-out set, 64 preference pairs, one epoch): the code is the README's, only its length is not. Where the
+held-out set, 64 preference pairs, one epoch, no XLA): the code is the README's, only its length is not. Where the
 text beside a block claims a KL or fluency, the short run is checked against it: a run already past the
 claimed KL after two updates, or already below the claimed fluency, fails.
 """
@@ -59,7 +59,8 @@ def few_updates(tmp_path, monkeypatch, sft_policy_path, arithmetic_sft_path):
     pairs = tmp_path / "pairs.csv"
     pd.read_csv(tf_ppo.PPOConfig().dpo.preferences_csv).sample(64, random_state=0).to_csv(pairs, index=False)
     real = tf_ppo.PPOConfig
-    short = {"total_updates": 2, "eval_size": 16}
+    # XLA off: compiling takes longer than it saves over 2 updates (the compiled paths run throughout the suite).
+    short = {"total_updates": 2, "eval_size": 16, "generation_jit": False, "train_jit": False}
     preference_data = {"epochs": 1, "preferences_csv": str(pairs), "heldout_fraction": 0.25}
 
     def short_config(**fields):
