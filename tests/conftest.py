@@ -18,6 +18,13 @@ if MADE_THE_CACHE:
 # would otherwise compile the same programs. Set before TensorFlow reads its flags.
 os.environ.setdefault("TF_XLA_FLAGS",
                       f"--tf_xla_persistent_cache_directory={os.path.join(os.environ['TF_PPO_CACHE'], 'xla')}")
+# Under pytest-xdist, each worker's TensorFlow (and the processes it starts) gets its share of the cores: by
+# default each would use them all, and two workers on 2 cores then spend CPU time on contention. Measured on
+# two integration modules with -n 2 on 2 cores: 8 min 48 s of CPU time in 5 min 1 s, 6 min 57 s in 4 min 40 s.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _THREADS)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", _THREADS)
 
 import filelock  # noqa: E402
 import pytest  # noqa: E402
