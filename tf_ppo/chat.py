@@ -228,13 +228,13 @@ def single_token_id(tokenizer, token):
 class ChatFormat:
     """A tokenizer and a chat template: conversations to token ids, and the token that ends a reply.
 
-    Raises:
-        ChatError: the template's end-of-turn marker is not one token of this tokenizer.
-
     Args:
         tokenizer: the policy's keras-hub tokenizer.
         chat_template: None (the family's), a template's name, or a Jinja template string.
         family: the policy's keras-hub CausalLM class name.
+
+    Encoding a conversation, or asking for `reply_end_id`, raises `ChatError`
+    when the template's end-of-turn marker is not one token of this tokenizer.
 
     Example:
         chat = ChatFormat(tokenizer, None, "Gemma3CausalLM")
@@ -243,19 +243,27 @@ class ChatFormat:
     """
 
     def __init__(self, tokenizer, chat_template, family):
-        end_token = tokenizer.id_to_token(tokenizer.end_token_id)
         self.tokenizer = tokenizer
-        self.template = template = resolve_template(chat_template, family, end_token)
-        self.reply_end_id = tokenizer.end_token_id
-        if template.end_of_turn is not None:
-            self.reply_end_id = single_token_id(tokenizer, template.end_of_turn)
-            if self.reply_end_id is None:
-                raise ChatError(f"the {template.name} chat template ends a turn with {template.end_of_turn}, which "
-                                f"is not a token of this tokenizer; {_HOW_TO_PASS}")
+        self.template = resolve_template(chat_template, family, tokenizer.id_to_token(tokenizer.end_token_id))
+        # None when this vocabulary lacks the template's end-of-turn token: an error once a conversation is used.
+        self.end_of_turn_id = (tokenizer.end_token_id if self.template.end_of_turn is None
+                               else single_token_id(tokenizer, self.template.end_of_turn))
+
+    @property
+    def reply_end_id(self):
+        """The token id that closes a reply: the template's end of turn, or the end token."""
+        self._check_end_of_turn()
+        return self.end_of_turn_id
 
     def prompt_ids(self, messages):
         """The rendered conversation's token ids, up to the opening of the assistant's reply (no start token)."""
+        self._check_end_of_turn()  # a reply that could never end is refused before any prompt is encoded
         return tokenize_with_markers(self.tokenizer, self.template.render(messages))
+
+    def _check_end_of_turn(self):
+        if self.end_of_turn_id is None:
+            raise ChatError(f"the {self.template.name} chat template ends a turn with {self.template.end_of_turn}, "
+                            f"which is not a token of this tokenizer; {_HOW_TO_PASS}")
 
 
 def check_chat_template(prompts, chat_template, family):
@@ -304,6 +312,6 @@ def stop_token_ids(tokenizer, chat=None):
     stops = [tokenizer.end_token_id]
     if getattr(tokenizer, "end_token2_id", None) is not None:  # Llama 3: <|eot_id|> beside <|end_of_text|>
         stops.append(tokenizer.end_token2_id)
-    if chat is not None:
-        stops.append(chat.reply_end_id)
+    if chat is not None and chat.end_of_turn_id is not None:
+        stops.append(chat.end_of_turn_id)
     return tuple(dict.fromkeys(stops))

@@ -94,7 +94,8 @@ def sft(config=None, policy=None, show_progress=True, checkpoint_dir=None, strat
         source = policy if policy is not None else policy_from_config(config, tokenizer)
         policy = source if built_here and source.dtype_policy.name == dtype else copy_model(source, dtype)
         optimizer = keras.optimizers.Adam(config.sft.learning_rate)
-    chat = chat_format(tokenizer, config.model.chat_template, type(source).__name__, frames[0][PROMPT_COLUMN].tolist())
+    prompts = frames[0][PROMPT_COLUMN].tolist()
+    chat = chat_format(tokenizer, config.model.chat_template, type(source).__name__, prompts)
     (train_ids, train_mask), (heldout_ids, heldout_mask) = [
         encode_sft_examples(tokenizer, frame[PROMPT_COLUMN].tolist(), frame[TARGET_COLUMN].tolist(),
                             config.sft.max_length, chat) for frame in frames]

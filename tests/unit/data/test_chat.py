@@ -197,3 +197,12 @@ def test_preference_files_take_conversations_and_trl_style_replies(tmp_path):
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=r"column 'chosen', row 1: a conversational response must be one assistant"):
         read_preferences(jsonl)
+
+
+def test_a_vocabulary_without_the_end_of_turn_token_fails_only_when_a_conversation_is_encoded():
+    from tf_ppo.models import load_tokenizer
+    tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)  # GPT-2's: no <end_of_turn>
+    chat = chat_format(tokenizer, "gemma", "GPT2CausalLM")
+    assert stop_token_ids(tokenizer, chat) == (tokenizer.end_token_id,)  # text prompts still stop at the end token
+    with pytest.raises(ChatError, match=r"gemma chat template ends a turn with <end_of_turn>, which is not a token"):
+        chat.prompt_ids([{"role": "user", "content": "hi"}])
