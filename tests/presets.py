@@ -265,6 +265,23 @@ def causal_lm(architecture, hidden_dim=32, num_layers=2, corpus=None):
         return getattr(keras_hub.models, f"{prefix}CausalLM")(backbone=backbone, preprocessor=preprocessor)
 
 
+def gemma3_with_vision(hidden_dim=32):
+    """A tiny Gemma 3 with a (tiny) vision encoder and an image-converting preprocessor: a multimodal preset."""
+    m = keras_hub.models
+    tok = tokenizer("gemma3")
+    with _seeded(SEED):
+        vision = m.Gemma3VisionEncoder(image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1,
+                                       intermediate_dim=16, output_dim=hidden_dim, pool_size=2)
+        backbone = m.Gemma3Backbone(
+            vocabulary_size=tok.vocabulary_size(), num_layers=2, hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim,
+            num_query_heads=2, num_key_value_heads=1, head_dim=hidden_dim // 2, image_size=16, vision_encoder=vision,
+            use_post_ffw_norm=True, use_post_attention_norm=True, use_sliding_window_attention=True,
+            sliding_window_size=SLIDING_WINDOW)
+    preprocessor = m.Gemma3CausalLMPreprocessor(
+        tokenizer=tok, image_converter=keras_hub.layers.Gemma3ImageConverter(image_size=(16, 16)))
+    return m.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
 def save_tiny_preset(architecture, directory):
     """Build a tiny model of `architecture` and save it as a keras-hub preset in `directory`."""
     causal_lm(architecture).save_to_preset(str(directory))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from tests.presets import FAMILIES, causal_lm, save_tiny_preset
+from tests.presets import FAMILIES, causal_lm, gemma3_with_vision, save_tiny_preset
 
 import tf_ppo
 from tf_ppo.generation.sampling import generate
@@ -122,3 +122,26 @@ def test_two_grpo_updates_on_conversations_then_export(family, tmp_path):
     assert TURN_OPENING[family] in prompt and first.split()[0] in prompt
     assert all(np.isfinite(weight).all() for weight in result.policy.get_weights())
     exports_and_generates(result, tmp_path / "export", family)
+
+
+def test_a_multimodal_preset_trains_as_a_text_model_and_its_encoder_goes_back_on_after(tmp_path):
+    multimodal = gemma3_with_vision()
+    multimodal.save_to_preset(str(tmp_path / "preset"))
+    vision = multimodal.backbone.vision_encoder
+    config = tf_ppo.PPOConfig(model=str(tmp_path / "preset"), algorithm="grpo", num_generations=4, beta=0.04,
+                              total_updates=1, batch_size=8, eval_size=8, response_length=8, train_jit=False,
+                              generation_jit=False, run_dir=str(tmp_path / "run"))
+    trainer = tf_ppo.RLTrainer(config, show_progress=False)
+    text_weights = sum(int(np.prod(w.shape)) for w in multimodal.weights) - vision.count_params()
+    for model in (trainer.policy, trainer.reference):  # no image input, no vision weights
+        assert [i.name for i in model.backbone.inputs] == ["padding_mask", "token_ids"]
+        assert sum(int(np.prod(w.shape)) for w in model.weights) == text_weights
+    assert f"vision encoder: {vision.count_params():,} parameters, frozen: left out of training" \
+        in trainer.parameter_report
+    result = trainer.train()
+    trained = tf_ppo.models.with_encoders(result.policy, gemma3_with_vision())
+    for name in ("token_embedding", "decoder_block_1"):
+        for got, want in zip(trained.backbone.get_layer(name).get_weights(),
+                             result.policy.backbone.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    assert trained.backbone.vision_encoder is not None

@@ -24,6 +24,7 @@ The modules (their public names are all importable from `tf_ppo.models`):
 - `value`: the value model, a backbone with a scalar head;
 - `lora`: LoRA adapters and the adapters-off reference (`AdaptersOff`);
 - `heads`: a model split into trunk and head (`trunk_and_head`, on private Keras attributes);
+- `multimodal`: multimodal presets trained as text models (`text_only`, `with_encoders`);
 - `report`: parameter counts and weight memory;
 - `forward`, `remat`, `einsum`: the forward pass at response positions, gradient checkpointing, einsums.
 """
@@ -33,6 +34,7 @@ from tf_ppo.models.heads import trunk_and_head
 from tf_ppo.models.lora import AdaptersOff, enable_lora
 from tf_ppo.models.policy import (BigramLM, build_backbone, build_policy, build_weights, copy_model, family_for,
                                   frozen_copy, load_tokenizer, policy_from_config, tokenizer_for)
+from tf_ppo.models.multimodal import text_only, with_encoders
 from tf_ppo.models.report import parameter_report, weight_bytes
 from tf_ppo.models.value import ValueModel, build_value_model, freeze_output_projection
 
@@ -45,6 +47,8 @@ __all__ = [
     "policy_from_config",
     "tokenizer_for",
     "family_for",
+    "text_only",
+    "with_encoders",
     "build_backbone",
     "build_policy",
     "build_weights",

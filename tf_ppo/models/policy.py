@@ -16,6 +16,7 @@ import tensorflow as tf
 from tf_ppo.config import OBJECT_MARK, ConfigError, ModelConfig  # noqa: F401  ModelConfig: used by the doctests
 from tf_ppo.models.families import causal_lm_class
 from tf_ppo.models.inputs import model_inputs
+from tf_ppo.models.multimodal import text_only
 
 
 def load_tokenizer(vocabulary, merges):
@@ -74,6 +75,7 @@ def policy_from_config(config, tokenizer):
 
     A preset loads with `keras_hub.models.CausalLM.from_preset`, so any
     architecture keras-hub knows works; a local preset directory works offline.
+    A multimodal one trains as a text model (`tf_ppo.models.multimodal`).
 
     Example:
     >>> from tf_ppo.config import PPOConfig
@@ -85,9 +87,9 @@ def policy_from_config(config, tokenizer):
     if isinstance(preset, str):
         _check_preset_name(preset)
         with _download_errors_named(preset):
-            return causal_lm_class(preset).from_preset(preset)
+            return text_only(causal_lm_class(preset).from_preset(preset))
     if preset is not None:
-        return preset
+        return text_only(preset)
     return build_policy(config.model, tokenizer.vocabulary_size(), tokenizer)
 
 
@@ -219,7 +221,10 @@ def copy_model(model, dtype=None):
     3
     """
     if isinstance(model, keras_hub.models.CausalLM):
-        return type(model)(backbone=copy_model(model.backbone, dtype), preprocessor=model.preprocessor)
+        copy = type(model)(backbone=copy_model(model.backbone, dtype), preprocessor=model.preprocessor)
+        if hasattr(model, "left_out"):  # encoders of a multimodal preset, left out of training (multimodal.py)
+            copy.left_out = model.left_out
+        return copy
     config = model.get_config()
     if dtype is not None:
         config["dtype"] = dtype

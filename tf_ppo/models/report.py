@@ -12,6 +12,7 @@ def parameter_report(models):
     Weights shared with a model listed earlier are not counted again, so the
     bytes add up to what the process holds (LoRA: one copy of the base weights).
     A string in place of a model is printed as it is: a model not built, and why.
+    The encoders a multimodal policy was trained without (`left_out`) get a line each.
 
     Example:
     >>> print(parameter_report({"policy": build_weights(BigramLM(vocabulary_size=10, hidden_dim=4))}))
@@ -33,6 +34,8 @@ def parameter_report(models):
         lines.append(f"{name}: {trainable:,} trainable, {frozen:,} frozen parameters, "
                      f"{_bytes(weight_bytes(own))} of weights{shared}")
         seen.update(id(w) for w in model.weights)
+        lines += [f"{encoder}: {count:,} parameters, frozen: left out of training (text only), not in the policy, "
+                  f"the reference or the value model" for encoder, count in getattr(model, "left_out", {}).items()]
     return "\n".join(lines)
 
 

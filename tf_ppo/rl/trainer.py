@@ -27,7 +27,7 @@ from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
-                           family_for, tokenizer_for)
+                           family_for, text_only, tokenizer_for)
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
@@ -157,8 +157,8 @@ class RLTrainer:
         A policy built outside the strategy's scope is copied in, so its variables are mirrored.
         """
         c = self.config
-        if policy is None:
-            policy = starting_policy(c, self.tokenizer, self.show_progress, self.strategy)
+        policy = text_only(policy) if policy is not None else starting_policy(c, self.tokenizer, self.show_progress,
+                                                                               self.strategy)
         if self.strategy.num_replicas_in_sync > 1 or policy.dtype_policy.name != c.dtype:
             policy = copy_model(policy, c.dtype)
         return policy
