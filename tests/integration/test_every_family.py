@@ -145,3 +145,31 @@ def test_a_multimodal_preset_trains_as_a_text_model_and_its_encoder_goes_back_on
                              result.policy.backbone.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want)
     assert trained.backbone.vision_encoder is not None
+
+
+def conversation_pairs_jsonl(path, rows=24):
+    """Preference pairs with conversational prompts and TRL-style chosen replies, from the shipped pairs."""
+    pairs = pd.read_csv(tf_ppo.PPOConfig().dpo.preferences_csv)[:rows]
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": row.prompt}],
+                                        "chosen": [{"role": "assistant", "content": row.chosen}],
+                                        "rejected": row.rejected}) + "\n" for row in pairs.itertuples()))
+    return str(path)
+
+
+# PPO (a critic on the policy's backbone) with LoRA (the reference is the policy with its adapters off), then DPO
+# with LoRA, on conversations: each adapter with code of its own, and the generic one (Mixtral); GPT-2's run
+# throughout the suite.
+@pytest.mark.parametrize("family", ["gemma3", "qwen3_5", "mixtral"])
+def test_ppo_and_dpo_with_lora_on_conversations(family, tmp_path):
+    prompts = conversations_jsonl(tmp_path / "prompts.jsonl")
+    result = tiny_run(tmp_path, family, trl_style_reward, lora_rank=2, prompts=prompts, eval_prompts_csv=prompts,
+                      max_prompt_length=32)
+    assert len(result.history) == 2 and all(row["skipped_steps"] == 0 for row in result.history)
+    assert all(np.isfinite(weight).all() for weight in result.policy.get_weights())
+    dpo = tf_ppo.dpo(tf_ppo.PPOConfig(
+        model=str(tmp_path / "preset"), lora_rank=2, eval_size=8, response_length=8, eval_prompts_csv=prompts,
+        max_prompt_length=32, train_jit=False, generation_jit=False, run_dir=str(tmp_path / "dpo"),
+        dpo={"preferences_csv": conversation_pairs_jsonl(tmp_path / "pairs.jsonl"), "batch_size": 8,
+             "heldout_fraction": 0.25, "max_length": 48}), show_progress=False)
+    assert dpo.steps_done == 2 and np.isfinite(dpo.history[-1]["train_loss"])
+    assert all(np.isfinite(weight).all() for weight in dpo.policy.get_weights())
