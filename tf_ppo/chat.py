@@ -31,8 +31,9 @@ import typing
 
 from tf_ppo.data import DataError, is_conversation
 
+
 class ChatError(DataError):
-    """A conversation or chat template is unusable; the message names the row, message or family."""
+    """A chat template is unknown, missing for the family, or unusable with this tokenizer; the message says which."""
 
 
 @dataclasses.dataclass(frozen=True)
