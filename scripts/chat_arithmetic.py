@@ -78,7 +78,7 @@ def main():
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="chat_arithmetic_"))
     work.mkdir(parents=True, exist_ok=True)
     preset = instruct_preset(work, args)
-    grpo = {**ARITHMETIC_DEMO["grpo"], "total_updates": args.updates}
+    grpo = {**ARITHMETIC_DEMO["grpo"], "total_updates": args.updates, "eval_every": 0}  # before and after only
     config = sft_config(work, preset, args).replace(algorithm="grpo", run_dir=str(work / "grpo"), **grpo)
     result = tf_ppo.train(config)
     before, after = result.evaluation_before, result.evaluation_after
