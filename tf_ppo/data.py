@@ -212,7 +212,7 @@ def load_prompts(source):
     if isinstance(source, (str, pathlib.Path)):
         return read_prompt_csv(source)[PROMPT_COLUMN].tolist()
     prompts = list(source)
-    check_prompts(prompts, "the prompt list")
+    check_prompts(prompts, "prompts")
     return prompts
 
 
