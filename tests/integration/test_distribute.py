@@ -177,8 +177,8 @@ def test_two_workers_stop_together_on_ctrl_c_then_resume_to_identical_weights_an
     train = [sys.executable, "-m", "tf_ppo.cli", "train", "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     # Its own session: the Ctrl-C below reaches the launcher and both workers, as a terminal's does.
-    launcher = subprocess.Popen([*train, "--run_dir", str(run_dir), "--total_updates", "4", "--batch_size", "32",
-                                 "--eval_size", "32", "--checkpoint_every", "1"], cwd=ROOT, env=env, text=True,
+    launcher = subprocess.Popen([*train, "--run_dir", str(run_dir), "--total_updates", "4", "--batch_size", "16",
+                                 "--eval_size", "16", "--checkpoint_every", "1"], cwd=ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "ckpt-1.index").exists():
@@ -205,7 +205,7 @@ def test_two_workers_stop_together_on_ctrl_c_then_resume_to_identical_weights_an
 def test_a_killed_worker_makes_the_other_fail_within_a_bounded_time(tmp_path, sft_policy_path):
     run_dir = tmp_path / "mw"
     args = [sys.executable, "-m", "tf_ppo.cli", "train", "--strategy", "multi_worker", "--run_dir", str(run_dir),
-            "--total_updates", "500", "--batch_size", "32", "--eval_size", "32", "--collective_timeout", "20"]
+            "--total_updates", "500", "--batch_size", "16", "--eval_size", "16", "--collective_timeout", "20"]
     workers = [subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "TF_CONFIG": tf_config},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for tf_config in local_cluster([free_port(), free_port()])]

@@ -20,7 +20,8 @@ from tf_ppo.training.reporting import read_history
 from tf_ppo.sft import sft
 
 # The straight run's settings, also spelled as CLI flags for the subprocess runs.
-RUN = {"total_updates": 4, "target_kl": 1.0, "batch_size": 32, "eval_size": 32}
+# 16 rollouts and 16 held-out prompts: what is tested is the resume, not the learning.
+RUN = {"total_updates": 4, "target_kl": 1.0, "batch_size": 16, "eval_size": 16}
 RUN_FLAGS = [arg for key, value in RUN.items() for arg in (f"--{key}", str(value))]
 
 

@@ -72,10 +72,11 @@ def test_compiled_steps_trace_once(great_run):
 
 def test_same_seed_same_run_and_chunked_rollouts_with_gradient_checkpointing_give_the_same_update(
         tmp_path, sft_policy_path):
-    # The third run samples and scores its 32 rollouts 8 at a time, and recomputes every block's
+    # The third run samples and scores its 16 rollouts 8 at a time, and recomputes every block's
     # activations in the backward pass: the same samples, the same update.
     changes = [{}, {}, {"rollout_batch_size": 8, "gradient_checkpointing": True}]
-    runs = [train(tiny_config(tmp_path / str(i), total_updates=2, **change), show_progress=False)
+    runs = [train(tiny_config(tmp_path / str(i), total_updates=2, batch_size=16, eval_size=16, **change),
+                  show_progress=False)
             for i, change in enumerate(changes)]
     strip = [[{k: v for k, v in row.items() if not k.startswith("seconds")} for row in r.history] for r in runs]
     assert strip[0] == strip[1]
