@@ -24,7 +24,7 @@ def run_notebook(path, monkeypatch):
     # The kernel inherits this environment: the session's policy cache, and tf_ppo importable from a checkout.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(path, as_version=4)
-    # The per-cell timeout only catches a hung kernel: the longest cell (08.s sweep, 5 short PPO runs) takes
+    # The per-cell timeout only catches a hung kernel: the longest cell (08's sweep, 5 short PPO runs) takes
     # about 100 s here, but a CI run on a slower machine took the whole suite 2.6x longer and cut it at 300 s.
     client = NotebookClient(notebook, timeout=1800, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
