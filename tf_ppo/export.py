@@ -66,16 +66,14 @@ class PolicyModule(tf.Module):
         self.default_max_new_tokens = default_max_new_tokens
         # Completions stop where training's did: at the end token, or the family's end of turn.
         self.stop_token_ids = stop_token_ids(tokenizer, chat_format(tokenizer, None, type(policy).__name__))
-        # The tokenizer's graph is traced once per direction and called by every signature: a BPE tokenizer
-        # takes seconds to trace, and each signature would otherwise trace its own copy.
-        self._encode_prompts = compiled(lambda texts: self._encode(texts, with_start=True), input_signature=[TEXTS])
-        self._encode_completions = compiled(lambda texts: self._encode(texts, with_start=False),
-                                            input_signature=[TEXTS])
+        # The tokenizer's graph is traced once and called by every signature: a BPE tokenizer takes seconds to
+        # trace, and each signature (and each of prompts and completions) would otherwise trace its own copy.
+        self._tokenize = compiled(lambda texts: tokenizer(texts), input_signature=[TEXTS])  # ragged [batch, None]
         if value_model is not None:  # saving traces every tf.function attribute, so only attach it when usable
             self.value = compiled(self._value, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
 
     def _encode(self, texts, with_start):
-        ids = self.tokenizer(texts)  # ragged [batch, None]
+        ids = self._tokenize(texts)  # ragged [batch, None]
         if with_start:
             ids = prepend_start_token(self.tokenizer, ids)
         return tf.cast(ids.to_tensor(default_value=self.tokenizer.pad_token_id), tf.int32), \
@@ -85,7 +83,7 @@ class PolicyModule(tf.Module):
                                   tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
                                   tf.TensorSpec([], tf.int32)])
     def generate(self, prompts, max_new_tokens, temperature, top_k, seed):
-        prompt_ids, prompt_lengths = self._encode_prompts(prompts)
+        prompt_ids, prompt_lengths = self._encode(prompts, with_start=True)
         sequence_ids = generate(self.policy, prompt_ids, prompt_lengths, tf.stack([seed, 0]), max_new_tokens,
                                 temperature, top_k)
         responses = response_view(sequence_ids, prompt_lengths, max_new_tokens, self.stop_token_ids)
@@ -99,8 +97,8 @@ class PolicyModule(tf.Module):
         return self.generate(prompts, self.default_max_new_tokens, 1.0, 0, 0)
 
     def _completion_view(self, prompts, completions):
-        prompt_ids, prompt_lengths = self._encode_prompts(prompts)
-        completion_ids, completion_lengths = self._encode_completions(completions)
+        prompt_ids, prompt_lengths = self._encode(prompts, with_start=True)
+        completion_ids, completion_lengths = self._encode(completions, with_start=False)
         # Right-aligned buffer: each completion starts right after its own prompt.
         width = tf.shape(completion_ids)[1]
         sequence_ids = tf.concat([prompt_ids, tf.zeros_like(completion_ids)], axis=1)
