@@ -24,8 +24,9 @@ from tf_ppo.training.reporting import read_history
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
-# One RL update, one SFT step or two DPO steps, under "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no
-# strategy), with XLA or not; weights to an .npz.
+# One RL update, one SFT step or two DPO steps under each of the named strategies in turn, in one process:
+# "mirrored" (2 logical CPUs), "mirrored_one_device" or "default" (no strategy), with XLA or not; each strategy's
+# weights to an .npz of its own.
 TWO_DEVICES = """
 import json, pathlib, sys
 import numpy as np, pandas as pd, tensorflow as tf
@@ -35,13 +36,10 @@ from tests.conftest import tiny_config
 import tf_ppo
 from tf_ppo import PPOConfig, PPOTrainer, sft
 from tf_ppo.rl.functional import masked
-stage, name, out, tmp, xla = sys.argv[1:6]
-strategy = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
-            "mirrored_one_device": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
-            "default": tf.distribute.get_strategy}[name]()
-tmp = pathlib.Path(tmp)
-tmp.mkdir(parents=True, exist_ok=True)
-report = {}
+stage, names, out, tmp, xla = sys.argv[1:6]
+STRATEGIES = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+              "mirrored_one_device": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
+              "default": tf.distribute.get_strategy}
 # The RL stages. "xla" = the default settings: XLA samples and scores on every replica, and compiles the
 # optimiser step on one replica only; the samples must still agree. GRPO: groups of 4, a reference (beta > 0)
 # and the per-sequence loss, whose row count spans the replicas; RLOO: leave-one-out baselines and the KL in
@@ -49,54 +47,69 @@ report = {}
 ALGORITHMS = {"ppo": {}, "grpo": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"},
               "rloo": {"algorithm": "rloo", "num_generations": 4},
               "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4}}
-if stage in ALGORITHMS:
-    config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla",
-                         **ALGORITHMS[stage])
-    result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
-    weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
-    report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
-    if name == "mirrored":
-        try:
-            PPOTrainer(config.replace(batch_size=30, num_mini_batches=2, run_dir=str(tmp / "odd")), strategy=strategy)
-        except ValueError as error:
-            report["odd_batch_error"] = str(error)
-        # Whitening inside strategy.run with unequal token counts per replica == whitening of the whole batch.
-        rng = np.random.default_rng(0)
-        values = rng.normal(size=(4, 6)).astype(np.float32)
-        mask = np.array([[1] * 6, [1, 1, 0, 0, 0, 0], [1] * 5 + [0], [0] * 6], bool)  # replica 0: 8 tokens, 1: 5
-        shares = strategy.experimental_distribute_values_from_function(
-            lambda ctx: (values[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2],
-                         mask[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2]))
-        per_replica = strategy.run(tf.function(lambda pair: masked.whiten(pair[0], pair[1])), args=(shares,))
-        distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
-        report["whiten_max_difference"] = float(np.abs(distributed - masked.whiten(values, mask).numpy()).max())
-elif stage == "dpo":  # 32 pairs, 2 steps, the reference log-probs precomputed under the strategy
-    frame = pd.read_csv(PPOConfig().dpo.preferences_csv)
-    csv = tmp / "pairs.csv"
-    pd.concat([frame[frame.split == "train"].head(32), frame[frame.split == "heldout"].head(8)]).to_csv(csv, index=False)
-    config = PPOConfig(run_dir=str(tmp / "dpo"), train_jit=xla == "xla",
-                       dpo={"preferences_csv": str(csv), "epochs": 1, "batch_size": 16})
-    weights = tf_ppo.dpo(config, strategy=strategy, show_progress=False).policy.get_weights()
-else:
-    csv = tmp / "one_batch.csv"
-    pd.read_csv(PPOConfig().sft.train_csv).head(32).to_csv(csv, index=False)
-    config = PPOConfig(sft={"epochs": 1, "train_csv": str(csv), "batch_size": 32})
-    weights = sft(config, show_progress=False, strategy=strategy).policy.get_weights()
-np.savez(out, *weights)
-print("REPORT " + json.dumps(report))
+
+
+def run(name, tmp):
+    strategy = STRATEGIES[name]()
+    tmp.mkdir(parents=True, exist_ok=True)
+    report = {}
+    if stage in ALGORITHMS:
+        config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla",
+                             **ALGORITHMS[stage])
+        result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
+        weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
+        report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
+        if name == "mirrored":
+            try:
+                PPOTrainer(config.replace(batch_size=30, num_mini_batches=2, run_dir=str(tmp / "odd")),
+                           strategy=strategy)
+            except ValueError as error:
+                report["odd_batch_error"] = str(error)
+            # Whitening inside strategy.run with unequal token counts per replica == whitening of the whole batch.
+            rng = np.random.default_rng(0)
+            values = rng.normal(size=(4, 6)).astype(np.float32)
+            mask = np.array([[1] * 6, [1, 1, 0, 0, 0, 0], [1] * 5 + [0], [0] * 6], bool)  # replica 0: 8 tokens, 1: 5
+            shares = strategy.experimental_distribute_values_from_function(
+                lambda ctx: (values[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2],
+                             mask[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2]))
+            per_replica = strategy.run(tf.function(lambda pair: masked.whiten(pair[0], pair[1])), args=(shares,))
+            distributed = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+            report["whiten_max_difference"] = float(np.abs(distributed - masked.whiten(values, mask).numpy()).max())
+    elif stage == "dpo":  # 32 pairs, 2 steps, the reference log-probs precomputed under the strategy
+        frame = pd.read_csv(PPOConfig().dpo.preferences_csv)
+        csv = tmp / "pairs.csv"
+        pd.concat([frame[frame.split == "train"].head(32), frame[frame.split == "heldout"].head(8)]).to_csv(csv,
+                                                                                                         index=False)
+        config = PPOConfig(run_dir=str(tmp / "dpo"), train_jit=xla == "xla",
+                           dpo={"preferences_csv": str(csv), "epochs": 1, "batch_size": 16})
+        weights = tf_ppo.dpo(config, strategy=strategy, show_progress=False).policy.get_weights()
+    else:
+        csv = tmp / "one_batch.csv"
+        pd.read_csv(PPOConfig().sft.train_csv).head(32).to_csv(csv, index=False)
+        config = PPOConfig(sft={"epochs": 1, "train_csv": str(csv), "batch_size": 32})
+        weights = sft(config, show_progress=False, strategy=strategy).policy.get_weights()
+    np.savez(f"{out}-{name}.npz", *weights)
+    return report
+
+
+print("REPORT " + json.dumps({name: run(name, pathlib.Path(tmp) / name) for name in names.split(",")}))
 """
 
 
-def run_two_device_script(stage, name, tmp_path, xla=False):
-    out = tmp_path / f"{stage}-{name}-{xla}.npz"
-    completed = subprocess.run([sys.executable, "-c", TWO_DEVICES, stage, name, str(out), str(tmp_path / f"{name}-{xla}"),
-                                "xla" if xla else "no_xla"],
+def run_two_device_script(stage, names, tmp_path, xla=False):
+    """{strategy name: (weights, report)} of `stage` run under each of `names` in turn, in one fresh process."""
+    out = tmp_path / f"{stage}-{xla}"
+    completed = subprocess.run([sys.executable, "-c", TWO_DEVICES, stage, ",".join(names), str(out),
+                                str(tmp_path / f"{stage}-{xla}"), "xla" if xla else "no_xla"],
                                capture_output=True, text=True, timeout=600, cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": ROOT}, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.split("REPORT ", 1)[1])
-    weights = np.load(out)
-    return [weights[key] for key in weights.files], report
+    reports = json.loads(completed.stdout.split("REPORT ", 1)[1])
+    runs = {}
+    for name in names:
+        weights = np.load(f"{out}-{name}.npz")
+        runs[name] = [weights[key] for key in weights.files], reports[name]
+    return runs
 
 
 def relative_difference(got, expected):
@@ -105,17 +118,15 @@ def relative_difference(got, expected):
 
 
 @pytest.fixture(scope="module")
-def one_device_ppo(tmp_path_factory, sft_policy_path):
-    """The one-device PPO run (weights, report) both PPO comparisons below are made against: run once."""
-    return run_two_device_script("ppo", "default", tmp_path_factory.mktemp("one-device"), xla=True)
+def ppo_runs(tmp_path_factory, sft_policy_path):
+    """One PPO update with no strategy, on two replicas and on one, in one process (the tests below share it)."""
+    return run_two_device_script("ppo", ["default", "mirrored", "mirrored_one_device"],
+                                 tmp_path_factory.mktemp("ppo"), xla=True)
 
 
-def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_no_strategy(tmp_path,
-                                                                                          one_device_ppo):
+def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_no_strategy(ppo_runs):
     # XLA on: the optimiser step is one XLA computation inside strategy.run's replica context.
-    mirrored, _ = run_two_device_script("ppo", "mirrored_one_device", tmp_path, xla=True)
-    single, _ = one_device_ppo
-    assert relative_difference(mirrored, single) <= 1e-5
+    assert relative_difference(ppo_runs["mirrored_one_device"][0], ppo_runs["default"][0]) <= 1e-5
 
 
 # RLOO and REINFORCE++ are left out: their groups split over replicas as GRPO's do, and their global whitening
@@ -124,9 +135,9 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path, request):
     # Default settings: XLA samples and scores on each replica (compiled_per_replica), the optimiser step is not
     # compiled on two; the same noise either way.
-    mirrored, report = run_two_device_script(stage, "mirrored", tmp_path, xla=True)
-    single, single_report = (request.getfixturevalue("one_device_ppo") if stage == "ppo"
-                             else run_two_device_script(stage, "default", tmp_path, xla=True))
+    runs = (request.getfixturevalue("ppo_runs") if stage == "ppo"
+            else run_two_device_script(stage, ["default", "mirrored"], tmp_path, xla=True))
+    (single, single_report), (mirrored, report) = runs["default"], runs["mirrored"]
     assert relative_difference(mirrored, single) <= 1e-5
     if stage not in ("sft", "dpo"):
         assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
