@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import dpo_throughput  # noqa: E402
 import einsum_gradients  # noqa: E402
+import family_memory  # noqa: E402
 import memory_table  # noqa: E402
 import padded_vocabulary  # noqa: E402
 import ppo_throughput  # noqa: E402
@@ -144,3 +145,16 @@ def test_dpo_benchmark_times_both_reference_modes_at_exactly_the_asked_length(ca
     with pytest.raises(SystemExit, match="--target-trl-ratio needs --compare-trl"):
         dpo_throughput.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--pairs", "4", "--length", "24",
                              "--steps", "1", "--warmup", "1", "--target-trl-ratio", "0.5"])
+
+
+def test_family_memory_has_a_row_per_supported_family_at_the_memory_tables_bytes_per_parameter():
+    from tf_ppo.models.families.support import SUPPORTED
+
+    rows = {class_name: (preset, parameters, gigabytes) for class_name, preset, parameters, gigabytes
+            in family_memory.rows()}
+    assert set(rows) == set(SUPPORTED)
+    preset, parameters, gigabytes = rows["Gemma3CausalLM"]
+    assert preset == "gemma3_1b"  # not the embedding model or the 270 M one
+    full_ppo, _, bytes_per_parameter = memory_table.SETUPS[memory_table.FULL_PPO]
+    assert gigabytes[memory_table.FULL_PPO] == pytest.approx(bytes_per_parameter * parameters / 2**30)
+    assert rows["GPTNeoXCausalLM"][0] is None  # keras-hub lists no GPT-NeoX preset
