@@ -261,6 +261,13 @@ class ChatFormat:
         self._check_end_of_turn()  # a reply that could never end is refused before any prompt is encoded
         return tokenize_with_markers(self.tokenizer, self.template.render(messages))
 
+    def turn_ids(self, messages, reply_ids, start_ids=()):
+        """`(start + rendered conversation, reply + end of turn)` token ids: one training example's two parts.
+
+        SFT trains on both concatenated; DPO scores the second after the first.
+        """
+        return list(start_ids) + self.prompt_ids(messages), list(reply_ids) + [self.reply_end_id]
+
     def _check_end_of_turn(self):
         if self.end_of_turn_id is None:
             raise ChatError(f"the {self.template.name} chat template ends a turn with {self.template.end_of_turn}, "

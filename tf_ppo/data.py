@@ -308,7 +308,7 @@ def _text_token_lists(tokenizer, prompts, keep_tokens):
         # A word is at least one token, and byte-level BPE splits words before merging, so the first
         # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
         prompts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(prompts, keep_tokens)]
-    token_lists = _tokenize(tokenizer, prompts)
+    token_lists = tokenize_texts(tokenizer, prompts)
     if keep_tokens is not None:
         token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
     return token_lists
@@ -333,11 +333,12 @@ def encode_sft_examples(tokenizer, prompts, targets, max_length, chat=None):
     """
     start = start_token_ids(tokenizer)
     if is_conversation(prompts[0]):
-        token_lists = [start + chat.prompt_ids(messages) + reply + [chat.reply_end_id]
-                       for messages, reply in zip(prompts, _tokenize(tokenizer, targets))]
+        parts = (chat.turn_ids(messages, reply, start)
+                 for messages, reply in zip(prompts, tokenize_texts(tokenizer, targets)))
+        token_lists = [head + tail for head, tail in parts]
     else:
         texts = [f"{prompt} {target}" for prompt, target in zip(prompts, targets)]
-        token_lists = [start + ids + [tokenizer.end_token_id] for ids in _tokenize(tokenizer, texts)]
+        token_lists = [start + ids + [tokenizer.end_token_id] for ids in tokenize_texts(tokenizer, texts)]
     token_lists = [ids[:max_length] for ids in token_lists]
     mask = np.array([[i < len(ids) for i in range(max_length)] for ids in token_lists])
     return _pad(token_lists, max_length, tokenizer.pad_token_id), mask
@@ -386,9 +387,17 @@ def prepend_start_token(tokenizer, token_ids):
     return tf.concat([tf.RaggedTensor.from_tensor(starts), token_ids], axis=1)
 
 
-def _tokenize(tokenizer, texts):
-    # Called eagerly, keras-hub tokenizers return Python lists of ids.
-    return tokenizer(list(texts))
+def tokenize_texts(tokenizer, texts):
+    """Each text's token ids, as Python lists (no start or end token).
+
+    Example:
+    >>> from tf_ppo.config import PPOConfig
+    >>> from tf_ppo.models import load_tokenizer
+    >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    >>> [len(ids) for ids in tokenize_texts(tokenizer, ["the film", "a"])]
+    [2, 1]
+    """
+    return tokenizer(list(texts))  # called eagerly on a list, keras-hub tokenizers return lists
 
 
 def _pad(token_lists, width, pad_id):

@@ -161,9 +161,9 @@ def conversation_pairs_jsonl(path, rows=24):
 
 
 # PPO (a critic on the policy's backbone) with LoRA (the reference is the policy with its adapters off), then DPO
-# with LoRA, on conversations: each adapter with code of its own, and the generic one (Mixtral); GPT-2's run
-# throughout the suite.
-@pytest.mark.parametrize("family", ["gemma3", "qwen3_5", "mixtral"])
+# with LoRA, on conversations: each adapter with code of its own, the generic one (Mixtral), and Gemma 4, whose
+# backbone takes position ids (the critic too); GPT-2's run throughout the suite.
+@pytest.mark.parametrize("family", ["gemma3", "gemma4", "qwen3_5", "mixtral"])
 def test_ppo_and_dpo_with_lora_on_conversations(family, tmp_path):
     prompts = conversations_jsonl(tmp_path / "prompts.jsonl")
     result = tiny_run(tmp_path, family, trl_style_reward, lora_rank=2, prompts=prompts, eval_prompts_csv=prompts,

@@ -7,9 +7,8 @@ assistant's reply, ends with the template's end of turn.
 """
 
 import numpy as np
-import tensorflow as tf
 
-from tf_ppo.data import is_conversation, start_token_ids
+from tf_ppo.data import is_conversation, start_token_ids, tokenize_texts
 
 
 def preference_pairs(prompts, responses, best):
@@ -48,25 +47,17 @@ def encode_responses(tokenizer, prompts, responses, max_length, chat=None):
     """
     start = start_token_ids(tokenizer)
     if is_conversation(prompts[0]):
-        prompt_tokens, end = [chat.prompt_ids(messages) for messages in prompts], [chat.reply_end_id]
-        response_tokens = _token_lists(tokenizer, responses)
+        parts = [chat.turn_ids(messages, reply, start)
+                 for messages, reply in zip(prompts, tokenize_texts(tokenizer, responses))]
     else:
-        prompt_tokens, end = _token_lists(tokenizer, prompts), [tokenizer.end_token_id]
-        response_tokens = _token_lists(tokenizer, [" " + response for response in responses])
+        parts = [(start + prompt, response + [tokenizer.end_token_id]) for prompt, response in
+                 zip(tokenize_texts(tokenizer, prompts), tokenize_texts(tokenizer, [" " + r for r in responses]))]
     token_ids = np.full([len(prompts), max_length], tokenizer.pad_token_id, np.int32)
     padding_mask = np.zeros([len(prompts), max_length], bool)
     is_response = np.zeros([len(prompts), max_length], bool)
-    for row, (prompt, response) in enumerate(zip(prompt_tokens, response_tokens)):
-        head = start + prompt
-        sequence = (head + response + end)[:max_length]
+    for row, (head, tail) in enumerate(parts):
+        sequence = (head + tail)[:max_length]
         token_ids[row, : len(sequence)] = sequence
         padding_mask[row, : len(sequence)] = True
         is_response[row, len(head): len(sequence)] = True
     return token_ids, padding_mask, is_response[:, 1:]
-
-
-def _token_lists(tokenizer, texts):
-    tokens = tokenizer(tf.constant(texts))
-    if isinstance(tokens, tf.RaggedTensor):
-        return [row.tolist() for row in tokens.numpy()]
-    return [list(row) for row in tokens]

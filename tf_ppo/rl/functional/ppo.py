@@ -19,39 +19,49 @@ import tensorflow as tf
 from tf_ppo.rl.functional.masked import EPS, as_bool_mask, masked_mean, masked_var
 
 def gae(rewards, values, mask, gamma, lam):
-    """Generalised advantage estimates and returns over response tokens.
+    """Generalised advantage estimates and returns over the model's tokens.
 
-    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1},
-    with V and A taken as 0 past the last real token (the episode ends there).
+    delta_t = r_t + gamma * V_next - V_t, A_t = delta_t + gamma * lam * A_next, where "next" is the next
+    token the mask marks: the masked-out tokens are taken out of the sequence. Past the last marked token
+    V and A are 0 (the episode ends there). In a multi-turn episode the mask marks the model's tokens
+    only: an environment's reply is no action, and the value before it bootstraps across it (the model's
+    token before the reply takes its V_next from the model's first token after it).
 
     Args:
-        rewards: float `[batch, response_len]`, per-token rewards.
+        rewards: float `[batch, response_len]`, per-token rewards (those of unmarked tokens are ignored).
         values: float `[batch, response_len]`, V(s_t) before each response token.
-        mask: bool `[batch, response_len]`, True on real tokens; a prefix of each row.
+        mask: bool `[batch, response_len]`, True on the model's tokens: a prefix of each row in a
+            single-turn rollout, with holes where an environment answered in a multi-turn one.
         gamma: discount.
         lam: GAE lambda.
 
     Returns:
-        `(advantages, returns)`, both `[batch, response_len]`, 0 on padding;
-        `returns = advantages + values` on real tokens.
+        `(advantages, returns)`, both `[batch, response_len]`, 0 where the mask is False;
+        `returns = advantages + values` on marked tokens.
 
     Example:
     >>> adv, ret = gae(tf.constant([[0.0, 1.0]]), tf.constant([[0.5, 0.5]]), tf.constant([[True, True]]), 1.0, 1.0)
     >>> adv.numpy().tolist(), ret.numpy().tolist()
     ([[0.5, 0.5]], [[1.0, 1.0]])
+    >>> adv, _ = gae(tf.constant([[0.0, 7.0, 1.0]]), tf.constant([[0.5, 9.0, 0.5]]),
+    ...              tf.constant([[True, False, True]]), 1.0, 1.0)  # the middle token is the environment's
+    >>> adv.numpy().tolist()
+    [[0.5, 0.0, 0.5]]
     """
     mask = as_bool_mask(mask)
     zeros = tf.zeros_like(rewards)
     rewards = tf.where(mask, rewards, zeros)
     values = tf.where(mask, values, zeros)
-    next_values = tf.concat([values[:, 1:], zeros[:, :1]], axis=1)
-    deltas = rewards + gamma * next_values - values  # [batch, response_len]
 
-    def backward_step(next_advantage, delta_t):
-        return delta_t + gamma * lam * next_advantage
+    def backward_step(carry, token):
+        next_value, next_advantage = carry  # of the next marked token: [batch] each
+        reward, value, marked = token
+        advantage = reward + gamma * next_value - value + gamma * lam * next_advantage
+        return tf.where(marked, value, next_value), tf.where(marked, advantage, next_advantage)
 
-    # tf.scan runs over the leading axis, so scan the time-major transpose, from the end.
-    advantages = tf.scan(backward_step, tf.transpose(deltas), initializer=zeros[:, 0], reverse=True)
+    # tf.scan runs over the leading axis, so scan the time-major transposes, from the end.
+    _, advantages = tf.scan(backward_step, (tf.transpose(rewards), tf.transpose(values), tf.transpose(mask)),
+                            initializer=(zeros[:, 0], zeros[:, 0]), reverse=True)
     advantages = tf.where(mask, tf.transpose(advantages), zeros)
     return advantages, tf.where(mask, advantages + values, zeros)
 

@@ -92,6 +92,46 @@ def test_gae(dtype, gamma, lam):
     np.testing.assert_allclose(returns, want_returns, rtol=tolerance(dtype), atol=tolerance(dtype))
 
 
+def random_episode_mask(batch, length, rng=RNG):
+    """Model tokens of multi-turn episodes: the model's turns separated by environment replies (False), then
+    padding; with an all-padding row, a row of model tokens only, and one-token turns around a reply."""
+    mask = np.zeros([batch, length], bool)
+    for row in range(batch):
+        position, end = 0, rng.integers(0, length + 1)
+        while position < end:  # a model turn, then an environment reply
+            turn = rng.integers(1, 4)
+            mask[row, position: min(position + turn, end)] = True
+            position += turn + rng.integers(1, 4)
+    mask[0], mask[1] = False, True
+    mask[2] = np.arange(length) < 3
+    mask[2, 1] = False  # one model token, a one-token reply, one model token, padding
+    return mask
+
+
+def np_gae_with_holes(rewards, values, mask, gamma, lam):
+    """GAE over each row's model tokens alone (the environment's removed), scattered back."""
+    advantages = np.zeros_like(rewards)
+    for row in range(rewards.shape[0]):
+        positions = np.flatnonzero(mask[row])
+        compact_advantages, _ = np_gae(rewards[row:row + 1, positions], values[row:row + 1, positions],
+                                       np.ones([1, len(positions)], bool), gamma, lam)
+        advantages[row, positions] = compact_advantages[0]
+    return advantages, np.where(mask, advantages + values, 0.0)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 1.0), (0.99, 0.0)])
+def test_gae_takes_the_environments_tokens_out_and_bootstraps_across_them(dtype, gamma, lam):
+    rewards, values = RNG.normal(size=(2, 12, 16))
+    mask = random_episode_mask(12, 16)
+    assert any(np.any(np.diff(row.astype(int)) == 1) for row in mask)  # some rows have holes
+    rewards_with_noise = np.where(mask, rewards, RNG.normal(size=rewards.shape) * 1e3)  # unmarked: ignored
+    advantages, returns = ppo.gae(tf.constant(rewards_with_noise, dtype), tf.constant(values, dtype),
+                                  tf.constant(mask), gamma, lam)
+    want_advantages, want_returns = np_gae_with_holes(rewards, values, mask, gamma, lam)
+    np.testing.assert_allclose(advantages, want_advantages, rtol=tolerance(dtype), atol=tolerance(dtype))
+    np.testing.assert_allclose(returns, want_returns, rtol=tolerance(dtype), atol=tolerance(dtype))
+
+
 def test_gae_one_token_and_empty_rows():
     advantages, returns = ppo.gae(tf.constant([[2.0, 9.0], [5.0, 5.0]], tf.float64),
                                   tf.constant([[0.5, 9.0], [1.0, 1.0]], tf.float64),
