@@ -207,10 +207,9 @@ def load_prompts(source):
 
         name, _, split = str(source)[len("tfds:"):].partition(":")
         return _dataset_texts(tfds.load(name, split=split or "train"), source)
-    if isinstance(source, (str, pathlib.Path)) and pathlib.Path(source).suffix in (".jsonl", ".json"):
-        return read_prompt_jsonl(source)
     if isinstance(source, (str, pathlib.Path)):
-        return read_prompt_csv(source)[PROMPT_COLUMN].tolist()
+        is_jsonl = pathlib.Path(source).suffix in (".jsonl", ".json")
+        return read_prompt_jsonl(source) if is_jsonl else read_prompt_csv(source)[PROMPT_COLUMN].tolist()
     prompts = list(source)
     check_prompts(prompts, "prompts")
     return prompts
@@ -285,7 +284,7 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
             raise DataError("prompt_tokens_min/max keep a text's first words; the prompts are conversations")
         token_lists = [chat.prompt_ids(messages) for messages in prompts]
     else:
-        token_lists = _text_token_lists(tokenizer, prompts, keep_tokens)
+        token_lists = tokenize_texts(tokenizer, prompts, keep_tokens)
     start = start_token_ids(tokenizer)
     token_lists = [start + ids for ids in token_lists]
     lengths = np.array([len(ids) for ids in token_lists], np.int32)
@@ -301,17 +300,6 @@ def encode_prompts(tokenizer, prompts, max_prompt_length, truncate=False, keep_t
                        if len(ids) > max_prompt_length else ids for ids in token_lists]
         lengths = np.minimum(lengths, max_prompt_length)
     return _pad(token_lists, max_prompt_length, tokenizer.pad_token_id), lengths
-
-
-def _text_token_lists(tokenizer, prompts, keep_tokens):
-    if keep_tokens is not None:
-        # A word is at least one token, and byte-level BPE splits words before merging, so the first
-        # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
-        prompts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(prompts, keep_tokens)]
-    token_lists = tokenize_texts(tokenizer, prompts)
-    if keep_tokens is not None:
-        token_lists = [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
-    return token_lists
 
 
 def encode_sft_examples(tokenizer, prompts, targets, max_length, chat=None):
@@ -387,17 +375,22 @@ def prepend_start_token(tokenizer, token_ids):
     return tf.concat([tf.RaggedTensor.from_tensor(starts), token_ids], axis=1)
 
 
-def tokenize_texts(tokenizer, texts):
-    """Each text's token ids, as Python lists (no start or end token).
+def tokenize_texts(tokenizer, texts, keep_tokens=None):
+    """Each text's token ids as a Python list (no start or end token); of text i only the first `keep_tokens[i]`.
 
     Example:
     >>> from tf_ppo.config import PPOConfig
     >>> from tf_ppo.models import load_tokenizer
     >>> tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
-    >>> [len(ids) for ids in tokenize_texts(tokenizer, ["the film", "a"])]
-    [2, 1]
+    >>> [len(ids) for ids in tokenize_texts(tokenizer, ["the film", "a"])], tokenize_texts(tokenizer, ["a b c"], [1])
+    ([2, 1], [[64]])
     """
-    return tokenizer(list(texts))  # called eagerly on a list, keras-hub tokenizers return lists
+    if keep_tokens is not None:
+        # A word is at least one token, and byte-level BPE splits words before merging, so the first
+        # k tokens of a text are the first k tokens of its first k words: long reviews tokenise fast.
+        texts = [" ".join(text.split(" ")[: keep + 1]) for text, keep in zip(texts, keep_tokens)]
+    token_lists = tokenizer(list(texts))  # called eagerly on a list, keras-hub tokenizers return lists
+    return token_lists if keep_tokens is None else [ids[:keep] for ids, keep in zip(token_lists, keep_tokens)]
 
 
 def _pad(token_lists, width, pad_id):
