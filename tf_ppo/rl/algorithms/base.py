@@ -40,6 +40,7 @@ class Algorithm:
     default_beta = 0.0  # the KL coefficient when `config.beta` is None
     default_num_iterations = 1  # optimiser passes when `config.num_iterations` is None
     default_num_generations = 1  # samples per prompt when `config.num_generations` is None
+    min_generations = 1  # a group-relative baseline needs 2
     metrics = ("loss", "policy_loss", "clipfrac", "approx_kl")  # loss metrics of one step
 
     def __init__(self, config):
@@ -49,6 +50,10 @@ class Algorithm:
     @classmethod
     def validate(cls, config, fail):
         """Checks of the config beyond the field types; `fail(field, message)` raises the ConfigError."""
+        generations = cls.generations(config)
+        if generations < cls.min_generations:
+            fail("num_generations", f"must be >= {cls.min_generations} for algorithm={config.algorithm!r} (its "
+                                    f"baseline compares the samples of one prompt), got {generations}")
 
     @property
     def beta(self):

@@ -7,13 +7,6 @@ from tf_ppo.rl.algorithms.registry import register
 GROUP_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type")
 
 
-def check_groups(config, fail, generations):
-    """A group-relative baseline needs at least two samples per prompt (`generations`)."""
-    if generations < 2:
-        fail("num_generations", f"must be >= 2 for algorithm={config.algorithm!r} (its baseline compares the "
-                                f"samples of one prompt), got {generations}")
-
-
 @register
 class GRPO(Algorithm):
     """Advantage (r - mean_group) / (std_group + eps), by `scale_rewards`; loss + beta * k3 KL per token.
@@ -27,10 +20,7 @@ class GRPO(Algorithm):
     name = "grpo"
     fields = GROUP_FIELDS + ("scale_rewards",)
     default_num_generations = 8  # TRL's GRPOConfig
-
-    @classmethod
-    def validate(cls, config, fail):
-        check_groups(config, fail, cls.generations(config))
+    min_generations = 2
 
     @property
     def metrics(self):

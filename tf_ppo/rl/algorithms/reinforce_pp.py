@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tf_ppo.rl.functional import estimators, masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
-from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS
 from tf_ppo.rl.algorithms.registry import register
 
 
@@ -48,10 +48,7 @@ class ReinforcePPBaseline(ReinforcePP):
 
     name = "reinforce_pp_baseline"
     default_num_generations = 8  # a group, as GRPO's
-
-    @classmethod
-    def validate(cls, config, fail):
-        check_groups(config, fail, cls.generations(config))
+    min_generations = 2
 
     def baseline_scores(self, scores):
         return estimators.group_centred(scores, self.num_generations)

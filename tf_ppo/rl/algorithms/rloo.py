@@ -2,7 +2,7 @@
 
 from tf_ppo.rl.functional import estimators, masked, ppo
 from tf_ppo.rl.algorithms.base import Algorithm
-from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS, check_groups
+from tf_ppo.rl.algorithms.grpo import GROUP_FIELDS
 from tf_ppo.rl.algorithms.registry import register
 
 
@@ -18,10 +18,7 @@ class RLOO(Algorithm):
     fields = GROUP_FIELDS + ("kl_estimator",)
     default_beta = 0.05  # TRL's RLOOConfig
     default_num_generations = 2  # TRL's RLOOConfig
-
-    @classmethod
-    def validate(cls, config, fail):
-        check_groups(config, fail, cls.generations(config))
+    min_generations = 2
 
     @property
     def kl_estimator(self):
