@@ -12,14 +12,14 @@ is counted. Tools may be `async def`; `run_calls` then runs the calls of a batch
 """
 
 import ast
-import asyncio
-import concurrent.futures
 import dataclasses
 import fractions
+import functools
 import inspect
 import re
-import threading
 import typing
+
+from tf_ppo.rl.concurrency import run_concurrently
 
 CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
@@ -38,10 +38,6 @@ class Tool:
     description: str  # the docstring's first line
     parameters: dict  # name -> type hint
     function: typing.Callable
-
-    @property
-    def is_async(self):
-        return inspect.iscoroutinefunction(self.function)
 
 
 def as_tool(function):
@@ -150,65 +146,29 @@ def run_calls(tools, calls, timeout):
     >>> [r.text for r in run_calls(tools, [Call("calculator", ("6 * 7",), {}), Call("nope", (), {})], 1.0)]
     ['42', "error: no tool named 'nope' (tools: calculator)"]
     """
-    async def all_calls():
-        return await asyncio.gather(*(_run_one(tools, call, timeout) for call in calls))
-
-    return _run_to_completion(all_calls)
+    return [_result(tools, call, outcome) for call, outcome in
+            zip(calls, run_concurrently([_bound(tools, call) for call in calls], timeout))]
 
 
-def _run_to_completion(main):
-    """`asyncio.run(main())`, also from a notebook, whose thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # no loop here: the usual case
-        return asyncio.run(main())
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, main()).result()
+def _bound(tools, call):
+    """The call as a zero-argument function (one that returns nothing when there is nothing to call)."""
+    if call is None or isinstance(call, Exception) or call.name not in tools:
+        return lambda: None
+    return functools.partial(tools[call.name].function, *call.args, **call.kwargs)
 
 
-async def _run_one(tools, call, timeout):
+def _result(tools, call, outcome):
     if call is None:
         return None
     if isinstance(call, Exception):  # the turn's call could not be parsed
         return Result(f"error: {call}", error=True)
-    tool = tools.get(call.name)
-    if tool is None:
+    if call.name not in tools:
         return Result(f"error: no tool named {call.name!r} (tools: {', '.join(sorted(tools))})", error=True)
-    try:
-        running = tool.function(*call.args, **call.kwargs) if tool.is_async else _in_daemon_thread(tool, call)
-        value = await asyncio.wait_for(running, timeout)
-    except asyncio.TimeoutError:
-        return Result(f"error: {call.name} took longer than {timeout:g} s", error=True)
-    except Exception as error:  # a tool's failure is the model's observation, never the run's end
-        return Result(f"error: {type(error).__name__}: {error}", error=True)
-    return Result(str(value))
-
-
-def _in_daemon_thread(tool, call):
-    """A future of a synchronous tool's call, run in a daemon thread: one that hangs never blocks the exit."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def run():
-        try:
-            value, error = tool.function(*call.args, **call.kwargs), None
-        except Exception as raised:  # handed to the awaiting coroutine
-            value, error = None, raised
-        try:
-            loop.call_soon_threadsafe(_settle, future, value, error)
-        except RuntimeError:  # the loop has closed: the call timed out long ago, and nobody waits for it
-            pass
-
-    threading.Thread(target=run, daemon=True, name=f"tool-{tool.name}").start()
-    return future
-
-
-def _settle(future, value, error):
-    if not future.done():  # else it timed out and was cancelled meanwhile
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
+    if isinstance(outcome, TimeoutError):
+        return Result(f"error: {call.name} {outcome}", error=True)
+    if isinstance(outcome, Exception):  # a tool's failure is the model's observation, never the run's end
+        return Result(f"error: {type(outcome).__name__}: {outcome}", error=True)
+    return Result(str(outcome))
 
 
 _NUMBER = re.compile(r"\s*(\d+)")
