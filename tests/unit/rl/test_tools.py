@@ -60,19 +60,21 @@ def test_errors_unknown_tools_and_unparsable_calls_become_error_results_in_order
     assert results[0].observation() == "<result>3</result>"
 
 
+def hang(seconds: float) -> str:
+    """Sleeps in a thread."""
+    time.sleep(seconds)
+    return "late"
+
+
+async def slow(seconds: float) -> str:
+    """Sleeps on the loop, without blocking it."""
+    await asyncio.sleep(seconds)
+    return "late"
+
+
 # A late answer from the hung thread must find its loop closed quietly, not raise in the thread.
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_hung_tool_times_out_while_the_others_answer():
-    def hang(seconds: float) -> str:
-        """Sleeps."""
-        time.sleep(seconds)
-        return "late"
-
-    async def slow(seconds: float) -> str:
-        """Sleeps without blocking."""
-        await asyncio.sleep(seconds)
-        return "late"
-
     started = time.perf_counter()
     results = run_calls(as_tools([hang, slow, add]), [Call("hang", (1.0,), {}), Call("slow", (30.0,), {}),
                                                       Call("add", (1, 1), {})], timeout=0.3)
@@ -83,28 +85,10 @@ def test_a_hung_tool_times_out_while_the_others_answer():
 
 
 def test_calls_of_a_batch_run_concurrently_sync_and_async():
-    def wait(seconds: float) -> str:
-        """Sleeps in a thread."""
-        time.sleep(seconds)
-        return "ok"
-
-    async def await_(seconds: float) -> str:
-        """Sleeps on the loop."""
-        await asyncio.sleep(seconds)
-        return "ok"
-
-    tools = as_tools([wait, await_])
-    calls = [Call("wait", (0.4,), {}), Call("await_", (0.4,), {})] * 4
+    calls = [Call("hang", (0.4,), {}), Call("slow", (0.4,), {})] * 4
     started = time.perf_counter()
-    assert [r.text for r in run_calls(tools, calls, timeout=5.0)] == ["ok"] * 8
+    assert [r.text for r in run_calls(as_tools([hang, slow]), calls, timeout=5.0)] == ["late"] * 8
     assert time.perf_counter() - started < 1.6  # 8 calls of 0.4 s: one after the other would take 3.2 s
-
-
-def test_run_calls_works_inside_a_running_event_loop_as_in_a_notebook():
-    async def notebook_cell():
-        return run_calls(as_tools([add]), [Call("add", (2, 2), {})], timeout=1.0)
-
-    assert asyncio.run(notebook_cell())[0].text == "4"
 
 
 def random_expression(rng, depth=0):
