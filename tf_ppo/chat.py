@@ -268,6 +268,25 @@ class ChatFormat:
         """
         return list(start_ids) + self.prompt_ids(messages), list(reply_ids) + [self.reply_end_id]
 
+    def observation_ids(self, text):
+        """The token ids that follow a reply's end of turn when `text` answers it as the user's next message.
+
+        They close nothing the model wrote (its end-of-turn token is already in place) and end with the
+        opening of the model's next reply, as the template writes a conversation.
+
+        Example:
+            chat.observation_ids("<result>408</result>")  # "\n<start_of_turn>user\n<result>...model\n"
+        """
+        self._check_end_of_turn()
+        user, reply = {"role": "user", "content": "?"}, {"role": "assistant", "content": "REPLY"}
+        before = self.template.render([user]) + "REPLY" + self.tokenizer.id_to_token(self.end_of_turn_id)
+        after = self.template.render([user, reply, {"role": "user", "content": text}])
+        if not after.startswith(before):
+            raise ChatError(f"the {self.template.name} chat template does not write a reply then a user message "
+                            f"as the reply's end of turn followed by the message, so an environment's answer "
+                            f"cannot be appended to an episode; {_HOW_TO_PASS}")
+        return tokenize_with_markers(self.tokenizer, after[len(before):])
+
     def _check_end_of_turn(self):
         if self.end_of_turn_id is None:
             raise ChatError(f"the {self.template.name} chat template ends a turn with {self.template.end_of_turn}, "

@@ -11,7 +11,8 @@ import pathlib
 
 from tf_ppo.config.fields import (DATA_DIR, Alias, Checked, ConfigError, as_dict, check_choice,
                                   check_fields, check_positive, check_range, check_type, default, fail, field)
-from tf_ppo.config.provenance import PROVENANCE, run_record
+from tf_ppo.config.provenance import run_record
+from tf_ppo.config.saved import upgrade_saved
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 from tf_ppo.config.trl_names import TRL_NAMES_THAT_DIFFER
 
@@ -107,6 +108,12 @@ class PPOConfig(Checked):
     stop_at_eos: bool = field(True, "truncate each response after its first end token")
     missing_eos_penalty: float | None = field(None, "subtracted from the score of responses that never stop")
     generation_jit: bool = field(True, "XLA for the sampling loop (about 2.5x faster on CPU)")
+    # --- multi-turn episodes (train(environment=...) or train(tools=[...]))
+    max_turns: int = field(1, "model turns per episode: each but the last may be answered by the environment "
+                              "(a tool's result); the response_length slots hold them all")
+    max_tokens_per_turn: int | None = field(None, "tokens one model turn may sample before it stops; a turn "
+                                                  "cut there ends its episode (truncated); None = response_length")
+    tool_timeout: float = field(10.0, "seconds a tool call may run before it is answered with a timeout error")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
     # --- reward shaping
     kl_estimator: str = field("k1", '"k1" (log ratio), "k2" (squared / 2) or "k3" (Schulman\'s unbiased, '
@@ -174,9 +181,11 @@ class PPOConfig(Checked):
         for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
                      "temperature", "kl_horizon", "num_mini_batches",
                      "learning_rate", "adam_epsilon", "checkpoint_every", "eval_size",
-                     "max_consecutive_skips", "overoptimisation_window", "collective_timeout"):
+                     "max_consecutive_skips", "overoptimisation_window", "collective_timeout", "max_turns",
+                     "tool_timeout"):
             check_positive(self, name)
-        for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl", "kl_warning"):
+        for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl", "kl_warning",
+                     "max_tokens_per_turn"):
             if getattr(self, name) is not None:
                 check_positive(self, name)
         for name in ("vf_coef", "entropy_coef", "top_k", "eval_every", "eval_pass_k", "eval_pass_samples",
@@ -323,7 +332,7 @@ GROUPS = {
     "rollout": ("prompts", "batch_size", "rollout_batch_size", "max_prompt_length", "truncate_prompts",
                 "prompt_tokens_min", "prompt_tokens_max", "response_length", "temperature", "top_k", "top_p",
                 "stop_at_eos", "generation_jit", "reward_weights", "missing_eos_penalty", "overlong_buffer",
-                "overlong_penalty", "mask_truncated_completions"),
+                "overlong_penalty", "mask_truncated_completions", "max_turns", "max_tokens_per_turn", "tool_timeout"),
     "algorithm": ("algorithm", "num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type",
                   "scale_rewards", "dual_clip", "kl_estimator", "target_kl", "kl_horizon",
                   "whiten_rewards", "whiten_advantages", "gamma", "lam", "cliprange_value", "vf_coef",
@@ -350,33 +359,6 @@ TASK_DEFAULTS = {
 # PPOConfig fields that are sections
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
-
-
-def upgrade_saved(values):
-    """A config.json's fields as today's: before one field per meaning, it held both names of each pair.
-
-    Of `kl_coef`/`beta`, `cliprange`/`epsilon` and `num_ppo_epochs`/`num_iterations`
-    the run read PPO's names under PPO and the others under every other
-    algorithm; the one it read is kept (no warning: the user typed neither).
-    Before `num_generations` had each algorithm's default, it held 1 for
-    algorithms that never read it (PPO); that 1 is left out.
-
-    Example:
-    >>> upgrade_saved({"algorithm": "ppo", "kl_coef": 0.2, "beta": None, "num_generations": 1})
-    {'algorithm': 'ppo', 'beta': 0.2}
-    """
-    values = {key: value for key, value in values.items() if key != PROVENANCE}  # a record, not a field
-    algorithm = values.get("algorithm", "ppo")
-    for alias, name in PPOConfig.aliases.items():
-        if alias in values and name in values:
-            read = values.pop(alias)
-            if algorithm == "ppo":
-                values[name] = read
-    from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is read
-    owner = ALGORITHMS.get(algorithm)
-    if values.get("num_generations") == 1 and owner is not None and "num_generations" not in owner.fields:
-        del values["num_generations"]
-    return values
 
 
 # --- validation

@@ -8,8 +8,12 @@ scheme keras-hub's own `generate_step` uses). `tf_ppo.generation.responses`
 then views the R response slots of every row as an aligned `[batch, R]` view.
 """
 
+import functools
+import typing
+
 import tensorflow as tf
 
+from tf_ppo.generation.responses import is_stop_token
 from tf_ppo.training.compiled import compiled  # noqa: F401  used by the doctests
 from tf_ppo.models.families import decoder_for
 
@@ -145,27 +149,94 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
     batch_size = tf.shape(prompt_ids)[0]
     buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
     total_length = tf.shape(buffer)[1]  # dynamic: the SavedModel takes any prompt and response length
-    decoder = decoder_for(policy)
-    cache = decoder.start(prompt_ids)
+    turn = Turn(prompt_lengths, tf.fill([batch_size], total_length), stop_token_ids=())
+    return sample_turn(policy, buffer, None, turn, prompt_ids.shape[1], response_length, seed, temperature, top_k,
+                       top_p, row_offset).buffer
 
-    def step(index, buffer, cache):
+
+class Sampled(typing.NamedTuple):
+    """What a turn of sampling returns."""
+
+    buffer: tf.Tensor  # int32 [batch, P + R], the turn's tokens written in
+    cache: object  # the decoding cache, holding every position (grown to P + R)
+    turn_end: tf.Tensor  # int32 [batch]: where each row's turn ended (exclusive; forced_until if it sampled nothing)
+    logprobs: tf.Tensor  # float32 [batch, P + R]: each sampled token's log-prob under logits / temperature, else 0
+
+
+class Turn(typing.NamedTuple):
+    """Which buffer slots a turn of sampling writes, per row.
+
+    Row i keeps its buffer tokens below `forced_until[i]` (its prompt, or its episode so far) and samples
+    from there up to `limit[i]` (exclusive), or up to and including its first stop token. A row with
+    `limit <= forced_until` samples nothing (a finished episode).
+    """
+
+    forced_until: tf.Tensor  # int32 [batch]
+    limit: tf.Tensor  # int32 [batch]
+    stop_token_ids: tuple = ()  # the tokens that end a row's turn; () = sample up to `limit`
+
+
+def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed, temperature=1.0, top_k=0,
+                top_p=1.0, row_offset=0, index=None):
+    """Sample one turn into `buffer` `[batch, P + R]`: the one step loop of single- and multi-turn sampling.
+
+    `cache` None starts the decoding cache from the prompts (`buffer[:, :prompt_width]`), the first turn;
+    a later turn passes the cache the last one returned, and `index`, the first position whose cache entry
+    may be stale (the step at `index` feeds the token at `index - 1`): the episode is not encoded again,
+    only the tokens from `index - 1` on are fed. A family whose cache cannot be rewound (a recurrent state)
+    starts again from the empty state.
+
+    Returns:
+        `Sampled(buffer, cache, turn_end, logprobs)`. The log-probs are those of the cached decoding's
+        logits over the whole vocabulary (before top-k / top-p), as a forward pass scores them.
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> policy = BigramLM(vocabulary_size=5, hidden_dim=2)
+    >>> turn = Turn(tf.constant([2]), tf.constant([4]))
+    >>> sample_turn(policy, tf.constant([[1, 2, 0, 0, 0]]), None, turn, 2, 3, tf.constant([0, 0])).turn_end.numpy()
+    array([4], dtype=int32)
+    """
+    batch_size, total_length = tf.shape(buffer)[0], tf.shape(buffer)[1]
+    decoder = decoder_for(policy)
+    ends = [total_length]  # a later turn's cache already holds every position
+    if cache is None or not decoder.rewinds:
+        cache = decoder.start(buffer[:, :prompt_width])  # keys/values of the buffer's first P slots
+        index = decoder.first_step(tf.minimum(turn.forced_until, prompt_width))
+        ends = segment_ends(prompt_width, response_length, total_length)
+    positions = tf.range(total_length)[None, :]  # [1, P + R]
+
+    def step(index, buffer, cache, stopped, turn_end, logprobs):
         # Feed the token at index - 1 (its keys/values go into the cache), sample the one at index.
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
         logits, cache = decoder.step(previous, index - 1, cache)
-        sampled = sample_next_token(tf.cast(logits[:, 0, :], tf.float32), tf.random.experimental.stateless_fold_in(seed, index),
+        logits = tf.cast(logits[:, 0, :], tf.float32)  # [batch, vocab]
+        sampled = sample_next_token(logits, tf.random.experimental.stateless_fold_in(seed, index),
                                     temperature, top_k, top_p, row_offset)
-        # Rows whose prompt is longer than `index` keep their own prompt token.
-        in_prompt = index < prompt_lengths
-        current = tf.where(in_prompt, buffer[:, index], tf.cast(sampled, buffer.dtype))
-        buffer = tf.where(tf.range(total_length)[None, :] == index, current[:, None], buffer)
-        return index + 1, buffer, cache
+        # Rows whose prompt (or episode so far) reaches past `index` keep their own token there.
+        writing = (index >= turn.forced_until) & (index < turn.limit) & ~stopped  # [batch]
+        current = tf.where(writing, tf.cast(sampled, buffer.dtype), buffer[:, index])
+        buffer = tf.where(positions == index, current[:, None], buffer)
+        if turn.stop_token_ids:
+            stopped = stopped | (writing & is_stop_token(current, turn.stop_token_ids))
+        turn_end = tf.where(writing, index + 1, turn_end)
+        logprob = tf.gather(tf.nn.log_softmax(logits / temperature), sampled, batch_dims=1)  # [batch]
+        logprobs = tf.where((positions == index) & writing[:, None], logprob[:, None], logprobs)
+        return index + 1, buffer, cache, stopped, turn_end, logprobs
 
-    index = decoder.first_step(prompt_lengths)
-    for end in segment_ends(prompt_ids.shape[1], response_length, total_length):
+    def more(index, buffer, cache, stopped, turn_end, logprobs, end):
+        if not turn.stop_token_ids:
+            return index < end  # a fixed number of steps: one loop, no per-step reduction
+        return (index < end) & tf.reduce_any(~stopped & (index < turn.limit))
+
+    state = (index, buffer, cache, tf.zeros([batch_size], tf.bool), turn.forced_until,
+             tf.zeros(tf.shape(buffer), tf.float32))
+    for end in ends:
         # A fixed cache length per segment (XLA needs static shapes); steps attend over `end` positions, not all.
-        cache = decoder.grow(cache, end)
-        index, buffer, cache = tf.while_loop(lambda index, *_, end=end: index < end, step, (index, buffer, cache))
-    return buffer
+        state = (state[0], state[1], decoder.grow(state[2], end), *state[3:])
+        state = tf.while_loop(functools.partial(more, end=end), step, state)
+    _, buffer, cache, _, turn_end, logprobs = state
+    return Sampled(buffer, cache, turn_end, logprobs)
 
 
 def segment_ends(prompt_width, response_length, total_length, segment_length=SEGMENT_LENGTH):

@@ -118,6 +118,27 @@ def environment_factory(environment):
     return make
 
 
+def environment_for(environment=None, tools=None, tool_timeout=10.0):
+    """The run's episode factory: from `train(environment=...)` or `train(tools=[...])`; None when neither.
+
+    Tools are checked now (a tool without type hints raises `ToolError`), before any model is built.
+
+    Example:
+    >>> from tf_ppo.rl.tools import calculator
+    >>> type(environment_for(tools=[calculator])()).__name__
+    'ToolEnvironment'
+    >>> environment_for() is None
+    True
+    """
+    if environment is not None and tools:
+        raise EpisodeError("pass environment= or tools=, not both: a ToolEnvironment(tools) subclass can "
+                           "answer tool calls and keep state")
+    if tools:
+        tools = as_tools(tools)
+        return environment_factory(functools.partial(ToolEnvironment, tools, tool_timeout))
+    return None if environment is None else environment_factory(environment)
+
+
 def checked_step(answer, environment):
     """`step`'s answer as a `Step`; `EpisodeError` naming the environment when it is not one.
 

@@ -1,7 +1,8 @@
 """What a rollout hands to an algorithm: `Experience` (one scored batch) and `Forward` (the models' outputs).
 
 An `Experience` carries two masks over the response tokens:
-  - `model_mask`: the tokens the policy produced (real response tokens, not padding);
+  - `model_mask`: the tokens the policy produced (real response tokens, not padding; in a multi-turn
+    episode, not the environment's tokens either: the mask then has holes);
   - `loss_mask`: the tokens the loss counts, `model_mask` less the responses
     `mask_truncated_completions` leaves out.
 Each algorithm's docstring says which mask its advantages, KL and loss use.
@@ -24,12 +25,14 @@ class Experience(typing.NamedTuple):
     sequence_ids: tf.Tensor  # int32 [batch, P + R]: prompt, then response (see tf_ppo.generation.sampling)
     responses: Responses  # positions, token_ids, mask (bool): each [batch, R]
     logprobs: tf.Tensor  # [batch, R] log-probs of the sampling policy ("old" log-probs)
-    scores: tf.Tensor  # [batch] reward of each whole response
+    scores: tf.Tensor  # [batch] reward of each whole response (a multi-turn episode's total, step rewards included)
     loss_mask: tf.Tensor  # bool [batch, R]: the tokens the loss counts (model_mask, less masked-out rows)
     ref_logprobs: typing.Optional[tf.Tensor] = None  # [batch, R] reference log-probs
     values: typing.Optional[tf.Tensor] = None  # [batch, R] the critic's V(s_t), at sampling time
     advantages: typing.Optional[tf.Tensor] = None  # [batch, R]
     returns: typing.Optional[tf.Tensor] = None  # [batch, R] the critic's regression targets
+    step_rewards: typing.Optional[tf.Tensor] = None  # [batch, R] multi-turn: each environment step's reward,
+    # on the last model token of its turn (PPO credits them there; the group algorithms use `scores`)
 
     @property
     def model_mask(self):

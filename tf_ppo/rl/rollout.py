@@ -1,6 +1,7 @@
 """The rollout engine: prompts in, a scored and rewarded `Experience` out.
 
-    sample   responses for a batch of rows, KV-cached and compiled, `rollout_batch_size` rows at a time;
+    sample   responses for a batch of rows, KV-cached and compiled, `rollout_batch_size` rows at a time
+             (with an environment, multi-turn episodes: `tf_ppo.rl.episodes`);
     score    the policy's (and the reference's) log-probs and the critic's values, one forward pass each;
     reward   the reward function(s) on the decoded texts (and the gold judge, if one is given);
     shape    the missing-EOS and overlong penalties, and the loss mask of `mask_truncated_completions`.
@@ -19,8 +20,9 @@ import tensorflow as tf
 from tf_ppo.chat import chat_format, no_template_error, stop_token_ids
 from tf_ppo.data import encode_prompts, is_conversation, prompt_token_counts, start_token_ids
 from tf_ppo.generation.responses import is_stop_token, response_tokens, response_view
-from tf_ppo.generation.sampling import generate
+from tf_ppo.generation.sampling import Turn, generate, sample_turn
 from tf_ppo.models.forward import response_logits
+from tf_ppo.rl.episodes import concatenate_episodes, run_episodes
 from tf_ppo.rl.experience import Experience
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import overlong_penalty
@@ -41,6 +43,7 @@ class Rollout:
     reward_scores: dict  # name -> [batch] scores of each reward function (several reward functions only)
     reward_failure: str | None  # why the reward could not be computed; the update is then skipped
     seconds: dict  # generate / score / reward wall time
+    episodes: object = None  # multi-turn runs: the `tf_ppo.rl.episodes.Episodes` (turns, tool calls, ...)
 
 
 def response_logprobs(model, sequence_ids, responses, temperature):
@@ -66,6 +69,7 @@ class RolloutEngine:
         reference: the frozen reference (its log-probs feed the KL), or None.
         value_model: the critic (its values feed GAE), or None.
         gold_reward_fn: an independent judge, scored beside the reward, or None.
+        environment: a zero-argument function making one episode's environment (multi-turn), or None.
 
     Example:
         engine = RolloutEngine(config, policy, tokenizer, strategy, [sentiment_reward], (1.0,))
@@ -73,10 +77,10 @@ class RolloutEngine:
     """
 
     def __init__(self, config, policy, tokenizer, strategy, reward_fns, reward_weights, reference=None,
-                 value_model=None, gold_reward_fn=None):
+                 value_model=None, gold_reward_fn=None, environment=None):
         self.config, self.policy, self.tokenizer, self.strategy = config, policy, tokenizer, strategy
         self.reward_fns, self.reward_weights, self.gold_reward_fn = reward_fns, reward_weights, gold_reward_fn
-        self.reference, self.value_model = reference, value_model
+        self.reference, self.value_model, self.environment = reference, value_model, environment
         self.family = type(policy).__name__  # the keras-hub CausalLM class: its chat template
         self.chat = chat_format(tokenizer, config.model.chat_template, self.family)  # None: no template known
         self.stop_token_ids = stop_token_ids(tokenizer, self.chat)
@@ -91,11 +95,30 @@ class RolloutEngine:
         self._generate = compiled(functools.partial(self._on_replicas, generate_replica))
         self._generate_greedy = compiled(functools.partial(self._on_replicas, greedy_replica))
         self._score = compiled(functools.partial(self._on_replicas, score_replica))
+        self._turns = {greedy: compiled(functools.partial(
+            self._on_replicas_keeping_cache, compiled_per_replica(
+                strategy, functools.partial(self._turn_fn, greedy=greedy), config.generation_jit)))
+            for greedy in (False, True)}
 
     # ----------------------------------------------------------------- compiled phases
 
     def _on_replicas(self, replica_fn, *args):
         return gather(self.strategy, self.strategy.run(replica_fn, args=args))
+
+    def _on_replicas_keeping_cache(self, replica_fn, batch, cache, *args):
+        outputs, cache = self.strategy.run(replica_fn, args=(batch, cache, *args))
+        return gather(self.strategy, outputs), cache  # each replica's cache stays where it is
+
+    def _turn_fn(self, batch, cache, index, seed, chunk_start, greedy=False):
+        """One replica: one turn of its share of the episodes (`sampling.sample_turn`)."""
+        c = self.config
+        buffer = batch["buffer"]
+        row_offset = chunk_start + replica_row_offset(tf.shape(buffer)[0])
+        top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
+        turn = Turn(batch["forced_until"], batch["limit"], self.stop_token_ids)
+        sampled = sample_turn(self.policy, buffer, cache, turn, buffer.shape[1] - c.response_length,
+                              c.response_length, seed, c.temperature, top_k, top_p, row_offset, index)
+        return {"buffer": sampled.buffer, "turn_end": sampled.turn_end, "logprobs": sampled.logprobs}, sampled.cache
 
     def _generate_fn(self, batch, seed, chunk_start, greedy=False):
         """One replica: sample responses for its share of the prompts (greedy: the most likely token each step).
@@ -117,6 +140,8 @@ class RolloutEngine:
         c = self.config
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
                                   self.stop_token_ids if c.stop_at_eos else None)
+        if "model_mask" in batch:  # a multi-turn episode's: its turns, not the environment's replies
+            responses = responses._replace(mask=batch["model_mask"])
         logprobs, logits = response_logprobs(self.policy, batch["sequence_ids"], responses, c.temperature)
         scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
         if self.reference is not None:
@@ -175,6 +200,55 @@ class RolloutEngine:
         return self._in_chunks(lambda chunk, chunk_start: generate_fn(chunk, seed, chunk_start),
                                {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
 
+    def run_episodes(self, prompt_ids, prompt_lengths, seed, greedy=False):
+        """Multi-turn episodes of these rows with the run's environment, `rollout_batch_size` rows at a time.
+
+        Example:
+            episodes = engine.run_episodes(prompt_ids[:32], prompt_lengths[:32], tf.constant([0, 1]))
+        """
+        c = self.config
+        prompt_ids, prompt_lengths = np.asarray(prompt_ids), np.asarray(prompt_lengths)
+        size = c.rollout_batch_size or len(prompt_ids)
+        prompt_texts = self.prompt_texts(prompt_ids, prompt_lengths)
+        conversations = self.conversations_of(prompt_ids, prompt_lengths) is not None
+        tokenize = self.chat.observation_ids if conversations else (
+            lambda text: list(np.asarray(self.tokenizer(text))))
+        parts = []
+        for start in range(0, len(prompt_ids), size):
+            def one_turn(buffer, cache, turn, index, start=start):
+                batch = split_batch(self.strategy, {"buffer": tf.constant(buffer),
+                                                    "forced_until": tf.constant(turn.forced_until),
+                                                    "limit": tf.constant(turn.limit)})
+                outputs, cache = self._turns[greedy](batch, cache, None if index is None else tf.constant(index),
+                                                     seed, tf.constant(start, tf.int32))
+                return outputs["buffer"], cache, outputs["turn_end"], outputs["logprobs"]
+
+            rows = slice(start, start + size)
+            environments = [self.environment() for _ in range(len(prompt_ids[rows]))]
+            parts.append(run_episodes(one_turn, environments, prompt_ids[rows], prompt_lengths[rows],
+                                      prompt_texts[rows], c.response_length, tokenize, self._detokenize_ids,
+                                      self.stop_token_ids, c.max_turns, c.max_tokens_per_turn))
+        return concatenate_episodes(parts)
+
+    def completions(self, prompt_ids, prompt_lengths, seed, greedy=False):
+        """The decoded responses of these rows: the reply (single-turn) or the whole episode (with an environment).
+
+        Example:
+            texts = engine.completions(prompt_ids[:32], prompt_lengths[:32], tf.constant([0, 1]), greedy=True)
+        """
+        if self.environment is not None:
+            episodes = self.run_episodes(prompt_ids, prompt_lengths, seed, greedy)
+            return self.episode_texts(episodes, prompt_lengths)
+        sequence_ids = self.sample(prompt_ids, prompt_lengths, seed, greedy)
+        return self.decode(response_view(sequence_ids, prompt_lengths, self.config.response_length,
+                                         self.stop_token_ids if self.config.stop_at_eos else None))
+
+    def episode_texts(self, episodes, prompt_lengths):
+        """Each episode's text after its prompt: the model's turns and the environment's replies, no stop tokens."""
+        responses = response_view(tf.constant(episodes.sequence_ids), tf.constant(prompt_lengths),
+                                  self.config.response_length)
+        return self.decode(responses._replace(mask=tf.constant(episodes.model_mask | episodes.environment_mask)))
+
     def rollout(self, prompt_ids, prompt_lengths, seed):
         """Sample, score, reward and shape one batch of rows (already repeated per generation).
 
@@ -183,30 +257,45 @@ class RolloutEngine:
             rollout.experience.logprobs.shape  # [32, response_length]
         """
         started = time.perf_counter()
-        sequence_ids = self.sample(prompt_ids, prompt_lengths, seed)
+        episodes = None
+        if self.environment is None:
+            rows = {"sequence_ids": self.sample(prompt_ids, prompt_lengths, seed), "prompt_lengths": prompt_lengths}
+        else:
+            episodes = self.run_episodes(prompt_ids, prompt_lengths, seed)
+            rows = {"sequence_ids": tf.constant(episodes.sequence_ids), "prompt_lengths": prompt_lengths,
+                    "model_mask": tf.constant(episodes.model_mask)}
+        sequence_ids = rows["sequence_ids"]
         generated = time.perf_counter()
-        scored = self._in_chunks(lambda chunk, _: self._score(chunk),
-                                 {"sequence_ids": sequence_ids, "prompt_lengths": prompt_lengths})
+        scored = self._in_chunks(lambda chunk, _: self._score(chunk), rows)
         responses = scored["responses"]
         entropy = float(masked.masked_mean(scored["entropy"], responses.mask))
         scoring_done = time.perf_counter()
-        texts = self.decode(responses)
+        texts = self.decode(responses) if episodes is None else self.episode_texts(episodes, prompt_lengths)
         prompt_texts = self.prompt_texts(sequence_ids, prompt_lengths)
         conversations = self.conversations_of(sequence_ids, prompt_lengths)
         scores, reward_scores, failure = self._rewards(texts, prompt_texts, conversations)
         gold_scores = (compute_scores(self.gold_reward_fn, texts, prompt_texts, conversations)
                        if self.gold_reward_fn else None)
-        scores, loss_mask = self._shape(scores, responses)
+        step_rewards = None
+        if episodes is not None:  # the episode's total: its environment's step rewards too
+            scores = scores + episodes.step_rewards.sum(axis=1, dtype=np.float64)
+            step_rewards = tf.constant(episodes.step_rewards)
+        scores, loss_mask = self._shape(scores, responses, None if episodes is None else episodes.finished)
         experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
-                                loss_mask, scored.get("ref_logprobs"), scored.get("values"))
+                                loss_mask, scored.get("ref_logprobs"), scored.get("values"),
+                                step_rewards=step_rewards)
         return Rollout(experience, entropy, texts, prompt_texts, gold_scores, reward_scores, failure,
                        {"generate": generated - started, "score": scoring_done - generated,
-                        "reward": time.perf_counter() - scoring_done})
+                        "reward": time.perf_counter() - scoring_done}, episodes)
 
-    def _shape(self, scores, responses):
-        """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`."""
+    def _shape(self, scores, responses, finished=None):
+        """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`.
+
+        A multi-turn episode has ended when its environment said done (`finished`), else it was truncated.
+        """
         c = self.config
-        ended = np.any(is_stop_token(responses.token_ids, self.stop_token_ids).numpy(), axis=1)  # [batch]
+        ended = finished if finished is not None else np.any(
+            is_stop_token(responses.token_ids, self.stop_token_ids).numpy(), axis=1)  # [batch]
         if c.missing_eos_penalty is not None:
             scores = scores - c.missing_eos_penalty * ~ended
         if c.overlong_buffer:
@@ -245,6 +334,9 @@ class RolloutEngine:
     def decode(self, responses):
         """Response texts, without the stop token and the padding after it."""
         return self._detokenize(response_tokens(responses, self.stop_token_ids))
+
+    def _detokenize_ids(self, token_ids):
+        return self._detokenize(tf.ragged.constant([np.asarray(token_ids, np.int32).tolist()], tf.int32))[0]
 
     def _detokenize(self, token_ids):
         texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings

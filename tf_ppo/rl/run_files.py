@@ -1,12 +1,17 @@
-"""The held-out evaluations a run directory keeps: the starting policy's, and the trained policy's last.
+"""What a run directory keeps: the held-out evaluations, and the trained models.
 
 `evaluation_after.json` is written last, so its presence marks a finished run
-(a rerun then changes nothing); both are written atomically.
+(a rerun then changes nothing); both evaluations are written atomically.
 """
 
 import json
+import shutil
 
+import keras_hub
+
+from tf_ppo.export import save_preset
 from tf_ppo.training.checkpoints import write_atomically
+from tf_ppo.training.reporting import plot_curves
 
 EVALUATION_BEFORE = "evaluation_before.json"  # the starting policy's held-out figures, written once
 EVALUATION_AFTER = "evaluation_after.json"  # the trained policy's; written last, so it marks a finished run
@@ -29,3 +34,24 @@ def read_evaluation(run_dir, name):
 def write_evaluation(output_dir, name, evaluation):
     """Save an evaluation as JSON: complete or absent, never half-written."""
     write_atomically(output_dir / name, json.dumps(evaluation, indent=1))
+
+
+def save_run_artifacts(output_dir, policy, value_model, tokenizer, lora_rank, history, start_metrics):
+    """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
+
+    With LoRA, `policy.keras` and the preset hold the adapters merged into the kernels. `start_metrics`: the
+    starting policy's held-out figures, the curves' first points.
+
+    Example:
+        save_run_artifacts(run_dir, policy, None, tokenizer, 0, history, {"heldout/score_mean": 0.1})
+    """
+    policy.save(output_dir / "policy.keras")
+    if value_model is not None:
+        value_model.save(output_dir / "value_model.keras")
+    if lora_rank:
+        policy.backbone.save_lora_weights(str(output_dir / "adapters.lora.h5"))
+    if isinstance(policy, keras_hub.models.CausalLM):
+        shutil.rmtree(output_dir / "preset", ignore_errors=True)  # a resumed run's earlier one
+        save_preset(policy, tokenizer, output_dir / "preset")
+    if history:
+        plot_curves(history, output_dir / "curves.png", start=start_metrics)

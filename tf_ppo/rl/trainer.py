@@ -17,7 +17,6 @@ import shutil
 import time
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -25,7 +24,6 @@ from tqdm.auto import tqdm
 from tf_ppo.chat import check_chat_template
 from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
-from tf_ppo.export import save_preset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            family_for, text_only, tokenizer_for)
 from tf_ppo.rl import algorithms
@@ -33,11 +31,14 @@ from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
+from tf_ppo.rl.environment import environment_for
+from tf_ppo.rl.episodes import episode_metrics
 from tf_ppo.rl.learner import Learner
 from tf_ppo.rl.logs import DriftWatch, OveroptimisationWatch, gold_metrics, heldout_metrics, metrics_line, summary
 from tf_ppo.rl.rewards import reward_functions, reward_names
 from tf_ppo.rl.rollout import RolloutEngine
-from tf_ppo.rl.run_files import EVALUATION_AFTER, EVALUATION_BEFORE, read_evaluation, write_evaluation
+from tf_ppo.rl.run_files import (EVALUATION_AFTER, EVALUATION_BEFORE, read_evaluation, save_run_artifacts,
+                                 write_evaluation)
 from tf_ppo.sft import starting_policy
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
@@ -45,7 +46,7 @@ from tf_ppo.training.distribute import (agreed_stop_signal, is_chief, resolve_st
                                        writable_dir)
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.interrupts import signals_stop
-from tf_ppo.training.reporting import RunLog, plot_curves, read_history
+from tf_ppo.training.reporting import RunLog, read_history
 
 
 @dataclasses.dataclass
@@ -77,8 +78,10 @@ class RLTrainer:
     """
 
     def __init__(self, config=None, reward_fn=None, prompts=None, policy=None, callbacks=(),
-                 resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None):
+                 resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None,
+                 environment=None, tools=None):
         self.config = config = run_config(config)
+        environment = environment_for(environment, tools, config.tool_timeout)  # a tool without hints fails here
         self.algorithm = algorithms.create(config)
         accuracy_fn = accuracy_check(config, accuracy_fn)
         reward_fns, reward_weights = reward_functions(reward_fn, config)
@@ -109,7 +112,7 @@ class RLTrainer:
                                    self.strategy)
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         self.engine = RolloutEngine(config, self.policy, self.tokenizer, self.strategy, reward_fns, reward_weights,
-                                    self.reference, self.value_model, gold_reward_fn)
+                                    self.reference, self.value_model, gold_reward_fn, environment)
         self.evaluator = Evaluator(self.engine, accuracy_fn)
         self.prompt_ids, self.prompt_lengths = self.engine.encode(prompts)
         self.parameter_report = parameter_report(self._models_by_role(reward_fns))
@@ -246,6 +249,7 @@ class RLTrainer:
             "response_length": float(tf.reduce_mean(tf.reduce_sum(tf.cast(mask, tf.float32), axis=1))),
             **self._fluency(rollout),
             **gold_metrics(rollout),
+            **episode_metrics(rollout.episodes),
             **{f"seconds_{phase}": seconds for phase, seconds in rollout.seconds.items()},
             "seconds_optimise": time.perf_counter() - optimise_started,
             "seconds_update": time.perf_counter() - started,
@@ -318,20 +322,9 @@ class RLTrainer:
                            interrupted=self.stopped_by == "SIGINT", updates_done=int(self.update.numpy()))
 
     def save_artifacts(self, history, evaluation_before=None):
-        """The final policy and value model (Keras format), a keras-hub preset, LoRA adapters, the curves PNG.
-
-        With LoRA, `policy.keras` and the preset hold the adapters merged into the kernels.
-        """
-        self.policy.save(self.output_dir / "policy.keras")
-        if self.value_model is not None:
-            self.value_model.save(self.output_dir / "value_model.keras")
-        if self.config.lora_rank:
-            self.policy.backbone.save_lora_weights(str(self.output_dir / "adapters.lora.h5"))
-        if isinstance(self.policy, keras_hub.models.CausalLM):
-            shutil.rmtree(self.output_dir / "preset", ignore_errors=True)  # a resumed run's earlier one
-            save_preset(self.policy, self.tokenizer, self.output_dir / "preset")
-        if history:
-            plot_curves(history, self.output_dir / "curves.png", start=heldout_metrics(evaluation_before or {}))
+        """The final policy and value model, a keras-hub preset, LoRA adapters, the curves: `save_run_artifacts`."""
+        save_run_artifacts(self.output_dir, self.policy, self.value_model, self.tokenizer, self.config.lora_rank,
+                           history, heldout_metrics(evaluation_before or {}))
 
     # ----------------------------------------------------------------- what is logged beside the losses
 
@@ -360,7 +353,7 @@ PPOTrainer = RLTrainer  # the name TRL users know; the trainer runs every algori
 
 
 def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), resume=False, show_progress=True,
-          gold_reward_fn=None, strategy=None, accuracy_fn=None):
+          gold_reward_fn=None, strategy=None, accuracy_fn=None, environment=None, tools=None):
     """Fine-tune a policy with the algorithm `config.algorithm` names (PPO by default); usable from notebooks.
 
     Args:
@@ -384,6 +377,9 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         strategy: a `tf.distribute.Strategy` instance (default: from `config.strategy`).
         accuracy_fn: `(prompts, responses) -> 1.0 / 0.0 each`, the correctness
             check behind `eval_pass_k`'s accuracy and pass@k (default: the task's).
+        environment: multi-turn episodes: an `Environment` class, or a function that makes one per episode.
+        tools: multi-turn episodes with `ToolEnvironment`: functions with type hints and docstrings
+            (`docs/tools.md`). Both leave `config.max_turns` turns per episode at most.
 
     Returns:
         `TrainResult` with the policy, history, held-out evaluations and run directory (after Ctrl-C or SIGTERM:
@@ -397,4 +393,4 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         train(PPOConfig(task="arithmetic", algorithm="grpo", num_generations=4))  # exact-match reward, pass@4
     """
     return RLTrainer(config, reward_fn, prompts, policy, callbacks, resume, show_progress, gold_reward_fn, strategy,
-                     accuracy_fn).train()
+                     accuracy_fn, environment, tools).train()

@@ -11,6 +11,9 @@ A decoding cache has four methods, which `tf_ppo.generation.sampling.generate` c
     cache = decoder.grow(cache, length)           # room for `length` positions (zeros, masked until written)
     logits, cache = decoder.step(ids, index, cache)   # one token per row at position `index`
 
+and says whether it `rewinds`: whether a position can be written again, so that the next turn of a
+multi-turn episode feeds only the tokens from the first changed position on.
+
 The step loop writes every position from `first_step - 1` on, prompt tokens included (a row keeps its
 own prompt token there). Keys and values written twice are the same, so an attention cache starts
 after the shortest prompt; a recurrent state would count a token twice, so a recurrent family starts
@@ -71,6 +74,7 @@ class KerasHubCache:
     """
 
     position_axis = 3  # of keras-hub's stacked cache `[batch, layers, 2, S, heads, head_dim]`
+    rewinds = True  # positions can be written again: a later turn of an episode feeds only its new tokens
 
     def __init__(self, model):
         self.model = model

@@ -38,7 +38,12 @@ class Adapter(generic.Adapter):
 
 
 class RecurrentCache(generic.KerasHubCache):
-    """Qwen 3.5's `(kv, conv, recurrent)` cache, started empty: every prompt token goes through the step."""
+    """Qwen 3.5's `(kv, conv, recurrent)` cache, started empty: every prompt token goes through the step.
+
+    The state cannot be rewound to a position, so each turn of a multi-turn episode feeds the episode again.
+    """
+
+    rewinds = False
 
     def start(self, prompt_ids):
         # keras-hub builds its cache by prefilling: one token gives the layout, zeros make it the empty state.

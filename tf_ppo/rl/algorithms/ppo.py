@@ -1,5 +1,7 @@
 """PPO with a critic (Schulman et al. 2017; Ziegler et al. 2019): KL in the reward, GAE, clipped value loss."""
 
+import tensorflow as tf
+
 from tf_ppo.rl.functional import masked, ppo
 from tf_ppo.config import ConfigError
 from tf_ppo.rl.algorithms.base import Algorithm
@@ -53,8 +55,11 @@ class PPO(Algorithm):
     def advantages(self, experience, kl_coef):
         c = self.config
         mask = experience.model_mask
-        rewards, kl = ppo.shaped_rewards(experience.scores, experience.logprobs, experience.ref_logprobs, mask,
-                                         kl_coef, c.kl_estimator)
+        step_rewards = experience.step_rewards  # a multi-turn episode's environment rewards, or None
+        final_scores = (experience.scores if step_rewards is None
+                        else experience.scores - tf.reduce_sum(step_rewards, axis=1))
+        rewards, kl = ppo.shaped_rewards(final_scores, experience.logprobs, experience.ref_logprobs, mask,
+                                         kl_coef, c.kl_estimator, step_rewards)
         if c.whiten_rewards:
             rewards = masked.whiten(rewards, mask, shift_mean=False)
         advantages, returns = ppo.gae(rewards, experience.values, mask, c.gamma, c.lam)

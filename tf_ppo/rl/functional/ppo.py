@@ -98,14 +98,19 @@ def token_kl(logprobs, ref_logprobs, mask, estimator="k1"):
     return tf.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), tf.zeros_like(logprobs))
 
 
-def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"):
+def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1", step_rewards=None):
     """Per-token reward: -kl_coef * KL on each token, plus the score on the last one.
 
+    In a multi-turn episode the mask has holes (the environment's tokens) and "the last one" is the last
+    model token; `step_rewards` holds the environment's reward of each step, already on the last model
+    token of its turn, and `scores` the rest of the episode's reward.
+
     Args:
-        scores: float `[batch]`, the reward of each whole response.
+        scores: float `[batch]`, the reward of each whole response (less its step rewards).
         logprobs, ref_logprobs: float `[batch, response_len]`.
-        mask: bool `[batch, response_len]`.
+        mask: bool `[batch, response_len]`, True on the model's tokens.
         kl_coef: scalar beta.
+        step_rewards: float `[batch, response_len]` or None.
 
     Returns:
         `(rewards, kl)`: `[batch, response_len]` each, 0 on padding. A row with
@@ -115,12 +120,18 @@ def shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"
     >>> r, _ = shaped_rewards(tf.constant([1.0]), tf.zeros([1, 3]), tf.zeros([1, 3]), tf.constant([[True, True, False]]), 0.1)
     >>> r.numpy().tolist()
     [[0.0, 1.0, 0.0]]
+    >>> r, _ = shaped_rewards(tf.constant([1.0]), tf.zeros([1, 4]), tf.zeros([1, 4]),
+    ...                       tf.constant([[True, False, True, False]]), 0.1, step_rewards=tf.constant([[0.5, 0, 0, 0]]))
+    >>> r.numpy().tolist()
+    [[0.5, 0.0, 1.0, 0.0]]
     """
     mask = as_bool_mask(mask)
     kl = token_kl(logprobs, ref_logprobs, mask, estimator)
-    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)  # [batch]
-    is_last = tf.one_hot(lengths - 1, tf.shape(mask)[1], on_value=True, off_value=False, dtype=tf.bool)
+    model_tokens_after = tf.cumsum(tf.cast(mask, tf.int32), axis=1, exclusive=True, reverse=True)  # [batch, R]
+    is_last = mask & (model_tokens_after == 0)
     rewards = -kl_coef * kl + tf.where(is_last, scores[:, None], tf.zeros_like(kl))
+    if step_rewards is not None:
+        rewards = rewards + tf.where(mask, step_rewards, tf.zeros_like(kl))
     return rewards, kl
 
 
