@@ -192,6 +192,25 @@ def test_shaped_rewards(dtype):
                                atol=tolerance(dtype))
 
 
+def test_shaped_rewards_of_episodes_credit_each_step_at_its_turn_and_the_score_at_the_last_model_token(dtype):
+    logprobs, ref_logprobs = -RNG.exponential(size=(2, 12, 16))
+    scores = RNG.normal(size=12)
+    mask = random_episode_mask(12, 16)
+    step_rewards = np.zeros_like(logprobs)
+    for row in range(12):  # a step reward on the last model token of each turn (each run of True)
+        ends = np.flatnonzero(mask[row] & ~np.append(mask[row, 1:], False))
+        step_rewards[row, ends] = RNG.normal(size=len(ends))
+    rewards, _ = ppo.shaped_rewards(tf.constant(scores, dtype), tf.constant(logprobs, dtype),
+                                    tf.constant(ref_logprobs, dtype), tf.constant(mask), 0.3, "k1",
+                                    tf.constant(step_rewards, dtype))
+    want = np.where(mask, -0.3 * (logprobs - ref_logprobs) + step_rewards, 0.0)
+    for row in range(12):
+        model_tokens = np.flatnonzero(mask[row])
+        if len(model_tokens):
+            want[row, model_tokens[-1]] += scores[row]
+    np.testing.assert_allclose(rewards, want, rtol=tolerance(dtype), atol=tolerance(dtype))
+
+
 def np_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
     terms, clipped_count, kl_terms = [], 0, []
     for b, t in zip(*np.nonzero(mask)):
