@@ -60,6 +60,12 @@ ARITHMETIC_DEMO = {
     "grpo": {**_ARITHMETIC_RUN, "num_generations": 8, "beta": 0.04},
     "rloo": {**_ARITHMETIC_RUN, "num_generations": 8},
 }
+# The calculator demo (`--task calculator`): episodes of up to 3 turns, 16 problems x 8 samples for GRPO.
+_CALCULATOR_RUN = {"batch_size": 128, "total_updates": 60, "eval_every": 20, "eval_size": 500}
+CALCULATOR_DEMO = {
+    "ppo": {**_CALCULATOR_RUN, "batch_size": 64},
+    "grpo": {**_CALCULATOR_RUN, "num_generations": 8, "beta": 0.04},
+}
 # `pipeline --method dpo` runs cDPO (label smoothing 0.1) with beta 0.5: the shipped pairs are separable (a
 # positive continuation against a negative one), so plain DPO pushes the margins without bound; label
 # smoothing bounds the margin at log(0.9 / 0.1) = 2.2, i.e. 2.2 / beta nats of log-ratio. Plain DPO at beta
@@ -72,7 +78,7 @@ USER_ERRORS = (ConfigError, DataError, ExportError, RewardError, CheckpointError
 
 
 # Parsed arguments that are not PPOConfig fields.
-NOT_CONFIG = ("command", "parser", "config", "resume", "workers", "method")
+NOT_CONFIG = ("command", "parser", "config", "resume", "workers", "method", "tools")
 
 
 def config_from_args(args, **defaults):
@@ -134,7 +140,8 @@ def demo_defaults(task, algorithm):
     """
     if task == "sentiment":
         return DEMO_DEFAULTS
-    return ARITHMETIC_DEMO.get(algorithm, ARITHMETIC_DEMO["grpo"])  # the other group-based ones: GRPO's groups
+    demos = CALCULATOR_DEMO if task == "calculator" else ARITHMETIC_DEMO
+    return demos.get(algorithm, demos["grpo"])  # the other group-based ones: GRPO's groups
 
 
 def _config_of(args):
@@ -174,7 +181,7 @@ def _check_preset(config):
 
 def _run(args, config):
     if args.command == "demo":
-        run_demo(config)
+        run_demo(config, tools=[] if args.tools == "none" else None)
     elif args.command == "train":
         run_train(args, config)
     elif args.command == "export":

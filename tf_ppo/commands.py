@@ -34,10 +34,13 @@ from tf_ppo.rl.trainer import train
 from tf_ppo.training.interrupts import Interrupted
 
 
-def run_demo(config):
-    """SFT + RL on the shipped data of `config.task`; prints samples, figures and a final JSON line."""
-    if config.task == "arithmetic":
-        return run_accuracy_demo(config)
+def run_demo(config, tools=None):
+    """SFT + RL on the shipped data of `config.task`; prints samples, figures and a final JSON line.
+
+    `tools`: None, the task's tools; [] none (the calculator task's baseline without tools).
+    """
+    if config.task in ("arithmetic", "calculator"):
+        return run_accuracy_demo(config, tools)
     started = time.perf_counter()
     result = train(config)
     if _rl_stopped_early(result):
@@ -67,10 +70,13 @@ def run_demo(config):
     return summary
 
 
-def run_accuracy_demo(config):
-    """SFT + RL on a task with checkable answers: accuracy and pass@k before and after, sample answers, JSON."""
+def run_accuracy_demo(config, tools=None):
+    """SFT + RL on a task with checkable answers: accuracy and pass@k before and after, sample answers, JSON.
+
+    With tools, also the share of held-out episodes that call one, and the turns of a sample episode.
+    """
     started = time.perf_counter()
-    result = train(config)
+    result = train(config, tools=tools)
     if _rl_stopped_early(result):
         return None
     before, after = result.evaluation_before, result.evaluation_after
@@ -82,6 +88,8 @@ def run_accuracy_demo(config):
         "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
         "pass_at_k_before": round(before[f"pass@{k}"], 4), "pass_at_k_after": round(after[f"pass@{k}"], 4),
         "k": k, "kl": round(after["heldout_kl"], 4) if "heldout_kl" in after else None,
+        **{f"tool_call_rate_{when}": round(figures["tool_call_rate"], 4)
+           for when, figures in (("before", before), ("after", after)) if "tool_call_rate" in figures},
         "algorithm": config.algorithm, "updates": len(result.history),
         "seconds": round(time.perf_counter() - started, 1), "run_dir": str(result.run_dir),
     }
@@ -90,6 +98,12 @@ def run_accuracy_demo(config):
           f"{summary['pass_at_k_after']:.1%}; KL to the SFT policy "
           + (f"{summary['kl']:.2f} nats/response" if summary["kl"] is not None else "not measured (no reference)")
           + f"; artefacts in {result.run_dir}")
+    if "tool_call_rate_after" in summary:
+        print(f"Held-out episodes that call a tool: {summary['tool_call_rate_before']:.1%} -> "
+              f"{summary['tool_call_rate_after']:.1%}. A sample episode after {config.algorithm.upper()}, turn "
+              f"by turn:")
+        for speaker, text in result.evaluation_after["sample_episode"]:
+            print(f"  {speaker:>11}: {text}")
     print(json.dumps(summary))
     return summary
 

@@ -49,7 +49,8 @@ DESCRIPTIONS = {
     "generate": "complete prompts with an exported SavedModel",
 }
 EXAMPLES = {
-    "demo": ["tf-ppo demo", "tf-ppo demo --task arithmetic --algorithm grpo"],
+    "demo": ["tf-ppo demo", "tf-ppo demo --task arithmetic --algorithm grpo",
+             "tf-ppo demo --task calculator --algorithm grpo", "tf-ppo demo --task calculator --tools none"],
     "train": ["tf-ppo train --total_updates 200 --run_dir runs/mine",
               "tf-ppo train --algorithm grpo --num_generations 4 --beta 0.3",
               "tf-ppo train --resume runs/mine --total_updates 300"],
@@ -84,6 +85,9 @@ def build_parser():
     command["train"].add_argument("--workers", type=int, default=0,
                                   help="start N local worker processes (MultiWorkerMirroredStrategy over 127.0.0.1)")
     command["train"].add_argument("--resume", metavar="RUN_DIR", help=_RESUME_HELP)
+    command["demo"].add_argument("--tools", choices=("task", "none"), default="task",
+                                 help="task: the episodes may call the task's tools (--task calculator: the "
+                                      "calculator); none: single-turn, the baseline without tools")
     command["export"].add_argument("run_dir")
     command["export"].add_argument("export_dir")
     _add_generate_arguments(command["generate"])
@@ -91,7 +95,7 @@ def build_parser():
         command[name].add_argument("--config", metavar="FILE", help="a JSON file of PPOConfig fields; flags override it")
         _add_config_flags(command[name], fields)
         # The generated usage would list every field flag; --help has them with their meaning.
-        own = {"train": " [--workers N] [--resume RUN_DIR]", "dpo": " [--resume RUN_DIR]",
+        own = {"train": " [--workers N] [--resume RUN_DIR]", "dpo": " [--resume RUN_DIR]", "demo": " [--tools {task,none}]",
                "pipeline": " [--method {ppo,dpo}]"}.get(name, "")
         command[name].usage = f"%(prog)s [-h]{own} [--config FILE] [--FIELD VALUE ...]  (--help lists the fields)"
     return parser

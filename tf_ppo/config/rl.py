@@ -33,9 +33,10 @@ class PPOConfig(Checked):
     """
 
     # --- the task: its data, rewards and evaluation
-    task: str = field("sentiment", '"sentiment" (VADER on movie-review openings) or "arithmetic" (word '
-                                   'problems, exact-match reward, accuracy and pass@k); sets the data fields '
-                                   'left at their defaults')
+    task: str = field("sentiment", '"sentiment" (VADER on movie-review openings), "arithmetic" (word problems, '
+                                   'exact-match reward, accuracy and pass@k) or "calculator" (large-number word '
+                                   'problems, episodes with a calculator tool); sets the data fields left at their '
+                                   'defaults')
     # --- data and models
     prompts: str = field(str(DATA_DIR / "train_data.csv"), 'prompts: a CSV (column input_text, text or a JSON '
                                                            'conversation), a JSON Lines file of {"prompt": ...} or '
@@ -354,6 +355,13 @@ TASK_DEFAULTS = {
         "eval_pass_samples": 16,  # pass@4 from 16 samples: at 4, sampling noise alone moved it by +-2 points
         # 2 epochs leave headroom on purpose: 43% greedy accuracy, 63% pass@4 on the 500 held-out problems.
         "sft": {"train_csv": str(DATA_DIR / "arithmetic_train.csv"), "max_length": 40, "epochs": 2},
+    },
+    "calculator": {  # episodes of up to 3 turns: a tool call, its result, the answer (scripts/make_calculator.py)
+        "prompts": str(DATA_DIR / "calculator_train.csv"), "eval_prompts_csv": str(DATA_DIR / "calculator_heldout.csv"),
+        "vocabulary": str(DATA_DIR / "calculator-vocab.json"), "merges": str(DATA_DIR / "calculator-merges.txt"),
+        "fluency_corpus": None, "max_prompt_length": 32, "response_length": 40, "max_turns": 3, "eval_pass_k": 4,
+        "eval_pass_samples": 16, "model": {"max_sequence_length": 72},
+        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 64, "epochs": 2},
     },
 }
 # PPOConfig fields that are sections

@@ -118,25 +118,29 @@ def environment_factory(environment):
     return make
 
 
-def environment_for(environment=None, tools=None, tool_timeout=10.0):
-    """The run's episode factory: from `train(environment=...)` or `train(tools=[...])`; None when neither.
+def environment_for(config, environment=None, tools=None):
+    """A run's episode factory: `environment`, else `tools`, else the task's tools; None: single-turn.
 
-    Tools are checked now (a tool without type hints raises `ToolError`), before any model is built.
+    `tools=[]` switches the task's tools off. Tools are checked now (a tool without type hints raises
+    `ToolError`), before any model is built.
 
     Example:
-    >>> from tf_ppo.rl.tools import calculator
-    >>> type(environment_for(tools=[calculator])()).__name__
+    >>> from tf_ppo.config import PPOConfig
+    >>> type(environment_for(PPOConfig(task="calculator"))()).__name__
     'ToolEnvironment'
-    >>> environment_for() is None
+    >>> environment_for(PPOConfig(task="calculator"), tools=[]) is None
     True
     """
+    from tf_ppo.tasks import TASKS  # the tasks name their tools, from this package
     if environment is not None and tools:
         raise EpisodeError("pass environment= or tools=, not both: a ToolEnvironment(tools) subclass can "
                            "answer tool calls and keep state")
-    if tools:
-        tools = as_tools(tools)
-        return environment_factory(functools.partial(ToolEnvironment, tools, tool_timeout))
-    return None if environment is None else environment_factory(environment)
+    if environment is not None:
+        return environment_factory(environment)
+    tools = TASKS[config.task].tools if tools is None else tools
+    if not tools:
+        return None
+    return environment_factory(functools.partial(ToolEnvironment, as_tools(tools), config.tool_timeout))
 
 
 def checked_step(answer, environment):

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from tf_ppo.config import ConfigError, run_config
 from tf_ppo.data import load_prompts
-from tf_ppo.generation.responses import response_view
 from tf_ppo.models import tokenizer_for
+from tf_ppo.rl.environment import environment_for
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import pass_at_k
 from tf_ppo.rl.rewards import RewardFunctionFailed, compute_scores, corpus_bigrams, is_fluent, reward_functions
@@ -74,7 +74,7 @@ class Evaluator:
         token_ids, lengths = self.engine.encode(prompts, seed)
         rows = whole_batches(len(prompts), c.batch_size)
         token_ids, lengths = token_ids[rows], lengths[rows]
-        scores, kls, texts, prompt_texts, gold = [], [], [], [], []
+        scores, kls, texts, prompt_texts, gold, episodes = [], [], [], [], [], []
         for start in range(0, len(token_ids), c.batch_size):
             chunk = slice(start, start + c.batch_size)
             rollout = self.engine.rollout(token_ids[chunk], lengths[chunk], tf.constant([seed, start], tf.int32))
@@ -88,6 +88,7 @@ class Evaluator:
             texts += rollout.texts
             prompt_texts += rollout.prompt_texts  # what the policy saw: cut to its first k tokens if configured
             gold += list(rollout.gold_scores) if rollout.gold_scores is not None else []
+            episodes += [rollout.episodes] if rollout.episodes is not None else []
         n = len(prompts)
         samples = list(zip(prompt_texts[:n], texts[:n]))
         evaluation = {"score_mean": float(np.mean(scores[:n])), "samples": samples}
@@ -97,6 +98,11 @@ class Evaluator:
             evaluation["fluency"] = fluency(samples, self.bigrams)
         if gold:
             evaluation["gold_score_mean"] = float(np.mean(gold[:n]))
+        if episodes:  # multi-turn: how the episodes went (tool_call_rate: the share with a tool call)
+            calls = np.concatenate([part.tool_calls for part in episodes])[:n]
+            evaluation.update({"turns_mean": float(np.mean(np.concatenate([part.turns for part in episodes])[:n])),
+                               "tool_call_rate": float(np.mean(calls > 0)),
+                               "sample_episode": episodes[0].transcripts[0]})
         if c.eval_pass_k:
             evaluation.update(self._accuracy(prompts, token_ids[:n], lengths[:n], seed))
         return evaluation
@@ -120,15 +126,11 @@ class Evaluator:
         """Decoded responses of these prompts (greedy, or sampled as in training), in batch_size chunks."""
         c = self.config
         rows = whole_batches(len(token_ids), c.batch_size)
-        stop_token_ids = self.engine.stop_token_ids if c.stop_at_eos else None
         texts = []
         for start in range(0, len(rows), c.batch_size):
             chunk = rows[start: start + c.batch_size]
-            chunk_lengths = tf.gather(lengths, chunk)
-            sequence_ids = self.engine.sample(tf.gather(token_ids, chunk), chunk_lengths,
-                                              tf.constant([seed, start], tf.int32), greedy)
-            texts += self.engine.decode(response_view(sequence_ids, chunk_lengths, c.response_length,
-                                                           stop_token_ids))
+            texts += self.engine.completions(tf.gather(token_ids, chunk), tf.gather(lengths, chunk),
+                                             tf.constant([seed, start], tf.int32), greedy)
         return texts[: len(token_ids)]
 
 
@@ -138,7 +140,7 @@ def _repeat(rows, n):
 
 
 def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn=None, accuracy_fn=None,
-             prompts=None, strategy=None):
+             prompts=None, strategy=None, environment=None, tools=None):
     """The held-out figures of any policy: score, KL to `reference`, fluency, gold score, accuracy, pass@k.
 
     Args:
@@ -150,6 +152,7 @@ def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn
         accuracy_fn: the correctness check behind accuracy and pass@k (default: the task's).
         prompts: held-out prompts (default: `config.eval_prompts_csv`).
         strategy: a `tf.distribute.Strategy` (default: from `config.strategy`).
+        environment, tools: multi-turn episodes, as in `train` (default: the task's tools, if it has any).
 
     Returns:
         A dict: `score_mean`, `samples` (prompt, completion) and, where they
@@ -164,7 +167,8 @@ def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn
     engine = RolloutEngine(config, policy, tokenizer_for(config, policy),
                            resolve_strategy(strategy if strategy is not None else config.strategy,
                                             config.collective_timeout),
-                           reward_fns, weights, reference=reference, gold_reward_fn=gold_reward_fn)
+                           reward_fns, weights, reference=reference, gold_reward_fn=gold_reward_fn,
+                           environment=environment_for(config, environment, tools))
     return Evaluator(engine, accuracy_fn).evaluate(prompts)
 
 

@@ -81,7 +81,7 @@ class RLTrainer:
                  resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None,
                  environment=None, tools=None):
         self.config = config = run_config(config)
-        environment = environment_for(environment, tools, config.tool_timeout)  # a tool without hints fails here
+        environment = environment_for(config, environment, tools)  # a tool without type hints fails here
         self.algorithm = algorithms.create(config)
         accuracy_fn = accuracy_check(config, accuracy_fn)
         reward_fns, reward_weights = reward_functions(reward_fn, config)

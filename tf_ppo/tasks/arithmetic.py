@@ -70,9 +70,21 @@ def exact_match_reward(prompts, responses):
     ...                    ["2 + 3 = 5 #### 5", "2 + 3 = 6 #### 6"])
     [1.0, 0.0]
     """
+    return scores_against(solve, prompts, responses)
+
+
+def scores_against(solver, prompts, responses):
+    """1.0 where a response's answer after the marker equals `solver(prompt)`, else 0.0 (never an exception).
+
+    The exact match of every task with an answer marker; `solver` reads a problem's answer off its prompt.
+
+    Example:
+    >>> scores_against(lambda prompt: 4, ["2 + 2 ?", "2 + 2 ?"], ["#### 4", "4"])
+    [1.0, 0.0]
+    """
     scores = []
     for prompt, response in zip(prompts, responses):
-        answer, expected = parse_answer(response), solve(prompt)
+        answer, expected = parse_answer(response), solver(prompt)
         scores.append(float(answer is not None and expected is not None and answer == expected))
     return scores
 
