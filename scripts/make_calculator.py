@@ -21,6 +21,7 @@ Outputs (all under `data/`):
 Run: python scripts/make_calculator.py   (needs the `tokenizers` package: pip install -e .[data])
 """
 
+import json
 import pathlib
 import random
 import sys
@@ -28,7 +29,7 @@ import sys
 import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from scripts.make_data import DATA_DIR, END_OF_TEXT, train_tokenizer  # noqa: E402
+from scripts.make_data import DATA_DIR, END_OF_TEXT, move_end_of_text_last, train_tokenizer  # noqa: E402
 from tf_ppo.tasks.arithmetic import MARKER  # noqa: E402
 from tf_ppo.tasks.calculator import solve  # noqa: E402
 
@@ -78,6 +79,26 @@ def target(answer, expression, with_tool):
     return f'<call>calculator("{expression}")</call>{END_OF_TEXT}<result>{answer}</result> {MARKER} {answer}'
 
 
+def one_token_per_digit(vocab_path, merges_path):
+    """Drop every merge and token that joins a digit to anything: each digit is then one token, the same
+    wherever it stands, so copying a number (into a call, or from a result) is copying digit tokens.
+
+    Without it, "625" was "Ġ6 25" after a space and "6 25" or "62 5" elsewhere; the tiny SFT policy then
+    copied no number right.
+    """
+    def has_digit_merge(token):
+        return len(token) > 1 and any(character.isdigit() for character in token)
+
+    lines = merges_path.read_text().splitlines()
+    merges = [line for line in lines[1:] if not any(character.isdigit() for character in line)]
+    merges_path.write_text("\n".join(lines[:1] + merges) + "\n")
+    vocab = json.loads(vocab_path.read_text())
+    kept = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1]) if not has_digit_merge(token)]
+    vocab_path.write_text(json.dumps({token: index for index, token in enumerate(kept)}, ensure_ascii=False,
+                                     separators=(",", ":")))
+    move_end_of_text_last(vocab_path)
+
+
 def main():
     rng = random.Random(SEED)
     problems, seen = [], set()
@@ -95,6 +116,7 @@ def main():
                                    for text, answer, expression in problems).replace(END_OF_TEXT, " "))
     train_tokenizer(corpus_path, prefix="calculator", vocab_size=VOCAB_SIZE)
     corpus_path.unlink()  # the CSVs hold the same text
+    one_token_per_digit(DATA_DIR / "calculator-vocab.json", DATA_DIR / "calculator-merges.txt")
     print(f"{len(rows)} problems ({len(train)} train, {len(heldout)} held-out), written to {DATA_DIR}")
 
 

@@ -359,9 +359,9 @@ TASK_DEFAULTS = {
     "calculator": {  # episodes of up to 3 turns: a tool call, its result, the answer (scripts/make_calculator.py)
         "prompts": str(DATA_DIR / "calculator_train.csv"), "eval_prompts_csv": str(DATA_DIR / "calculator_heldout.csv"),
         "vocabulary": str(DATA_DIR / "calculator-vocab.json"), "merges": str(DATA_DIR / "calculator-merges.txt"),
-        "fluency_corpus": None, "max_prompt_length": 32, "response_length": 40, "max_turns": 3, "eval_pass_k": 4,
-        "eval_pass_samples": 16, "model": {"max_sequence_length": 72},
-        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 64, "epochs": 2},
+        "fluency_corpus": None, "max_prompt_length": 40, "response_length": 48, "max_turns": 3, "eval_pass_k": 4,
+        "eval_pass_samples": 16, "model": {"max_sequence_length": 88},
+        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 88, "epochs": 4},
     },
 }
 # PPOConfig fields that are sections

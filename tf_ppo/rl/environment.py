@@ -143,6 +143,16 @@ def environment_for(config, environment=None, tools=None):
     return environment_factory(functools.partial(ToolEnvironment, as_tools(tools), config.tool_timeout))
 
 
+def environment_rewards_only(responses):
+    """0.0 for every episode: with `train(environment=...)` and no `reward_fn`, the environment's rewards alone.
+
+    Example:
+    >>> environment_rewards_only(["guess 50", "guess 75"])
+    [0.0, 0.0]
+    """
+    return [0.0] * len(responses)
+
+
 def checked_step(answer, environment):
     """`step`'s answer as a `Step`; `EpisodeError` naming the environment when it is not one.
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tf_ppo.config import ConfigError, run_config
 from tf_ppo.data import load_prompts
 from tf_ppo.models import tokenizer_for
-from tf_ppo.rl.environment import environment_for
+from tf_ppo.rl.environment import environment_for, environment_rewards_only
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import pass_at_k
 from tf_ppo.rl.rewards import RewardFunctionFailed, compute_scores, corpus_bigrams, is_fluent, reward_functions
@@ -163,6 +163,7 @@ def evaluate(policy, config=None, reference=None, reward_fn=None, gold_reward_fn
         figures["score_mean"], figures["heldout_kl"]
     """
     config = run_config(config)
+    reward_fn = environment_rewards_only if environment is not None and reward_fn is None else reward_fn
     reward_fns, weights = reward_functions(reward_fn, config)
     engine = RolloutEngine(config, policy, tokenizer_for(config, policy),
                            resolve_strategy(strategy if strategy is not None else config.strategy,

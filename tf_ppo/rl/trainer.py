@@ -31,7 +31,7 @@ from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
-from tf_ppo.rl.environment import environment_for
+from tf_ppo.rl.environment import environment_for, environment_rewards_only
 from tf_ppo.rl.episodes import episode_metrics
 from tf_ppo.rl.learner import Learner
 from tf_ppo.rl.logs import DriftWatch, OveroptimisationWatch, gold_metrics, heldout_metrics, metrics_line, summary
@@ -81,6 +81,7 @@ class RLTrainer:
                  resume=False, show_progress=True, gold_reward_fn=None, strategy=None, accuracy_fn=None,
                  environment=None, tools=None):
         self.config = config = run_config(config)
+        reward_fn = environment_rewards_only if environment is not None and reward_fn is None else reward_fn
         environment = environment_for(config, environment, tools)  # a tool without type hints fails here
         self.algorithm = algorithms.create(config)
         accuracy_fn = accuracy_check(config, accuracy_fn)
@@ -377,7 +378,8 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
         strategy: a `tf.distribute.Strategy` instance (default: from `config.strategy`).
         accuracy_fn: `(prompts, responses) -> 1.0 / 0.0 each`, the correctness
             check behind `eval_pass_k`'s accuracy and pass@k (default: the task's).
-        environment: multi-turn episodes: an `Environment` class, or a function that makes one per episode.
+        environment: multi-turn episodes: an `Environment` class, or a function that makes one per episode
+            (without `reward_fn`, the episodes' reward is the environment's alone).
         tools: multi-turn episodes with `ToolEnvironment`: functions with type hints and docstrings
             (`docs/tools.md`). Both leave `config.max_turns` turns per episode at most.
 
