@@ -74,7 +74,9 @@ def single_turn(setup):
 
 def test_an_environment_that_never_answers_samples_exactly_the_single_turn_tokens(setup, single_turn):
     single, prompt_ids, prompt_lengths, sequence_ids = single_turn
-    episodes = engine(setup, Silent).run_episodes(prompt_ids, prompt_lengths, SEED)
+    # A turn samples at least one token, so response_length turns let every episode fill its slots.
+    episodes = engine(setup, Silent, max_turns=setup[0].response_length).run_episodes(prompt_ids, prompt_lengths,
+                                                                                      SEED)
     assert episodes.turns.max() > 2  # the cache was carried over several turns
     np.testing.assert_array_equal(view(setup, episodes.sequence_ids, prompt_lengths).token_ids,
                                   view(setup, sequence_ids, prompt_lengths).token_ids)
@@ -200,3 +202,29 @@ def test_max_turns_below_one_and_a_tool_without_type_hints_are_refused(tmp_path)
     from tf_ppo import train
     with pytest.raises(ToolError, match="add"):
         train(tiny_config(tmp_path), tools=[add], show_progress=False)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen3_5"])
+def test_other_caches_carry_episodes_too(family, tmp_path):
+    """Gemma 3's per-layer tuple cache is rewound; Qwen 3.5's recurrent state is fed from the start each turn."""
+    from tests.presets import causal_lm
+
+    policy = causal_lm(family)
+    config = tiny_config(tmp_path, batch_size=8, max_turns=12, response_length=12, generation_jit=False)
+    made = {}
+    for name, environment in (("single", None), ("silent", Silent), ("echo", Echo)):
+        made[name] = RolloutEngine(config, policy, policy.preprocessor.tokenizer, tf.distribute.get_strategy(),
+                                   [lambda responses: [0.0] * len(responses)], (1.0,),
+                                   environment=None if environment is None else environment_factory(environment))
+        made[name].stop_token_ids = tuple(range(3, policy.preprocessor.tokenizer.vocabulary_size(), 5))
+    prompt_ids, prompt_lengths = made["single"].encode(PROMPTS)
+    single = made["single"].sample(prompt_ids, prompt_lengths, SEED).numpy()
+    silent = made["silent"].run_episodes(prompt_ids, prompt_lengths, SEED)
+    assert silent.turns.max() > 1
+    np.testing.assert_array_equal(view((config,), silent.sequence_ids, prompt_lengths).token_ids,
+                                  view((config,), single, prompt_lengths).token_ids)
+    echo = made["echo"].run_episodes(prompt_ids, prompt_lengths, SEED)
+    assert echo.environment_mask.any()
+    responses = view((config,), echo.sequence_ids, prompt_lengths)
+    logprobs, _ = response_logprobs(policy, tf.constant(echo.sequence_ids), responses, config.temperature)
+    np.testing.assert_allclose(np.where(echo.model_mask, logprobs, 0.0), echo.sampler_logprobs, atol=1e-5)
