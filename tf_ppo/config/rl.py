@@ -33,10 +33,9 @@ class PPOConfig(Checked):
     """
 
     # --- the task: its data, rewards and evaluation
-    task: str = field("sentiment", '"sentiment" (VADER on movie-review openings), "arithmetic" (word problems, '
-                                   'exact-match reward, accuracy and pass@k) or "calculator" (large-number word '
-                                   'problems, episodes with a calculator tool); sets the data fields left at their '
-                                   'defaults')
+    task: str = field("sentiment", '"sentiment" (VADER), "arithmetic" (word problems: exact-match reward, '
+                                   'accuracy, pass@k) or "calculator" (the same with a calculator tool); sets '
+                                   'the data fields left at their defaults')
     # --- data and models
     prompts: str = field(str(DATA_DIR / "train_data.csv"), 'prompts: a CSV (column input_text, text or a JSON '
                                                            'conversation), a JSON Lines file of {"prompt": ...} or '
@@ -109,12 +108,10 @@ class PPOConfig(Checked):
     stop_at_eos: bool = field(True, "truncate each response after its first end token")
     missing_eos_penalty: float | None = field(None, "subtracted from the score of responses that never stop")
     generation_jit: bool = field(True, "XLA for the sampling loop (about 2.5x faster on CPU)")
-    # --- multi-turn episodes (train(environment=...) or train(tools=[...]))
-    max_turns: int = field(1, "model turns per episode: each but the last may be answered by the environment "
-                              "(a tool's result); the response_length slots hold them all")
-    max_tokens_per_turn: int | None = field(None, "tokens one model turn may sample before it stops; a turn "
-                                                  "cut there ends its episode (truncated); None = response_length")
-    tool_timeout: float = field(10.0, "seconds a tool call may run before it is answered with a timeout error")
+    max_turns: int = field(1, "model turns per episode with an environment or tools; response_length holds all")
+    max_tokens_per_turn: int | None = field(None, "tokens a model turn may sample; a turn cut there truncates "
+                                                  "its episode; None = response_length")
+    tool_timeout: float = field(10.0, "seconds a tool call may run before its answer is a timeout error")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
     # --- reward shaping
     kl_estimator: str = field("k1", '"k1" (log ratio), "k2" (squared / 2) or "k3" (Schulman\'s unbiased, '
@@ -179,11 +176,10 @@ class PPOConfig(Checked):
         if not isinstance(self.model, ModelConfig):  # PPOConfig(model="gpt2_base_en" | "/path" | causal_lm)
             object.__setattr__(self, "model", ModelConfig(preset=self.model))
         check_fields(self)
-        for name in ("total_updates", "batch_size", "max_prompt_length", "response_length",
-                     "temperature", "kl_horizon", "num_mini_batches",
-                     "learning_rate", "adam_epsilon", "checkpoint_every", "eval_size",
-                     "max_consecutive_skips", "overoptimisation_window", "collective_timeout", "max_turns",
-                     "tool_timeout"):
+        for name in ("total_updates", "batch_size", "max_prompt_length", "response_length", "temperature",
+                     "kl_horizon", "num_mini_batches", "learning_rate", "adam_epsilon", "checkpoint_every",
+                     "eval_size", "max_consecutive_skips", "overoptimisation_window", "collective_timeout",
+                     "max_turns", "tool_timeout"):
             check_positive(self, name)
         for name in ("cliprange_value", "max_grad_norm", "max_approx_kl", "target_kl", "kl_warning",
                      "max_tokens_per_turn"):
@@ -361,7 +357,7 @@ TASK_DEFAULTS = {
         "vocabulary": str(DATA_DIR / "calculator-vocab.json"), "merges": str(DATA_DIR / "calculator-merges.txt"),
         "fluency_corpus": None, "max_prompt_length": 40, "response_length": 48, "max_turns": 3, "eval_pass_k": 4,
         "eval_pass_samples": 16, "model": {"max_sequence_length": 88},
-        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 88, "epochs": 4},
+        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 88, "epochs": 8},
     },
 }
 # PPOConfig fields that are sections

@@ -201,8 +201,9 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
     decoder = decoder_for(policy)
     ends = [total_length]  # a later turn's cache already holds every position
     if cache is None or not decoder.rewinds:
-        cache = decoder.start(buffer[:, :prompt_width])  # keys/values of the buffer's first P slots
-        index = decoder.first_step(tf.minimum(turn.forced_until, prompt_width))
+        width = prompt_width if prompt_width is not None else total_length - response_length  # the SavedModel's
+        cache = decoder.start(buffer[:, :width])  # keys/values of the buffer's first P slots
+        index = decoder.first_step(tf.minimum(turn.forced_until, width))
         ends = segment_ends(prompt_width, response_length, total_length)
     positions = tf.range(total_length)[None, :]  # [1, P + R]
 
