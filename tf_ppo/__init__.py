@@ -25,6 +25,8 @@ from tf_ppo.preference.reward_training import read_preferences, train_reward_mod
 from tf_ppo.sft import default_policy, sft
 from tf_ppo.training.checkpoints import CheckpointError
 from tf_ppo.rl.callbacks import Callback
+from tf_ppo.rl.environment import Environment, EpisodeError, Step, ToolEnvironment
+from tf_ppo.rl.tools import ToolError
 from tf_ppo.rl.evaluator import evaluate
 from tf_ppo.rl.logs import DriftWarning, OveroptimisationWarning
 from tf_ppo.rl.trainer import PPOTrainer, RLTrainer, TrainResult, train
@@ -32,6 +34,11 @@ from tf_ppo.rl.trl_trainers import GRPOTrainer, RLOOTrainer
 from tf_ppo.training.guarded_step import NonFiniteError
 
 __all__ = [
+    "Environment",
+    "EpisodeError",
+    "Step",
+    "ToolEnvironment",
+    "ToolError",
     "algorithms",
     "estimators",
     "ppo",
