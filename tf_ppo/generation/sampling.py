@@ -218,8 +218,10 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
         writing = (index >= turn.forced_until) & (index < turn.limit) & ~stopped  # [batch]
         current = tf.where(writing, tf.cast(sampled, buffer.dtype), buffer[:, index])
         buffer = tf.where(positions == index, current[:, None], buffer)
-        if turn.stop_token_ids:
-            stopped = stopped | (writing & is_stop_token(current, turn.stop_token_ids))
+        # Without stop tokens `stopped` still goes through an op: XLA fails to compile a while loop with a loop
+        # variable it can prove constant across iterations ("Cannot find body function ..._const_0").
+        ends_turn = is_stop_token(current, turn.stop_token_ids) if turn.stop_token_ids else index < 0
+        stopped = stopped | (writing & ends_turn)
         turn_end = tf.where(writing, index + 1, turn_end)
         logprob = tf.gather(tf.nn.log_softmax(logits / temperature), sampled, batch_dims=1)  # [batch]
         logprobs = tf.where((positions == index) & writing[:, None], logprob[:, None], logprobs)
