@@ -20,6 +20,9 @@ from tf_ppo.models.families import decoder_for
 # Response tokens per decoding segment. Shorter segments attend over fewer unwritten positions but add a
 # compiled loop each; 16 measured best (benchmarks/ppo_throughput.py --scaling 32,64,128).
 SEGMENT_LENGTH = 16
+# Widths of the forward passes that append a later turn's forced tokens (an environment's reply) to the cache:
+# chunks of 16, then of 4, then the step loop token by token. Two compiled chunk shapes cover a reply of any length.
+REPLY_CHUNKS = (16, 4)
 
 
 def sample_next_token(logits, seed, temperature=1.0, top_k=0, top_p=1.0, row_offset=0):
@@ -205,6 +208,8 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
         cache = decoder.start(buffer[:, :width])  # keys/values of the buffer's first P slots
         index = decoder.first_step(tf.minimum(turn.forced_until, width))
         ends = segment_ends(prompt_width, response_length, total_length)
+    else:
+        index, cache = append_forced(decoder, buffer, cache, index, turn)
     positions = tf.range(total_length)[None, :]  # [1, P + R]
 
     def step(index, buffer, cache, stopped, turn_end, logprobs):
@@ -240,6 +245,43 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
         state = tf.while_loop(functools.partial(more, end=end), step, state)
     _, buffer, cache, _, turn_end, logprobs = state
     return Sampled(buffer, cache, turn_end, logprobs)
+
+
+def append_forced(decoder, buffer, cache, index, turn, chunks=REPLY_CHUNKS):
+    """Feed a later turn's forced tokens (the environment's reply) into the cache, a chunk per forward pass.
+
+    The step at `index` would feed the token at `index - 1`. Every row that samples this turn keeps its own
+    tokens up to `forced_until`, so the positions before the first of those (W) hold no sampled token: they
+    go into the cache in passes of `chunks[0]` tokens, then `chunks[1]`, ... while a whole chunk fits below W.
+    The step loop then feeds the rest (fewer than the last chunk width) and samples from W on. Rows that
+    sample nothing, or whose reply starts later, feed their own tokens again: the same keys and values.
+
+    Returns:
+        `(index, cache)`: the step loop's first index, and the cache holding every position before it - 1.
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> from tf_ppo.models.families import decoder_for
+    >>> decoder = decoder_for(BigramLM(vocabulary_size=5, hidden_dim=2))
+    >>> cache = decoder.grow(decoder.start(tf.constant([[1, 2]])), 30)
+    >>> turn = Turn(tf.constant([24]), tf.constant([30]))
+    >>> int(append_forced(decoder, tf.zeros([1, 30], tf.int32), cache, tf.constant(3), turn)[0])
+    23
+    """
+    batch_size, total_length = tf.shape(buffer)[0], tf.shape(buffer)[1]
+    samples = turn.limit > turn.forced_until  # [batch]: the rows that sample this turn
+    first_sampled = tf.reduce_min(tf.where(samples, turn.forced_until, total_length))  # W
+
+    def feed(width):
+        def body(index, cache):
+            _, cache = decoder.step(tf.slice(buffer, [0, index - 1], [batch_size, width]), index - 1, cache)
+            return index + width, cache
+        return body
+
+    for width in chunks:
+        index, cache = tf.while_loop(lambda index, cache, width=width: index + width <= first_sampled,
+                                     feed(width), (index, cache))
+    return index, cache
 
 
 def segment_ends(prompt_width, response_length, total_length, segment_length=SEGMENT_LENGTH):

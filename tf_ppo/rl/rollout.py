@@ -215,20 +215,31 @@ class RolloutEngine:
             lambda text: list(np.asarray(self.tokenizer(text))))
         parts = []
         for start in range(0, len(prompt_ids), size):
-            def one_turn(buffer, cache, turn, index, start=start):
-                batch = split_batch(self.strategy, {"buffer": tf.constant(buffer),
-                                                    "forced_until": tf.constant(turn.forced_until),
-                                                    "limit": tf.constant(turn.limit)})
-                outputs, cache = self._turns[greedy](batch, cache, None if index is None else tf.constant(index),
-                                                     seed, tf.constant(start, tf.int32))
-                return outputs["buffer"], cache, outputs["turn_end"], outputs["logprobs"]
-
             rows = slice(start, start + size)
             environments = [self.environment() for _ in range(len(prompt_ids[rows]))]
-            parts.append(run_episodes(one_turn, environments, prompt_ids[rows], prompt_lengths[rows],
-                                      prompt_texts[rows], c.response_length, tokenize, self._detokenize_ids,
-                                      self.stop_token_ids, c.max_turns, c.max_tokens_per_turn))
+            parts.append(run_episodes(self.turn_sampler(seed, start, greedy), environments, prompt_ids[rows],
+                                      prompt_lengths[rows], prompt_texts[rows], c.response_length, tokenize,
+                                      self._detokenize_ids, self.stop_token_ids, c.max_turns,
+                                      c.max_tokens_per_turn))
         return concatenate_episodes(parts)
+
+    def turn_sampler(self, seed, chunk_start=0, greedy=False):
+        """The compiled turn sampler `(buffer, cache, Turn, index) -> (buffer, cache, turn_end, logprobs)` of
+        `run_episodes`, for the batch rows from `chunk_start` on (each row draws its own noise).
+
+        Example:
+            one_turn = engine.turn_sampler(tf.constant([0, 1]))
+            buffer, cache, turn_end, logprobs = one_turn(buffer, None, Turn(forced_until, limit), None)
+        """
+        def one_turn(buffer, cache, turn, index):
+            batch = split_batch(self.strategy, {"buffer": tf.constant(buffer),
+                                                "forced_until": tf.constant(turn.forced_until),
+                                                "limit": tf.constant(turn.limit)})
+            outputs, cache = self._turns[greedy](batch, cache, None if index is None else tf.constant(index),
+                                                 seed, tf.constant(chunk_start, tf.int32))
+            return outputs["buffer"], cache, outputs["turn_end"], outputs["logprobs"]
+
+        return one_turn
 
     def completions(self, prompt_ids, prompt_lengths, seed, greedy=False):
         """The decoded responses of these rows: the reply (single-turn) or the whole episode (with an environment).

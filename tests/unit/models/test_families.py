@@ -97,3 +97,22 @@ def test_segment_ends_cover_the_response_in_static_steps_and_dynamic_shapes_in_o
     dynamic = tf.constant(20)
     assert segment_ends(None, 16, dynamic) == [dynamic]
     assert segment_ends(4, tf.constant(16), dynamic) == [dynamic]
+
+
+# Each cache a rewinding family decodes with: GPT-2's own, Gemma 3's per-layer tuple, keras-hub's stacked (Llama 3).
+@pytest.mark.parametrize("family", ["gpt2", "gemma3", "llama3"])
+def test_a_reply_appended_in_chunks_leaves_the_cache_of_a_full_forward_pass(family):
+    policy = causal_lm(family)
+    decoder = decoder_for(policy)
+    token_ids = random_ids([2, 40], policy.backbone.vocabulary_size, 3)
+    cache = decoder.grow(decoder.start(token_ids[:, :8]), 40)  # positions 0-7; the step at 9 would feed 8
+    # Row 0 samples from 30 on and row 1 from 33: the chunks (16, then 4) may feed positions 8-27.
+    turn = rollout.Turn(forced_until=tf.constant([30, 33]), limit=tf.constant([40, 40]))
+    index, cache = rollout.append_forced(decoder, token_ids, cache, tf.constant(9), turn)
+    assert int(index) == 9 + 16 + 4
+    logits = []
+    for position in (28, 29):  # the step loop then feeds the rest, one token each
+        step_logits, cache = decoder.step(token_ids[:, position: position + 1], position, cache)
+        logits.append(step_logits[:, 0])
+    full = policy({"token_ids": token_ids, "padding_mask": tf.ones_like(token_ids, tf.bool)})
+    np.testing.assert_allclose(tf.stack(logits, axis=1), full[:, 28:30], atol=1e-5)

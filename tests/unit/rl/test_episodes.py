@@ -111,6 +111,23 @@ def test_the_cached_append_gives_the_log_probs_of_a_full_forward_pass(setup, ech
     np.testing.assert_allclose(np.where(episodes.model_mask, logprobs, 0.0), episodes.sampler_logprobs, atol=1e-5)
 
 
+class LongEcho(Environment):
+    """A reply of 21 tokens: it goes into the cache as one pass of 16 tokens, one of 4, and the first step."""
+
+    def step(self, model_text):
+        return " ok" * 21, 0.0, False
+
+
+def test_a_long_reply_appended_in_chunks_gives_the_log_probs_of_a_full_forward_pass(setup, single_turn):
+    _, prompt_ids, prompt_lengths, _ = single_turn
+    long_echo = engine(setup, LongEcho, response_length=48, max_turns=3)
+    episodes = long_echo.run_episodes(prompt_ids, prompt_lengths, SEED)
+    assert (episodes.environment_mask.sum(axis=1) >= 21).sum() >= 4, episodes.environment_mask.sum(axis=1)
+    responses = response_view(tf.constant(episodes.sequence_ids), tf.constant(prompt_lengths), 48)
+    logprobs, _ = response_logprobs(setup[2], tf.constant(episodes.sequence_ids), responses, setup[0].temperature)
+    np.testing.assert_allclose(np.where(episodes.model_mask, logprobs, 0.0), episodes.sampler_logprobs, atol=1e-5)
+
+
 def test_the_environment_writes_its_reply_after_each_turn_and_is_credited_at_the_turns_last_token(setup, echo):
     echo_engine, prompt_lengths, episodes = echo
     reply_ids = list(np.asarray(echo_engine.tokenizer(REPLY)))

@@ -81,7 +81,7 @@ class GPT2Cache(generic.KerasHubCache):
     def step(self, token_ids, index, cache):
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
-        x = backbone.embeddings_add((x, backbone.position_embedding(x, start_index=index)))  # [batch, 1, hidden]
+        x = backbone.embeddings_add((x, backbone.position_embedding(x, start_index=index)))  # [batch, t, hidden]
         updated = []
         for layer, (keys, values) in zip(backbone.transformer_layers, cache):
             attention = layer._self_attention_layer
@@ -154,19 +154,19 @@ def block_outputs_at(block, hidden_states, mask, sources, training):
 
 
 def write_position(cache, new, index):
-    """`cache` `[batch, heads, S, head_dim]` with `new` `[batch, 1, heads, head_dim]` written at position `index`."""
+    """`cache` `[batch, heads, S, head_dim]` with `new` `[batch, t, heads, head_dim]` written from position `index`."""
     return keras.ops.slice_update(cache, [0, 0, index, 0], tf.transpose(new, [0, 2, 1, 3]))
 
 
 def attend(query, keys, values, index, scale):
-    """Attention of one query position `index` over cache positions 0..index; `[batch, 1, heads, head_dim]`.
+    """Attention of the queries at positions `index ... index + t - 1` over the cache up to each; `[batch, t, heads, hd]`.
 
     The same arithmetic as Keras' dot-product attention: scores in float32,
     scaled after the product, softmax in float32, then back to the compute dtype.
     """
-    scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32) * scale  # [batch, heads, 1, S]
+    scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32) * scale  # [batch, heads, t, S]
     # Later positions are zeros or stale: masked. Position 0 is always visible, so no row is all -inf.
-    visible = tf.range(tf.shape(keys)[2]) <= index
+    visible = tf.range(tf.shape(keys)[2])[None, :] <= index + tf.range(tf.shape(query)[1])[:, None]  # [t, S]
     scores = tf.where(visible, scores, float("-inf"))
     weights = tf.cast(tf.nn.softmax(scores, axis=-1), values.dtype)
     return tf.einsum("bnts,bnsh->btnh", weights, values)
