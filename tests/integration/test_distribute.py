@@ -33,6 +33,7 @@ import numpy as np, pandas as pd, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.conftest import tiny_config
+from tests.environments import Echo
 import tf_ppo
 from tf_ppo import PPOConfig, PPOTrainer, sft
 from tf_ppo.rl.functional import masked
@@ -46,7 +47,10 @@ STRATEGIES = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cp
 # the reward; REINFORCE++-baseline: returns whitened over the global batch (not each replica's half).
 ALGORITHMS = {"ppo": {}, "grpo": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"},
               "rloo": {"algorithm": "rloo", "num_generations": 4},
-              "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4}}
+              "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4},
+              # Multi-turn: each replica keeps its own episodes' cache across turns; the host steps them all.
+              "grpo_episodes": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "max_turns": 3,
+                                "response_length": 24}}
 
 
 def run(name, tmp):
@@ -56,7 +60,8 @@ def run(name, tmp):
     if stage in ALGORITHMS:
         config = tiny_config(tmp / "run", total_updates=1, generation_jit=xla == "xla", train_jit=xla == "xla",
                              **ALGORITHMS[stage])
-        result = PPOTrainer(config, strategy=strategy, show_progress=False).train()
+        environment = Echo if stage.endswith("_episodes") else None
+        result = PPOTrainer(config, strategy=strategy, show_progress=False, environment=environment).train()
         weights = result.policy.get_weights() + (result.value_model.get_weights() if result.value_model else [])
         report["history"] = {k: v for k, v in result.history[0].items() if not k.startswith("seconds")}
         if name == "mirrored":
@@ -131,7 +136,7 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
 
 # RLOO and REINFORCE++ are left out: their groups split over replicas as GRPO's do, and their global whitening
 # is REINFORCE++-baseline's.
-@pytest.mark.parametrize("stage", ["ppo", "grpo", "reinforce_pp_baseline", "sft", "dpo"])
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "reinforce_pp_baseline", "grpo_episodes", "sft", "dpo"])
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path, request):
     # Default settings: XLA samples and scores on each replica (compiled_per_replica), the optimiser step is not
     # compiled on two; the same noise either way.
@@ -141,6 +146,8 @@ def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_p
     assert relative_difference(mirrored, single) <= 1e-5
     if stage not in ("sft", "dpo"):
         assert report["history"]["score_mean"] == single_report["history"]["score_mean"]  # the same samples
+    if stage == "grpo_episodes":
+        assert report["history"]["episodes/turns"] == single_report["history"]["episodes/turns"] > 1
     if stage == "ppo":
         assert "15 rollouts per minibatch must be divisible by the 2 replicas" in report["odd_batch_error"]
         assert report["whiten_max_difference"] < 1e-6

@@ -7,7 +7,8 @@ One `Environment` instance per episode:
 
 A step's reward is credited to the last model token of its turn. An observation's tokens are the
 environment's: no policy loss, entropy or KL falls on them, and GAE bootstraps across them
-(`tf_ppo.rl.functional.ppo.gae`). `step` may be `async def`; the episodes of a batch step at once.
+(`tf_ppo.rl.functional.ppo.gae`). `reset` and `step` may be `async def`; the episodes of a batch reset,
+and step, at once.
 
 The common case is built in: `ToolEnvironment` answers each `<call>tool(...)</call>` with the tool's
 result (`tf_ppo.rl.tools`), and ends the episode on a turn without a call.
@@ -171,6 +172,24 @@ def checked_step(answer, environment):
     return Step(answer[0], float(answer[1]), bool(answer[2]))
 
 
+def reset_all(environments, prompts):
+    """Start every episode at once; each one's first observation (str or None).
+
+    An environment's own exception is raised again, naming the episode's row, and so is an answer
+    that is not text.
+
+    Example:
+    >>> reset_all([Environment(), Environment()], ["guess a number", "guess another"])
+    [None, None]
+    """
+    answers = _call_all(environments, "reset", prompts)
+    for row, (environment, answer) in enumerate(zip(environments, answers)):
+        if answer is not None and not isinstance(answer, str):
+            raise EpisodeError(f"{type(environment).__name__}.reset must return the first observation (str or "
+                               f"None); on episode row {row} it returned {answer!r:.120}")
+    return answers
+
+
 def step_all(environments, texts):
     """Step every episode that has a text (None: finished, not stepped) at once; one `Step` or None each.
 
@@ -180,15 +199,21 @@ def step_all(environments, texts):
     >>> step_all([ToolEnvironment([]), Environment()], ["no call", None])
     [Step(observation=None, reward=0.0, done=True), None]
     """
-    steps = [functools.partial(environment.step, text) if text is not None else (lambda: None)
-             for environment, text in zip(environments, texts)]
-    answers = run_concurrently(steps)
-    for row, (environment, text, answer) in enumerate(zip(environments, texts, answers)):
-        if isinstance(answer, Exception) and text is not None:
-            raise EpisodeError(f"{type(environment).__name__}.step raised on episode row {row}: "
-                               f"{type(answer).__name__}: {answer}") from answer
+    answers = _call_all(environments, "step", texts)
     return [None if text is None else checked_step(answer, environment)
             for environment, text, answer in zip(environments, texts, answers)]
+
+
+def _call_all(environments, method, arguments):
+    """`environment.method(argument)` of every row whose argument is not None, at once (None for the others)."""
+    calls = [functools.partial(getattr(environment, method), argument) if argument is not None else (lambda: None)
+             for environment, argument in zip(environments, arguments)]
+    answers = run_concurrently(calls)
+    for row, (environment, argument, answer) in enumerate(zip(environments, arguments, answers)):
+        if isinstance(answer, Exception) and argument is not None:
+            raise EpisodeError(f"{type(environment).__name__}.{method} raised on episode row {row}: "
+                               f"{type(answer).__name__}: {answer}") from answer
+    return answers
 
 
 def _name(factory):

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from tf_ppo.generation.sampling import Turn
-from tf_ppo.rl.environment import step_all
+from tf_ppo.rl.environment import reset_all, step_all
 
 
 @dataclasses.dataclass
@@ -57,8 +57,7 @@ def run_episodes(sample_turn, environments, prompt_ids, prompt_lengths, prompt_t
     batch = len(prompt_ids)
     record = _Record(prompt_ids, prompt_lengths, response_length)
     open_rows = np.ones(batch, bool)
-    first_observations = [environment.reset(text) for environment, text in zip(environments, prompt_texts)]
-    for row, observation in enumerate(first_observations):
+    for row, observation in enumerate(reset_all(environments, prompt_texts)):
         open_rows[row] = record.answer(row, int(prompt_lengths[row]), observation, tokenize)
     cache, index = None, None
     per_turn = max_tokens_per_turn or response_length

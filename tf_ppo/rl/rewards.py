@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from tf_ppo.config import ConfigError
+from tf_ppo.rl.concurrency import run_concurrently
 from tf_ppo.tasks import TASKS
 
 _WORD = re.compile(r"[a-z']+|[.,!?]")
@@ -51,8 +52,9 @@ def compute_scores(reward_fn, texts, prompts=None, conversations=None):
     a function with a `completions` parameter is called TRL's way, with
     keywords, in TRL's conversational form when `conversations` (each
     prompt's messages) are given.
-    NaN and inf pass through: the trainer's non-finite guard skips such an
-    update and counts it, rather than ending the run.
+    An `async def` reward function is awaited; `combined_scores` awaits
+    several at once. NaN and inf pass through: the trainer's non-finite
+    guard skips such an update and counts it, rather than ending the run.
 
     Raises:
         RewardError: naming what went wrong (exception, length or type).
@@ -66,25 +68,54 @@ def compute_scores(reward_fn, texts, prompts=None, conversations=None):
     >>> compute_scores(trl_style, ["abc"], ["q"], conversations=[[{"role": "user", "content": "q"}]]).tolist()
     [3.0]
     """
+    (scores,) = _scores_of([reward_fn], texts, prompts, conversations)
+    return scores
+
+
+def _scores_of(reward_fns, texts, prompts, conversations):
+    """Each reward function's checked scores; the `async def` ones are awaited together, on one event loop."""
+    returned = [_call(reward_fn, texts, prompts, conversations) for reward_fn in reward_fns]
+    waiting = [i for i, value in enumerate(returned) if inspect.isawaitable(value)]
+    outcomes = run_concurrently([_awaiting(returned[i]) for i in waiting]) if waiting else []
+    for i, outcome in zip(waiting, outcomes):
+        if isinstance(outcome, Exception):
+            raise _failed(reward_fns[i], outcome) from outcome
+        returned[i] = outcome
+    return [_checked(reward_fn, scores, len(texts)) for reward_fn, scores in zip(reward_fns, returned)]
+
+
+def _call(reward_fn, texts, prompts, conversations):
+    """What `reward_fn` returns for these texts (a coroutine, for an `async def` one)."""
     try:
         if hasattr(reward_fn, "score_texts"):
-            scores = reward_fn.score_texts(prompts, texts)
-        elif _takes_completions(reward_fn):
-            scores = _call_trl_style(reward_fn, texts, prompts, conversations)
-        elif _takes_prompts(reward_fn):
-            scores = reward_fn(prompts, texts)
-        else:
-            scores = reward_fn(texts)
+            return reward_fn.score_texts(prompts, texts)
+        if _takes_completions(reward_fn):
+            return _call_trl_style(reward_fn, texts, prompts, conversations)
+        if _takes_prompts(reward_fn):
+            return reward_fn(prompts, texts)
+        return reward_fn(texts)
     except Exception as error:
-        raise RewardFunctionFailed(f"reward function {_name(reward_fn)} raised {type(error).__name__}: "
-                                   f"{error}") from error
+        raise _failed(reward_fn, error) from error
+
+
+def _awaiting(awaitable):
+    async def wait():
+        return await awaitable
+    return wait
+
+
+def _failed(reward_fn, error):
+    return RewardFunctionFailed(f"reward function {_name(reward_fn)} raised {type(error).__name__}: {error}")
+
+
+def _checked(reward_fn, scores, count):
     try:
         scores = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise RewardError(f"reward function {_name(reward_fn)} must return numbers, got {scores!r:.200}") from error
-    if scores.shape != (len(texts),):
+    if scores.shape != (count,):
         raise RewardError(f"reward function {_name(reward_fn)} returned shape {scores.shape} "
-                          f"for {len(texts)} texts; expected one score per text")
+                          f"for {count} texts; expected one score per text")
     return scores
 
 
@@ -177,8 +208,7 @@ def combined_scores(reward_fns, weights, texts, prompts=None, conversations=None
     >>> total.tolist(), sorted(each)
     ([2.5, 1.5], ['length', 'one'])
     """
-    each = {name: compute_scores(fn, texts, prompts, conversations)
-            for name, fn in zip(reward_names(reward_fns), reward_fns)}
+    each = dict(zip(reward_names(reward_fns), _scores_of(reward_fns, texts, prompts, conversations)))
     total = sum(weight * scores for weight, scores in zip(weights, each.values()))
     return np.asarray(total, dtype=np.float64), each
 

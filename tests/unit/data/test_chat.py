@@ -206,3 +206,18 @@ def test_a_vocabulary_without_the_end_of_turn_token_fails_only_when_a_conversati
     assert stop_token_ids(tokenizer, chat) == (tokenizer.end_token_id,)  # text prompts still stop at the end token
     with pytest.raises(ChatError, match=r"gemma chat template ends a turn with <end_of_turn>, which is not a token"):
         chat.prompt_ids([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_OF_TEMPLATE))
+def test_an_environments_reply_is_appended_as_the_users_next_message(name):
+    # In an episode the observation's tokens follow the model's end of turn: together they must be how the
+    # template renders the conversation with the observation as the next user message.
+    family, class_name = FAMILY_OF_TEMPLATE[name]
+    tokenizer = presets.tokenizer(family)
+    chat = ChatFormat(tokenizer, None, class_name)
+    observation = chat.observation_ids("<result>408</result>")
+    conversation = CONVERSATION[:2] + [{"role": "assistant", "content": "hello"},
+                                       {"role": "user", "content": "<result>408</result>"}]
+    rendered = chat.prompt_ids(conversation)
+    assert rendered[-len(observation):] == observation
+    assert rendered[-len(observation) - 1] == chat.reply_end_id

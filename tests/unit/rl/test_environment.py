@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tf_ppo.rl.environment import Environment, EpisodeError, Step, ToolEnvironment, environment_factory, step_all
+from tf_ppo.rl.environment import (Environment, EpisodeError, Step, ToolEnvironment, environment_factory, reset_all,
+                                   step_all)
 from tf_ppo.rl.tools import calculator
 
 
@@ -78,6 +79,32 @@ def test_a_step_that_raises_names_the_environment_and_the_row():
 
     with pytest.raises(EpisodeError, match="Broken.step raised on episode row 1: KeyError: 'b'"):
         step_all([Environment(), Broken()], [None, "b"])
+
+
+def test_async_resets_of_a_batch_run_at_once_and_a_reset_must_return_text_or_none():
+    class SlowStart(Environment):
+        async def reset(self, prompt):
+            await asyncio.sleep(0.3)
+            return f"welcome to {prompt}"
+
+    started = time.perf_counter()
+    assert reset_all([SlowStart() for _ in range(8)], ["a"] * 8) == ["welcome to a"] * 8
+    assert time.perf_counter() - started < 1.5  # one after the other: 2.4 s
+
+    class Wrong(Environment):
+        def reset(self, prompt):
+            return {"prompt": prompt}
+
+    with pytest.raises(EpisodeError, match=r"Wrong.reset must return the first observation \(str or None\); on "
+                                           r"episode row 1 it returned \{'prompt': 'b'\}"):
+        reset_all([Environment(), Wrong()], ["a", "b"])
+
+    class Broken(Environment):
+        def reset(self, prompt):
+            raise ValueError("no such level")
+
+    with pytest.raises(EpisodeError, match="Broken.reset raised on episode row 0: ValueError: no such level"):
+        reset_all([Broken()], ["a"])
 
 
 def test_environment_factory_takes_a_class_or_a_function_and_checks_what_it_makes():

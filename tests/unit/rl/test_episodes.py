@@ -245,3 +245,26 @@ def test_other_caches_carry_episodes_too(family, tmp_path):
     responses = view((config,), echo.sequence_ids, prompt_lengths)
     logprobs, _ = response_logprobs(policy, tf.constant(echo.sequence_ids), responses, config.temperature)
     np.testing.assert_allclose(np.where(echo.model_mask, logprobs, 0.0), echo.sampler_logprobs, atol=1e-5)
+
+
+def test_chat_episodes_append_the_reply_as_the_users_next_message(tmp_path):
+    from tests.presets import causal_lm
+
+    policy = causal_lm("gemma3")
+    config = tiny_config(tmp_path, batch_size=4, max_turns=4, max_prompt_length=24, response_length=40,
+                         generation_jit=False)
+    made = RolloutEngine(config, policy, policy.preprocessor.tokenizer, tf.distribute.get_strategy(),
+                         [lambda responses: [0.0] * len(responses)], (1.0,), environment=environment_factory(Echo))
+    made.stop_token_ids = tuple(range(3, policy.preprocessor.tokenizer.vocabulary_size(), 5))
+    conversations = [[{"role": "user", "content": text}] for text in PROMPTS[:4]]
+    prompt_ids, prompt_lengths = made.encode(conversations)
+    episodes = made.run_episodes(prompt_ids, prompt_lengths, SEED)
+    observation = made.chat.observation_ids(REPLY)  # "<end_of_turn>\n<start_of_turn>user\n ok ok ok<end_of..."
+    token_ids = view((config,), episodes.sequence_ids, prompt_lengths).token_ids.numpy()
+    replies = 0
+    for row in range(len(token_ids)):
+        starts = np.flatnonzero(np.diff(episodes.environment_mask[row].astype(int)) == 1) + 1
+        for start in starts:
+            assert token_ids[row, start: start + len(observation)].tolist() == observation
+            replies += 1
+    assert replies >= 2
