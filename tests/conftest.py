@@ -1,8 +1,10 @@
 """Shared fixtures: one SFT policy per session, tiny PPO configs."""
 
 import os
+import pathlib
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,44 @@ def cli(*args, **popen_kwargs):
     """Start `tf-ppo ARGS` in a fresh process (it inherits the session's policy cache)."""
     return subprocess.Popen([sys.executable, "-m", "tf_ppo.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+def assert_same_weights(expected_model, run_dir):
+    """The run's saved policy has `expected_model`'s weights (1e-6)."""
+    import keras
+    import numpy as np
+    resumed = keras.saving.load_model(pathlib.Path(run_dir) / "policy.keras", compile=False)
+    for expected, got in zip(expected_model.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def assert_resumed_to(process, run_dir, expected_model, updates=4):
+    """`process` (a resumed run) exits 0 with every update in the metrics and `expected_model`'s weights."""
+    from tf_ppo.training.reporting import read_history
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    assert [row["update"] for row in read_history(pathlib.Path(run_dir) / "metrics.csv")] == \
+        list(range(1, updates + 1))
+    assert_same_weights(expected_model, run_dir)
+    return stdout
+
+
+def sigterm_after_first_update(process, run_dir):
+    """SIGTERM `process` once its first update is in `run_dir`'s metrics; its stdout and the updates done.
+
+    The run must exit 0 with a checkpoint of its last update.
+    """
+    from tf_ppo.training.reporting import read_history
+    metrics = pathlib.Path(run_dir) / "metrics.csv"
+    while len(read_history(metrics)) < 1:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    done = len(read_history(metrics))
+    assert (pathlib.Path(run_dir) / "checkpoints" / f"ckpt-{done}.index").exists()
+    return stdout, done
 
 
 def kill_after(process, path, max_delay):

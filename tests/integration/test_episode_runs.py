@@ -7,19 +7,15 @@ episodes hold the environment's tokens between the model's turns.
 
 import os
 import pathlib
-import signal
 import subprocess
-import pathlib, sys
-import time
+import sys
 
-import keras
 import numpy as np
 import pytest
 
-from tests.conftest import kill_after, tiny_config
+from tests.conftest import assert_resumed_to, assert_same_weights, kill_after, sigterm_after_first_update, tiny_config
 from tests.environments import Echo, NaNOnce
 from tf_ppo import PPOTrainer, train
-from tf_ppo.training.reporting import read_history
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 # PPO: its critic, GAE bootstrapped across the environment's tokens and step rewards; 16 episodes per update.
@@ -50,12 +46,6 @@ def straight(tmp_path_factory, sft_policy_path):
                  show_progress=False)
 
 
-def assert_same_weights(expected_model, run_dir):
-    resumed = keras.saving.load_model(pathlib.Path(run_dir) / "policy.keras", compile=False)
-    for expected, got in zip(expected_model.get_weights(), resumed.get_weights()):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
-
-
 def test_the_runs_episodes_have_several_turns_and_the_environments_tokens(straight):
     history = straight.history
     assert max(row["episodes/turns"] for row in history) > 1.5, history
@@ -67,24 +57,14 @@ def test_sigkill_mid_update_then_resume_matches_the_uninterrupted_run(tmp_path, 
     process = run_script(run_dir)
     delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.3)  # somewhere in update 3 or 4
     assert not (run_dir / "policy.keras").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
-    resumed = run_script(run_dir, resume=True)
-    _, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr[-3000:]
-    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
-    assert_same_weights(straight.policy, run_dir)
+    assert_resumed_to(run_script(run_dir, resume=True), run_dir, straight.policy)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_ends_at_the_uninterrupted_weights(tmp_path, straight):
     run_dir = tmp_path / "preempted"
     process = run_script(run_dir, checkpoint_every=1000)
-    while len(read_history(run_dir / "metrics.csv")) < 1:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
-    done = len(read_history(run_dir / "metrics.csv"))
-    assert 1 <= done < 4 and (run_dir / "checkpoints" / f"ckpt-{done}.index").exists()
+    _, done = sigterm_after_first_update(process, run_dir)
+    assert 1 <= done < 4
     resumed = train(tiny_config(tmp_path, **RUN, run_dir=str(run_dir)), environment=Echo, resume=True,
                     show_progress=False)
     assert [row["update"] for row in resumed.history] == [1, 2, 3, 4]

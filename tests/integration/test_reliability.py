@@ -6,12 +6,12 @@ import signal
 import time
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import cli, kill_after, tiny_config
+from tests.conftest import (assert_resumed_to, assert_same_weights, cli, kill_after, sigterm_after_first_update,
+                            tiny_config)
 from tf_ppo import CheckpointError, DataError, PPOConfig, PPOTrainer, train
 from tf_ppo.cli import main
 from tf_ppo.data import encode_prompts
@@ -31,12 +31,6 @@ def straight(tmp_path_factory, sft_policy_path):
     return train(tiny_config(tmp_path_factory.mktemp("straight"), checkpoint_every=2, **RUN), show_progress=False)
 
 
-def assert_same_weights(expected_model, run_dir):
-    resumed = keras.saving.load_model(run_dir / "policy.keras", compile=False)
-    for expected, got in zip(expected_model.get_weights(), resumed.get_weights()):
-        np.testing.assert_allclose(got, expected, atol=1e-6)
-
-
 def test_resume_continues_exactly(tmp_path, straight):
     interrupted = tiny_config(tmp_path, **{**RUN, "total_updates": 2})
     first = train(interrupted, show_progress=False)
@@ -54,28 +48,16 @@ def test_sigkill_mid_update_then_resume_matches_the_uninterrupted_run(tmp_path, 
     delay = kill_after(process, run_dir / "checkpoints" / "ckpt-2.index", 0.3)  # somewhere in update 3 or 4
     assert not (run_dir / "policy.keras").exists(), f"the run finished before the kill (delay {delay:.2f} s)"
 
-    resumed = cli("train", "--resume", str(run_dir))
-    stdout, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr[-3000:]
+    stdout = assert_resumed_to(cli("train", "--resume", str(run_dir)), run_dir, straight.policy)
     assert re.search(r"resumed from ckpt-(\d) \(update \1/4\)", stdout), stdout[-2000:]
-    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
-    assert_same_weights(straight.policy, run_dir)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, sft_policy_path):
     run_dir = tmp_path / "preempted"
     process = cli("train", "--run_dir", str(run_dir), *RUN_FLAGS, "--total_updates", "100",
                   "--checkpoint_every", "1000")
-    while len(read_history(run_dir / "metrics.csv")) < 1:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
-    assert "stopped by SIGTERM" in stdout
-    done = len(read_history(run_dir / "metrics.csv"))
-    assert 1 <= done < 100
-    assert (run_dir / "checkpoints" / f"ckpt-{done}.index").exists()
+    stdout, done = sigterm_after_first_update(process, run_dir)
+    assert "stopped by SIGTERM" in stdout and 1 <= done < 100
 
 
 def test_ctrl_c_saves_exits_130_with_one_line_and_its_resume_command_ends_at_the_uninterrupted_weights(tmp_path,
@@ -100,11 +82,7 @@ def test_ctrl_c_saves_exits_130_with_one_line_and_its_resume_command_ends_at_the
     assert len(read_history(run_dir / "metrics.csv")) == done and not (run_dir / "evaluation_after.json").exists()
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{done}")
 
-    resumed = cli(*stopped[2].split())  # the command the line printed
-    _, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr[-3000:]
-    assert [row["update"] for row in read_history(run_dir / "metrics.csv")] == [1, 2, 3, 4]
-    assert_same_weights(straight.policy, run_dir)
+    assert_resumed_to(cli(*stopped[2].split()), run_dir, straight.policy)  # the command the line printed
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, straight):

@@ -268,3 +268,20 @@ def test_chat_episodes_append_the_reply_as_the_users_next_message(tmp_path):
             assert token_ids[row, start: start + len(observation)].tolist() == observation
             replies += 1
     assert replies >= 2
+
+
+class DoneAfterTwo(Echo):
+    def reset(self, prompt):
+        self.steps = 0
+
+    def step(self, model_text):
+        self.steps += 1
+        return REPLY, 0.5, self.steps == 2
+
+
+def test_mask_truncated_completions_masks_the_episodes_a_budget_cut_and_only_those(setup, single_turn):
+    made = engine(setup, DoneAfterTwo, mask_truncated_completions=True, max_turns=3)
+    rollout = made.rollout(single_turn[1], single_turn[2], SEED)
+    finished, loss_mask = rollout.episodes.finished, rollout.experience.loss_mask.numpy()
+    assert finished.any() and not finished.all(), finished
+    np.testing.assert_array_equal(loss_mask, rollout.episodes.model_mask & finished[:, None])
