@@ -32,6 +32,8 @@ from tf_ppo.rl.environment import Environment
 from tf_ppo.rl.episodes import run_episodes
 from tf_ppo.rl.rollout import RolloutEngine
 
+from ppo_throughput import set_threads  # noqa: E402  (benchmarks/ is on the path: run as a script)
+
 REPLY_TOKENS = 16
 
 
@@ -66,7 +68,8 @@ def build_engine(args):
                               "intermediate_dim": 4 * args.hidden,
                               "max_sequence_length": args.prompt_length + response_length},
                        batch_size=args.batch, max_prompt_length=args.prompt_length, response_length=response_length,
-                       temperature=0.7, stop_at_eos=False, truncate_prompts=True, max_turns=2, max_tokens_per_turn=args.turn_tokens,
+                       temperature=0.7, stop_at_eos=False, truncate_prompts=True, max_turns=2,
+                       max_tokens_per_turn=args.turn_tokens,
                        fluency_corpus=None, run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     policy = build_policy(config.model, tokenizer.vocabulary_size())
@@ -106,8 +109,7 @@ def median_seconds(run, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    set_threads(args.threads)
     config, tokenizer, engine = build_engine(args)
     prompts = [f"the film number {i} was one of the best and the worst of the year" for i in range(args.batch)]
     prompt_ids, prompt_lengths = engine.encode(prompts)
@@ -117,6 +119,7 @@ def main(argv=None):
     stop_token = engine.stop_token_ids[0]
     prompt_texts = list(engine.prompt_texts(prompt_ids, prompt_lengths))
     tokenize = lambda text: list(np.asarray(tokenizer(text)))  # noqa: E731
+    detokenize = lambda token_ids: str(tokenizer.detokenize(np.asarray(token_ids, np.int32)))  # noqa: E731
 
     def single_turn():
         engine.sample(prompt_ids, prompt_lengths, seed).numpy()
@@ -124,7 +127,7 @@ def main(argv=None):
     def episode():
         return run_episodes(ending_at_budget(engine.turn_sampler(seed), stop_token),
                             [FixedReply(reply) for _ in prompts], prompt_ids, prompt_lengths, prompt_texts,
-                            config.response_length, tokenize, engine._detokenize_ids, (stop_token,), 2,
+                            config.response_length, tokenize, detokenize, (stop_token,), 2,
                             args.turn_tokens)
 
     episodes = episode()

@@ -14,12 +14,22 @@ import dpo_throughput  # noqa: E402
 import einsum_gradients  # noqa: E402
 import family_memory  # noqa: E402
 import memory_table  # noqa: E402
+import multi_turn  # noqa: E402
 import padded_vocabulary  # noqa: E402
 import ppo_throughput  # noqa: E402
 import response_logits_memory  # noqa: E402
 
 
 TINY = ["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "8", "--prompt-length", "8"]
+
+
+def test_the_multi_turn_benchmark_prints_both_times_and_exits_1_when_the_ratio_is_missed(capsys):
+    assert multi_turn.main(["--layers", "1", "--hidden", "16", "--heads", "2", "--batch", "4", "--repeats", "1",
+                            "--target-ratio", "0.01"]) == 1
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["single_turn_seconds"] > 0 and result["episode_seconds"] > 0
+    assert "2-turn episode, 8 + 16-token reply + 8 tokens" in out and "NOT MET" in out
 
 
 def test_benchmark_reports_every_figure_and_exits_1_when_a_target_is_missed(capsys):

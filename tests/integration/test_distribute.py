@@ -43,14 +43,15 @@ STRATEGIES = {"mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cp
               "default": tf.distribute.get_strategy}
 # The RL stages. "xla" = the default settings: XLA samples and scores on every replica, and compiles the
 # optimiser step on one replica only; the samples must still agree. GRPO: groups of 4, a reference (beta > 0)
-# and the per-sequence loss, whose row count spans the replicas; RLOO: leave-one-out baselines and the KL in
-# the reward; REINFORCE++-baseline: returns whitened over the global batch (not each replica's half).
-ALGORITHMS = {"ppo": {}, "grpo": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo"},
+# and the per-sequence loss, whose row count spans the replicas, on multi-turn episodes (`_episodes`: each
+# replica keeps its own episodes' cache across turns, and the host steps them all); RLOO: leave-one-out
+# baselines and the KL in the reward; REINFORCE++-baseline: returns whitened over the global batch (not each
+# replica's half), on single-turn rollouts.
+ALGORITHMS = {"ppo": {},
+              "grpo_episodes": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "loss_type": "grpo",
+                                "max_turns": 3, "response_length": 24},
               "rloo": {"algorithm": "rloo", "num_generations": 4},
-              "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4},
-              # Multi-turn: each replica keeps its own episodes' cache across turns; the host steps them all.
-              "grpo_episodes": {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "max_turns": 3,
-                                "response_length": 24}}
+              "reinforce_pp_baseline": {"algorithm": "reinforce_pp_baseline", "num_generations": 4}}
 
 
 def run(name, tmp):
@@ -136,7 +137,7 @@ def test_one_replica_under_a_strategy_compiles_the_whole_optimiser_step_as_with_
 
 # RLOO and REINFORCE++ are left out: their groups split over replicas as GRPO's do, and their global whitening
 # is REINFORCE++-baseline's.
-@pytest.mark.parametrize("stage", ["ppo", "grpo", "reinforce_pp_baseline", "grpo_episodes", "sft", "dpo"])
+@pytest.mark.parametrize("stage", ["ppo", "grpo_episodes", "reinforce_pp_baseline", "sft", "dpo"])
 def test_mirrored_on_two_devices_equals_one_device(stage, tmp_path, sft_policy_path, request):
     # Default settings: XLA samples and scores on each replica (compiled_per_replica), the optimiser step is not
     # compiled on two; the same noise either way.

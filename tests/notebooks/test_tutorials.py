@@ -31,8 +31,8 @@ def run_notebook(path, monkeypatch):
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
 
 
-# Two classes, so `pytest -n 2 --dist loadscope` runs the two halves on both workers (about 6.5 minutes each).
-LONG = {"05_project", "07_scale_and_export", "08_faq"}
+# Two classes, so `pytest -n 2 --dist loadscope` runs the two halves on both workers (about 5.5 minutes each).
+LONG = {"05_project", "07_scale_and_export", "08_faq", "10_calculator_agent"}
 
 
 class TestNotebooksWithTheArticlesCode:
@@ -122,7 +122,8 @@ def cell_drawing(path, marker):
 
 
 @pytest.mark.parametrize("stem, marker", [("05_project", "curves = {"), ("08_faq", "axis.bar("),
-                                          ("09_verifiable_rewards", "figure = curves_figure(")])
+                                          ("09_verifiable_rewards", "figure = curves_figure("),
+                                          ("10_calculator_agent", "axes = history.plot(")])
 def test_stored_notebook_shows_its_figure(stem, marker):
     # The saved file, not a re-execution: what a reader sees on opening it (or on GitHub).
     cell = cell_drawing(ROOT / "tutorials" / f"{stem}.ipynb", marker)

@@ -133,7 +133,8 @@ class _Record:
         slots = self.prompt_lengths[:, None] + np.arange(self.step_rewards.shape[1])[None, :]  # [batch, R]
         speaker = np.take_along_axis(self.speaker, slots, axis=1)
         return Episodes(self.buffer, speaker == 1, speaker == 2, self.step_rewards,
-                        np.take_along_axis(self.logprobs, slots, axis=1), self.finished, self.turns, counts["tool_calls"], counts["tool_errors"],
+                        np.take_along_axis(self.logprobs, slots, axis=1), self.finished, self.turns,
+                        counts["tool_calls"], counts["tool_errors"],
                         self.transcripts)
 
 
