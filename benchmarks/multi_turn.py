@@ -89,11 +89,11 @@ def reply_of(tokenizer, length):
 def ending_at_budget(one_turn, stop_token):
     """`one_turn` whose turns end with `stop_token` at their budget (their last sampled slot)."""
     def turn_with_stop(buffer, cache, turn, index):
-        buffer, cache, turn_end, logprobs = one_turn(buffer, cache, turn, index)
-        buffer, turn_end = np.array(buffer), np.asarray(turn_end)
-        sampled = turn_end > turn.forced_until
-        buffer[np.flatnonzero(sampled), turn_end[sampled] - 1] = stop_token
-        return buffer, cache, turn_end, logprobs
+        sampled = one_turn(buffer, cache, turn, index)
+        buffer, turn_end = np.array(sampled.buffer), np.asarray(sampled.turn_end)
+        wrote = turn_end > turn.forced_until
+        buffer[np.flatnonzero(wrote), turn_end[wrote] - 1] = stop_token
+        return sampled._replace(buffer=buffer)
     return turn_with_stop
 
 

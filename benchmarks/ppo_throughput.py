@@ -71,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
     parser.add_argument("--reward", choices=("model", "function"), default="model",
                         help="a Keras reward model of the policy's size, or a Python function (no model held)")
+    parser.add_argument("--old-logprobs", choices=("recompute", "sampler"), default="recompute",
+                        help="the old log-probs: a scoring forward pass of the policy, or the sampler's own")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each transformer block's activations in the backward pass")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
@@ -132,7 +134,7 @@ def build_trainer(args, response_length, total_updates):
         num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
         rollout_batch_size=args.rollout_batch_size, gradient_checkpointing=args.gradient_checkpointing,
-        lora_rank=args.lora_rank,
+        lora_rank=args.lora_rank, old_logprobs=args.old_logprobs,
         **({"vocabulary": str(padded_vocabulary(args.vocab))} if args.vocab else {}),
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)

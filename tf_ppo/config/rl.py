@@ -10,9 +10,10 @@ import json
 import pathlib
 
 from tf_ppo.config.fields import (DATA_DIR, Alias, Checked, ConfigError, as_dict, check_choice,
-                                  check_fields, check_positive, check_range, check_type, default, fail, field)
+                                  check_fields, check_positive, check_range, check_type, fail, field)
 from tf_ppo.config.provenance import run_record
 from tf_ppo.config.saved import upgrade_saved
+from tf_ppo.config.task_defaults import TASK_DEFAULTS, apply_task_defaults
 from tf_ppo.config.sections import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 from tf_ppo.config.trl_names import TRL_NAMES_THAT_DIFFER
 
@@ -113,6 +114,12 @@ class PPOConfig(Checked):
                                                   "its episode; None = response_length")
     tool_timeout: float = field(10.0, "seconds a tool call may run before its answer is a timeout error")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
+    old_logprobs: str = field("recompute", '"recompute" (a policy forward pass scores the samples) or "sampler" '
+                                           "(the sampler's log-probs; that pass is skipped)")
+    vllm_importance_sampling_correction: bool = field(False, "weigh each token's policy loss by its truncated ratio "
+                                                             "of recomputed to sampler probability (TRL's name)")
+    vllm_importance_sampling_mode: str = field("token_truncate", '"token_"/"sequence_" + "truncate"/"mask"')
+    vllm_importance_sampling_cap: float = field(3.0, "the ratio above which a weight is truncated (or masked)")
     # --- reward shaping
     kl_estimator: str = field("k1", '"k1" (log ratio), "k2" (squared / 2) or "k3" (Schulman\'s unbiased, '
                                     'always >= 0)')
@@ -170,7 +177,7 @@ class PPOConfig(Checked):
         for name, section in NESTED.items():
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, section(**getattr(self, name)))
-        _apply_task_defaults(self)
+        apply_task_defaults(self, NESTED)
         if isinstance(self.reward_weights, list):  # JSON and Python users write lists
             object.__setattr__(self, "reward_weights", tuple(self.reward_weights))
         if not isinstance(self.model, ModelConfig):  # PPOConfig(model="gpt2_base_en" | "/path" | causal_lm)
@@ -196,6 +203,11 @@ class PPOConfig(Checked):
         check_choice(self, "strategy", ("auto", "default", "mirrored", "multi_worker"))
         check_choice(self, "clip_mode", ("global_norm", "value"))
         check_choice(self, "dtype", ("float32", "mixed_bfloat16", "mixed_float16"))
+        check_choice(self, "old_logprobs", ("recompute", "sampler"))
+        check_positive(self, "vllm_importance_sampling_cap")
+        if self.vllm_importance_sampling_correction and self.old_logprobs == "sampler":
+            fail(self, "vllm_importance_sampling_correction", "corrects the sampler's log-probs toward recomputed "
+                                                              "ones, so it needs old_logprobs='recompute'")
         if self.gradient_checkpointing and self.model.architecture == "bigram" and self.model.preset is None:
             fail(self, "gradient_checkpointing", "needs a transformer policy; the bigram model has no blocks")
         if self.gradient_checkpointing and self.model.dropout:
@@ -228,6 +240,7 @@ class PPOConfig(Checked):
         """The algorithm's name and fields: a field another algorithm owns must stay at its default."""
         from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
         from tf_ppo.rl.functional.estimators import LOSS_TYPES, SCALE_REWARDS
+        from tf_ppo.rl.functional.importance import IMPORTANCE_SAMPLING_MODES
         check_choice(self, "algorithm", tuple(sorted(ALGORITHMS)))
         algorithm = ALGORITHMS[self.algorithm]
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
@@ -249,6 +262,7 @@ class PPOConfig(Checked):
             fail(self, "dual_clip", f"must be > 1 (or None), got {self.dual_clip!r}")
         check_choice(self, "loss_type", LOSS_TYPES)
         check_choice(self, "scale_rewards", SCALE_REWARDS)
+        check_choice(self, "vllm_importance_sampling_mode", IMPORTANCE_SAMPLING_MODES)
         if not 0 <= self.overlong_buffer <= self.response_length:
             fail(self, "overlong_buffer", f"must be in [0, response_length={self.response_length}], "
                                           f"got {self.overlong_buffer!r}")
@@ -333,7 +347,8 @@ GROUPS = {
     "algorithm": ("algorithm", "num_generations", "beta", "epsilon", "epsilon_high", "num_iterations", "loss_type",
                   "scale_rewards", "dual_clip", "kl_estimator", "target_kl", "kl_horizon",
                   "whiten_rewards", "whiten_advantages", "gamma", "lam", "cliprange_value", "vf_coef",
-                  "entropy_coef"),
+                  "entropy_coef", "old_logprobs", "vllm_importance_sampling_correction",
+                  "vllm_importance_sampling_mode", "vllm_importance_sampling_cap"),
     "optimisation": ("num_mini_batches", "learning_rate", "adam_epsilon", "clip_mode", "max_grad_norm",
                      "max_approx_kl", "max_consecutive_skips", "train_jit"),
     "evaluation": ("eval_prompts_csv", "eval_every", "eval_size", "eval_pass_k", "eval_pass_samples",
@@ -341,46 +356,9 @@ GROUPS = {
     "run": ("task", "total_updates", "run_dir", "seed", "checkpoint_every", "strategy", "collective_timeout", "sft",
             "reward", "dpo"),
 }
-# What each task sets: the fields (and section fields) it gives other values than the sentiment defaults.
-TASK_DEFAULTS = {
-    "sentiment": {},
-    "arithmetic": {
-        "prompts": str(DATA_DIR / "arithmetic_train.csv"), "eval_prompts_csv": str(DATA_DIR / "arithmetic_heldout.csv"),
-        "vocabulary": str(DATA_DIR / "arithmetic-vocab.json"), "merges": str(DATA_DIR / "arithmetic-merges.txt"),
-        "fluency_corpus": None, "max_prompt_length": 28, "response_length": 12, "eval_pass_k": 4,
-        "eval_pass_samples": 16,  # pass@4 from 16 samples: at 4, sampling noise alone moved it by +-2 points
-        # 2 epochs leave headroom on purpose: 43% greedy accuracy, 63% pass@4 on the 500 held-out problems.
-        "sft": {"train_csv": str(DATA_DIR / "arithmetic_train.csv"), "max_length": 40, "epochs": 2},
-    },
-    "calculator": {  # episodes of up to 3 turns: a tool call, its result, the answer (scripts/make_calculator.py)
-        "prompts": str(DATA_DIR / "calculator_train.csv"), "eval_prompts_csv": str(DATA_DIR / "calculator_heldout.csv"),
-        "vocabulary": str(DATA_DIR / "calculator-vocab.json"), "merges": str(DATA_DIR / "calculator-merges.txt"),
-        "fluency_corpus": None, "max_prompt_length": 40, "response_length": 48, "max_turns": 3, "eval_pass_k": 4,
-        "eval_pass_samples": 16, "model": {"max_sequence_length": 88},
-        "sft": {"train_csv": str(DATA_DIR / "calculator_train.csv"), "max_length": 88, "epochs": 8},
-    },
-}
 # PPOConfig fields that are sections
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
-
-
-# --- validation
-
-def _apply_task_defaults(config):
-    """Give the fields the task sets its values, where the config left them at their defaults.
-
-    A field given explicitly (any value but the default) is kept, so flags and
-    keyword arguments override the task.
-    """
-    for name, value in TASK_DEFAULTS[config.task].items():
-        if name in NESTED:
-            section = getattr(config, name)
-            changes = {key: item for key, item in value.items()
-                       if getattr(section, key) == default(type(section), key)}
-            object.__setattr__(config, name, dataclasses.replace(section, **changes))
-        elif getattr(config, name) == default(type(config), name):
-            object.__setattr__(config, name, value)
 
 
 RLConfig = PPOConfig  # the name that says what it configures: any RL algorithm

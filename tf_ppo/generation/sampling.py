@@ -149,12 +149,28 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
     >>> generate(policy, tf.constant([[1, 2, 0]]), tf.constant([2]), tf.constant([0, 0]), 3).shape
     TensorShape([1, 6])
     """
+    return sample_responses(policy, prompt_ids, prompt_lengths, seed, response_length, temperature, top_k, top_p,
+                            row_offset).buffer
+
+
+def sample_responses(policy, prompt_ids, prompt_lengths, seed, response_length, temperature=1.0, top_k=0, top_p=1.0,
+                     row_offset=0):
+    """`generate`, with what the sampler saw: a `Sampled` whose log-probs and entropies are those of every
+    sampled token (the rollout's `old_logprobs="sampler"` reads them).
+
+    Example:
+    >>> from tf_ppo.models import BigramLM
+    >>> policy = BigramLM(vocabulary_size=5, hidden_dim=2)
+    >>> sampled = sample_responses(policy, tf.constant([[1, 2, 0]]), tf.constant([2]), tf.constant([0, 0]), 3)
+    >>> sampled.logprobs.shape, sampled.entropies.shape
+    (TensorShape([1, 6]), TensorShape([1, 6]))
+    """
     batch_size = tf.shape(prompt_ids)[0]
     buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
     total_length = tf.shape(buffer)[1]  # dynamic: the SavedModel takes any prompt and response length
     turn = Turn(prompt_lengths, tf.fill([batch_size], total_length), stop_token_ids=())
     return sample_turn(policy, buffer, None, turn, prompt_ids.shape[1], response_length, seed, temperature, top_k,
-                       top_p, row_offset).buffer
+                       top_p, row_offset)
 
 
 class Sampled(typing.NamedTuple):
@@ -164,6 +180,7 @@ class Sampled(typing.NamedTuple):
     cache: object  # the decoding cache, holding every position (grown to P + R)
     turn_end: tf.Tensor  # int32 [batch]: where each row's turn ended (exclusive; forced_until if it sampled nothing)
     logprobs: tf.Tensor  # float32 [batch, P + R]: each sampled token's log-prob under logits / temperature, else 0
+    entropies: tf.Tensor  # float32 [batch, P + R]: the entropy of logits / temperature where a token was sampled
 
 
 class Turn(typing.NamedTuple):
@@ -190,8 +207,8 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
     starts again from the empty state.
 
     Returns:
-        `Sampled(buffer, cache, turn_end, logprobs)`. The log-probs are those of the cached decoding's
-        logits over the whole vocabulary (before top-k / top-p), as a forward pass scores them.
+        `Sampled(buffer, cache, turn_end, logprobs, entropies)`. The log-probs and entropies are those of the
+        cached decoding's logits over the whole vocabulary (before top-k / top-p), as a forward pass scores them.
 
     Example:
     >>> from tf_ppo.models import BigramLM
@@ -212,7 +229,7 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
         index, cache = append_forced(decoder, buffer, cache, index, turn)
     positions = tf.range(total_length)[None, :]  # [1, P + R]
 
-    def step(index, buffer, cache, stopped, turn_end, logprobs):
+    def step(index, buffer, cache, stopped, turn_end, logprobs, entropies):
         # Feed the token at index - 1 (its keys/values go into the cache), sample the one at index.
         previous = tf.slice(buffer, [0, index - 1], [batch_size, 1])
         logits, cache = decoder.step(previous, index - 1, cache)
@@ -228,23 +245,27 @@ def sample_turn(policy, buffer, cache, turn, prompt_width, response_length, seed
         ends_turn = is_stop_token(current, turn.stop_token_ids) if turn.stop_token_ids else index < 0
         stopped = stopped | (writing & ends_turn)
         turn_end = tf.where(writing, index + 1, turn_end)
-        logprob = tf.gather(tf.nn.log_softmax(logits / temperature), sampled, batch_dims=1)  # [batch]
-        logprobs = tf.where((positions == index) & writing[:, None], logprob[:, None], logprobs)
-        return index + 1, buffer, cache, stopped, turn_end, logprobs
+        log_softmax = tf.nn.log_softmax(logits / temperature)  # [batch, vocab]
+        written = (positions == index) & writing[:, None]  # [batch, P + R]
+        logprob = tf.gather(log_softmax, sampled, batch_dims=1)  # [batch]
+        logprobs = tf.where(written, logprob[:, None], logprobs)
+        entropy = -tf.reduce_sum(tf.exp(log_softmax) * log_softmax, axis=-1)  # [batch]
+        entropies = tf.where(written, entropy[:, None], entropies)
+        return index + 1, buffer, cache, stopped, turn_end, logprobs, entropies
 
-    def more(index, buffer, cache, stopped, turn_end, logprobs, end):
+    def more(index, buffer, cache, stopped, turn_end, logprobs, entropies, end):
         if not turn.stop_token_ids:
             return index < end  # a fixed number of steps: one loop, no per-step reduction
         return (index < end) & tf.reduce_any(~stopped & (index < turn.limit))
 
     state = (index, buffer, cache, tf.zeros([batch_size], tf.bool), turn.forced_until,
-             tf.zeros(tf.shape(buffer), tf.float32))
+             tf.zeros(tf.shape(buffer), tf.float32), tf.zeros(tf.shape(buffer), tf.float32))
     for end in ends:
         # A fixed cache length per segment (XLA needs static shapes); steps attend over `end` positions, not all.
         state = (state[0], state[1], decoder.grow(state[2], end), *state[3:])
         state = tf.while_loop(functools.partial(more, end=end), step, state)
-    _, buffer, cache, _, turn_end, logprobs = state
-    return Sampled(buffer, cache, turn_end, logprobs)
+    _, buffer, cache, _, turn_end, logprobs, entropies = state
+    return Sampled(buffer, cache, turn_end, logprobs, entropies)
 
 
 def append_forced(decoder, buffer, cache, index, turn, chunks=REPLY_CHUNKS):

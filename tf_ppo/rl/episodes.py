@@ -29,6 +29,7 @@ class Episodes:
     environment_mask: np.ndarray  # bool [batch, R]: the environment's tokens
     step_rewards: np.ndarray  # float32 [batch, R]: each step's reward, on the last model token of its turn
     sampler_logprobs: np.ndarray  # float32 [batch, R]: the sampler's log-prob of each model token, else 0
+    sampler_entropies: np.ndarray  # float32 [batch, R]: the sampler's entropy at each model token, else 0
     finished: np.ndarray  # bool [batch]: the environment ended the episode within the budgets
     turns: np.ndarray  # int32 [batch]: model turns
     tool_calls: np.ndarray  # int32 [batch]: (tool environments; 0 for others)
@@ -41,8 +42,8 @@ def run_episodes(sample_turn, environments, prompt_ids, prompt_lengths, prompt_t
     """Run one batch of episodes to their end.
 
     Args:
-        sample_turn: `(buffer, cache, Turn, index) -> (buffer, cache, turn_end, logprobs)`, the compiled sampler
-            (`RolloutEngine`); `cache` and `index` None on the first turn.
+        sample_turn: `(buffer, cache, Turn, index) -> sampling.Sampled`, the compiled sampler
+            (`RolloutEngine.turn_sampler`); `cache` and `index` None on the first turn.
         environments: one environment per row, fresh (`reset` is called here).
         prompt_ids: int32 `[batch, P]` right-padded; prompt_lengths: int32 `[batch]`.
         prompt_texts: the prompts as the policy sees them, for `reset`.
@@ -63,10 +64,11 @@ def run_episodes(sample_turn, environments, prompt_ids, prompt_lengths, prompt_t
     per_turn = max_tokens_per_turn or response_length
     for turn in range(max_turns):
         limit = np.where(open_rows, np.minimum(record.forced_until + per_turn, record.row_end), 0).astype(np.int32)
-        buffer, cache, turn_end, logprobs = sample_turn(record.buffer, cache,
-                                                        Turn(record.forced_until, limit, stop_token_ids), index)
-        record.buffer, turn_end = np.array(buffer), np.asarray(turn_end)
-        record.logprobs += np.asarray(logprobs)  # 0 but where this turn sampled
+        sampled = sample_turn(record.buffer, cache, Turn(record.forced_until, limit, stop_token_ids), index)
+        cache = sampled.cache
+        record.buffer, turn_end = np.array(sampled.buffer), np.asarray(sampled.turn_end)
+        record.logprobs += np.asarray(sampled.logprobs)  # 0 but where this turn sampled
+        record.entropies += np.asarray(sampled.entropies)
         texts = [record.model_turn(row, turn_end[row], stop_token_ids, detokenize) if open_rows[row] else None
                  for row in range(batch)]
         open_rows &= np.array([text is not None for text in texts])  # a turn cut by a budget: truncated
@@ -99,6 +101,7 @@ class _Record:
         self.speaker = np.zeros_like(self.buffer, np.int8)  # 1: the model's token, 2: the environment's
         self.step_rewards = np.zeros([batch, response_length], np.float32)
         self.logprobs = np.zeros(self.buffer.shape, np.float32)
+        self.entropies = np.zeros(self.buffer.shape, np.float32)
         self.finished = np.zeros(batch, bool)
         self.turns = np.zeros(batch, np.int32)
         self.transcripts = [[] for _ in range(batch)]
@@ -133,7 +136,8 @@ class _Record:
         slots = self.prompt_lengths[:, None] + np.arange(self.step_rewards.shape[1])[None, :]  # [batch, R]
         speaker = np.take_along_axis(self.speaker, slots, axis=1)
         return Episodes(self.buffer, speaker == 1, speaker == 2, self.step_rewards,
-                        np.take_along_axis(self.logprobs, slots, axis=1), self.finished, self.turns,
+                        np.take_along_axis(self.logprobs, slots, axis=1),
+                        np.take_along_axis(self.entropies, slots, axis=1), self.finished, self.turns,
                         counts["tool_calls"], counts["tool_errors"],
                         self.transcripts)
 

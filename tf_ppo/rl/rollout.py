@@ -20,12 +20,13 @@ import tensorflow as tf
 from tf_ppo.chat import chat_format, no_template_error, stop_token_ids
 from tf_ppo.data import encode_prompts, is_conversation, prompt_token_counts, start_token_ids
 from tf_ppo.generation.responses import is_stop_token, response_tokens, response_view
-from tf_ppo.generation.sampling import Turn, generate, sample_turn
+from tf_ppo.generation.sampling import Sampled, Turn, sample_responses, sample_turn
 from tf_ppo.models.forward import response_logits
 from tf_ppo.rl.episodes import concatenate_episodes, run_episodes
 from tf_ppo.rl.experience import Experience
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import overlong_penalty
+from tf_ppo.rl.functional.importance import sampler_divergence
 from tf_ppo.rl.rewards import RewardFunctionFailed, combined_scores, compute_scores
 from tf_ppo.training.compiled import compiled
 from tf_ppo.training.distribute import compiled_per_replica, gather, replica_row_offset, split_batch
@@ -44,6 +45,8 @@ class Rollout:
     reward_failure: str | None  # why the reward could not be computed; the update is then skipped
     seconds: dict  # generate / score / reward wall time
     episodes: object = None  # multi-turn runs: the `tf_ppo.rl.episodes.Episodes` (turns, tool calls, ...)
+    sampler_logprobs: tf.Tensor = None  # [batch, R] the sampler's log-probs of the response tokens
+    sampler_divergence: dict = dataclasses.field(default_factory=dict)  # `old_logprobs="recompute"`: sampler_kl, ...
 
 
 def response_logprobs(model, sequence_ids, responses, temperature):
@@ -118,32 +121,43 @@ class RolloutEngine:
         turn = Turn(batch["forced_until"], batch["limit"], self.stop_token_ids)
         sampled = sample_turn(self.policy, buffer, cache, turn, buffer.shape[1] - c.response_length,
                               c.response_length, seed, c.temperature, top_k, top_p, row_offset, index)
-        return {"buffer": sampled.buffer, "turn_end": sampled.turn_end, "logprobs": sampled.logprobs}, sampled.cache
+        return {"buffer": sampled.buffer, "turn_end": sampled.turn_end, "logprobs": sampled.logprobs,
+                "entropies": sampled.entropies}, sampled.cache
 
     def _generate_fn(self, batch, seed, chunk_start, greedy=False):
         """One replica: sample responses for its share of the prompts (greedy: the most likely token each step).
 
-        `chunk_start` is the batch row of the chunk's first row: every row draws its own noise, whatever
-        chunk and replica it is sampled in.
+        Returns the buffer `sequence_ids` `[batch, P + R]`, and the sampler's `logprobs` and `entropies`
+        `[batch, R]` of the response slots. `chunk_start` is the batch row of the chunk's first row: every
+        row draws its own noise, whatever chunk and replica it is sampled in.
         """
         c = self.config
         row_offset = chunk_start + replica_row_offset(tf.shape(batch["prompt_ids"])[0])
         top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
-        return generate(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed, c.response_length,
-                        c.temperature, top_k, top_p, row_offset)
+        sampled = sample_responses(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed,
+                                   c.response_length, c.temperature, top_k, top_p, row_offset)
+        positions = response_view(sampled.buffer, batch["prompt_lengths"], c.response_length).positions
+        return {"sequence_ids": sampled.buffer, "logprobs": tf.gather(sampled.logprobs, positions, batch_dims=1),
+                "entropies": tf.gather(sampled.entropies, positions, batch_dims=1)}
 
     def _score_fn(self, batch):
         """One replica: log-probs (policy, reference), values and entropies of its share of the rollouts.
 
-        Returns a dict; `ref_logprobs` and `values` only when the run has a reference and a critic.
+        Returns a dict; `ref_logprobs` and `values` only when the run has a reference and a critic. With
+        `old_logprobs="sampler"` the policy's forward pass is skipped: its log-probs and entropies are the
+        sampler's (`batch["sampler_logprobs"]`, `batch["sampler_entropies"]`).
         """
         c = self.config
         responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
                                   self.stop_token_ids if c.stop_at_eos else None)
         if "model_mask" in batch:  # a multi-turn episode's: its turns, not the environment's replies
             responses = responses._replace(mask=batch["model_mask"])
-        logprobs, logits = response_logprobs(self.policy, batch["sequence_ids"], responses, c.temperature)
-        scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
+        scored = {"responses": responses, "logprobs": batch["sampler_logprobs"],
+                  "entropy": batch["sampler_entropies"]}
+        if c.old_logprobs == "recompute":
+            scored["logprobs"], logits = response_logprobs(self.policy, batch["sequence_ids"], responses,
+                                                           c.temperature)
+            scored["entropy"] = masked.entropy_from_logits(logits)
         if self.reference is not None:
             scored["ref_logprobs"], _ = response_logprobs(self.reference, batch["sequence_ids"], responses,
                                                           c.temperature)
@@ -196,6 +210,10 @@ class RolloutEngine:
         Example:
             sequence_ids = engine.sample(prompt_ids[:32], prompt_lengths[:32], tf.constant([0, 1]))
         """
+        return self._sampled(prompt_ids, prompt_lengths, seed, greedy)["sequence_ids"]
+
+    def _sampled(self, prompt_ids, prompt_lengths, seed, greedy=False):
+        """`_generate_fn`'s outputs for every row (the buffer, the sampler's log-probs and entropies)."""
         generate_fn = self._generate_greedy if greedy else self._generate
         return self._in_chunks(lambda chunk, chunk_start: generate_fn(chunk, seed, chunk_start),
                                {"prompt_ids": prompt_ids, "prompt_lengths": prompt_lengths})
@@ -224,12 +242,12 @@ class RolloutEngine:
         return concatenate_episodes(parts)
 
     def turn_sampler(self, seed, chunk_start=0, greedy=False):
-        """The compiled turn sampler `(buffer, cache, Turn, index) -> (buffer, cache, turn_end, logprobs)` of
-        `run_episodes`, for the batch rows from `chunk_start` on (each row draws its own noise).
+        """The compiled turn sampler `(buffer, cache, Turn, index) -> sampling.Sampled` of `run_episodes`,
+        for the batch rows from `chunk_start` on (each row draws its own noise).
 
         Example:
             one_turn = engine.turn_sampler(tf.constant([0, 1]))
-            buffer, cache, turn_end, logprobs = one_turn(buffer, None, Turn(forced_until, limit), None)
+            sampled = one_turn(buffer, None, Turn(forced_until, limit), None)
         """
         def one_turn(buffer, cache, turn, index):
             batch = split_batch(self.strategy, {"buffer": tf.constant(buffer),
@@ -237,7 +255,7 @@ class RolloutEngine:
                                                 "limit": tf.constant(turn.limit)})
             outputs, cache = self._turns[greedy](batch, cache, None if index is None else tf.constant(index),
                                                  seed, tf.constant(chunk_start, tf.int32))
-            return outputs["buffer"], cache, outputs["turn_end"], outputs["logprobs"]
+            return Sampled(outputs["buffer"], cache, outputs["turn_end"], outputs["logprobs"], outputs["entropies"])
 
         return one_turn
 
@@ -270,11 +288,15 @@ class RolloutEngine:
         started = time.perf_counter()
         episodes = None
         if self.environment is None:
-            rows = {"sequence_ids": self.sample(prompt_ids, prompt_lengths, seed), "prompt_lengths": prompt_lengths}
+            sampled = self._sampled(prompt_ids, prompt_lengths, seed)
+            rows = {"sequence_ids": sampled["sequence_ids"], "prompt_lengths": prompt_lengths,
+                    "sampler_logprobs": sampled["logprobs"], "sampler_entropies": sampled["entropies"]}
         else:
             episodes = self.run_episodes(prompt_ids, prompt_lengths, seed)
             rows = {"sequence_ids": tf.constant(episodes.sequence_ids), "prompt_lengths": prompt_lengths,
-                    "model_mask": tf.constant(episodes.model_mask)}
+                    "model_mask": tf.constant(episodes.model_mask),
+                    "sampler_logprobs": tf.constant(episodes.sampler_logprobs),
+                    "sampler_entropies": tf.constant(episodes.sampler_entropies)}
         sequence_ids = rows["sequence_ids"]
         generated = time.perf_counter()
         scored = self._in_chunks(lambda chunk, _: self._score(chunk), rows)
@@ -295,9 +317,13 @@ class RolloutEngine:
         experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
                                 loss_mask, scored.get("ref_logprobs"), scored.get("values"),
                                 step_rewards=step_rewards)
+        divergence = ({name: float(value) for name, value in sampler_divergence(
+            scored["logprobs"], rows["sampler_logprobs"], responses.mask).items()}
+            if self.config.old_logprobs == "recompute" else {})
         return Rollout(experience, entropy, texts, prompt_texts, gold_scores, reward_scores, failure,
                        {"generate": generated - started, "score": scoring_done - generated,
-                        "reward": time.perf_counter() - scoring_done}, episodes)
+                        "reward": time.perf_counter() - scoring_done}, episodes, rows["sampler_logprobs"],
+                       divergence)
 
     def _shape(self, scores, responses, finished=None):
         """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`.

@@ -31,6 +31,7 @@ from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
 from tf_ppo.rl.functional import ppo
 from tf_ppo.rl.functional.estimators import frac_reward_zero_std
+from tf_ppo.rl.functional.importance import corrected_advantages
 from tf_ppo.rl.environment import environment_for, environment_rewards_only
 from tf_ppo.rl.episodes import episode_metrics
 from tf_ppo.rl.learner import Learner
@@ -227,6 +228,9 @@ class RLTrainer:
                                tf.constant([c.seed, update], tf.int32))
         kl_coef = float(self.algorithm.kl_controller.value.numpy())
         experience, kl = self.advantages(rollout.experience, tf.constant(kl_coef))  # a tensor: no retrace
+        if c.vllm_importance_sampling_correction:
+            experience = corrected_advantages(experience, rollout.sampler_logprobs, c.vllm_importance_sampling_mode,
+                                              c.vllm_importance_sampling_cap)
         optimise_started = time.perf_counter()
         losses = self.optimise(experience, update, rollout.reward_failure)
         scores, mask = experience.scores.numpy(), experience.model_mask
@@ -242,7 +246,7 @@ class RLTrainer:
                 # A skipped update changed nothing, so it must not move beta either (a NaN KL would stick for good).
                 self.algorithm.observe_kl(kl_per_response, c.batch_size)
             logs.update({"kl": kl_per_response, "kl_coef": kl_coef, "non_score_reward": -kl_coef * kl_per_response})
-        logs.update({"entropy": rollout.entropy, **losses})
+        logs.update({"entropy": rollout.entropy, **rollout.sampler_divergence, **losses})
         if experience.values is not None:
             logs["explained_variance"] = float(ppo.explained_variance(experience.values, experience.returns, mask))
         return {
@@ -364,12 +368,10 @@ def train(config=None, reward_fn=None, prompts=None, policy=None, callbacks=(), 
             (each one's mean and std logged by name); default the task's reward.
         prompts: a list of strings or of conversations (TRL's `{"role", "content"}` message lists, chat-formatted),
             a `tf.data.Dataset` of strings, a CSV or JSON Lines path or "tfds:NAME[:SPLIT]"; default `config.prompts`.
-        policy: a policy to start from (trained in place); default `config.model`'s
-            preset, else the tiny SFT policy (cached).
-        callbacks: `tf_ppo.Callback` objects (`on_update_end(update, logs)` after
-            each update) and/or `keras.callbacks.Callback` objects, for which one
-            update is one epoch: `EarlyStopping(monitor="score_mean", mode="max")`,
-            `TerminateOnNaN()` (reads `loss`), `CSVLogger(path)` work as in `fit`.
+        policy: a policy to start from (trained in place); default `config.model`'s preset, else the tiny SFT policy.
+        callbacks: `tf_ppo.Callback` objects (`on_update_end(update, logs)` after each update) and/or
+            `keras.callbacks.Callback` objects, for which one update is one epoch: `EarlyStopping(monitor=
+            "score_mean", mode="max")`, `TerminateOnNaN()` (reads `loss`), `CSVLogger(path)` work as in `fit`.
             Their `model` is the policy.
         resume: continue from the latest checkpoint in `config.run_dir`.
         gold_reward_fn: an independent scorer logged beside the reward

@@ -292,3 +292,15 @@ def test_a_group_algorithm_without_num_generations_gets_a_usable_default():
         PPOConfig(algorithm="grpo", num_generations=1)
     # A config.json of before, with PPO's recorded num_generations 1, still loads.
     assert PPOConfig.from_json('{"algorithm": "ppo", "num_generations": 1}').num_generations is None
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"old_logprobs": "vllm"}, "PPOConfig.old_logprobs must be one of"),
+    ({"vllm_importance_sampling_mode": "token"}, "PPOConfig.vllm_importance_sampling_mode must be one of"),
+    ({"vllm_importance_sampling_cap": 0.0}, "PPOConfig.vllm_importance_sampling_cap must be a positive number, got 0.0"),
+    ({"vllm_importance_sampling_correction": True, "old_logprobs": "sampler"},
+     "PPOConfig.vllm_importance_sampling_correction corrects the sampler's log-probs toward recomputed ones"),
+])
+def test_old_logprobs_and_importance_sampling_fields_are_checked(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PPOConfig(**changes)

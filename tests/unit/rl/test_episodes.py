@@ -103,12 +103,15 @@ def echo(setup, single_turn):
     return echo_engine, prompt_lengths, echo_engine.run_episodes(prompt_ids, prompt_lengths, SEED)
 
 
-def test_the_cached_append_gives_the_log_probs_of_a_full_forward_pass(setup, echo):
+def test_the_cached_append_gives_the_log_probs_and_entropies_of_a_full_forward_pass(setup, echo):
     _, prompt_lengths, episodes = echo
     assert episodes.environment_mask.sum() > 20 and episodes.turns.max() >= 2
     responses = view(setup, episodes.sequence_ids, prompt_lengths)
-    logprobs, _ = response_logprobs(setup[2], tf.constant(episodes.sequence_ids), responses, setup[0].temperature)
+    logprobs, logits = response_logprobs(setup[2], tf.constant(episodes.sequence_ids), responses,
+                                         setup[0].temperature)
     np.testing.assert_allclose(np.where(episodes.model_mask, logprobs, 0.0), episodes.sampler_logprobs, atol=1e-5)
+    np.testing.assert_allclose(np.where(episodes.model_mask, masked.entropy_from_logits(logits), 0.0),
+                               episodes.sampler_entropies, atol=1e-5)
 
 
 class LongEcho(Environment):

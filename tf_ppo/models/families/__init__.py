@@ -8,6 +8,7 @@ keras-hub `CausalLM` through keras-hub's own cache. An adapter answers:
     adapter.decoder(model)        the decoding cache the sampler steps (start / first_step / grow / step)
     adapter.packs_prompts         whether positions and attention masks can be given token by token
     adapter.packed_logits(...)    the forward pass over packed rows (the families that pack)
+    adapter.packed_hidden_states(...)  the same for a backbone alone (a policy's, a critic's)
 
 Example:
 >>> from tf_ppo.models import BigramLM, ModelConfig, build_policy
@@ -29,6 +30,17 @@ FAMILIES = (gpt2.Adapter, gemma3.Adapter, qwen3_5.Adapter)
 def adapter_for(model):
     """The adapter of `model`'s family: the first of `FAMILIES` that matches it, else the generic one."""
     return next((adapter for adapter in FAMILIES if adapter.matches(model)), generic.Adapter)
+
+
+def packing_adapter(backbone):
+    """The adapter whose `packed_hidden_states` runs `backbone`, or None when no family packs it.
+
+    Example:
+    >>> from tf_ppo.models import ModelConfig, build_policy
+    >>> packing_adapter(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50).backbone).__module__
+    'tf_ppo.models.families.gpt2'
+    """
+    return next((adapter for adapter in FAMILIES if adapter.packs_backbone(backbone)), None)
 
 
 def decoder_for(model):

@@ -57,6 +57,16 @@ class Adapter:
         raise TypeError(f"{type(model).__name__}: its positions cannot be given token by token, so its prompts "
                         f"cannot be packed (tf_ppo packs keras-hub GPT-2 models)")
 
+    @staticmethod
+    def packs_backbone(backbone):
+        """Whether `packed_hidden_states` can run `backbone` (a policy's, a critic's or a reward model's)."""
+        return False
+
+    @staticmethod
+    def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, training=False):
+        raise TypeError(f"{type(backbone).__name__}: its positions cannot be given token by token, so its rows "
+                        f"cannot be packed (tf_ppo packs keras-hub GPT-2 models)")
+
 
 class KerasHubCache:
     """keras-hub's own decoding cache, through the model's `_build_cache` / `call_with_cache`.

@@ -37,6 +37,14 @@ class Adapter(generic.Adapter):
     def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
         return packed_logits(model, token_ids, position_ids, mask, sources, training)
 
+    @staticmethod
+    def packs_backbone(backbone):
+        return is_pre_norm_gpt2(backbone)
+
+    @staticmethod
+    def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, training=False):
+        return packed_hidden_states(backbone, token_ids, position_ids, mask, sources, training)
+
 
 class GPT2Cache(generic.KerasHubCache):
     """Per-layer keys and values `[batch, heads, S, head_dim]` for a `GPT2CausalLM`, written in place.
@@ -64,10 +72,7 @@ class GPT2Cache(generic.KerasHubCache):
     @staticmethod
     def supports(model):
         """True for a GPT-2 causal LM whose layers are keras-hub's pre-norm self-attention decoders."""
-        if not isinstance(model, keras_hub.models.GPT2CausalLM):
-            return False
-        return all(isinstance(layer, keras_hub.layers.TransformerDecoder) and layer.normalize_first
-                   and layer._cross_attention_layer is None for layer in model.backbone.transformer_layers)
+        return isinstance(model, keras_hub.models.GPT2CausalLM) and is_pre_norm_gpt2(model.backbone)
 
     def start(self, prompt_ids):
         stacked = self.model._build_cache(prompt_ids)[1]  # [batch, layers, 2, P, heads, head_dim]
@@ -96,6 +101,20 @@ class GPT2Cache(generic.KerasHubCache):
         return backbone.token_embedding(backbone.layer_norm(x), reverse=True), updated
 
 
+def is_pre_norm_gpt2(backbone):
+    """True for a keras-hub `GPT2Backbone` whose layers are pre-norm self-attention decoders."""
+    return isinstance(backbone, keras_hub.models.GPT2Backbone) and all(
+        isinstance(layer, keras_hub.layers.TransformerDecoder) and layer.normalize_first
+        and layer._cross_attention_layer is None for layer in backbone.transformer_layers)
+
+
+def is_pre_norm_gpt2(backbone):
+    """True for a keras-hub `GPT2Backbone` whose layers are pre-norm self-attention decoders."""
+    return isinstance(backbone, keras_hub.models.GPT2Backbone) and all(
+        isinstance(layer, keras_hub.layers.TransformerDecoder) and layer.normalize_first
+        and layer._cross_attention_layer is None for layer in backbone.transformer_layers)
+
+
 def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
     """The logits of packed rows: `model`'s own forward pass with given positions and attention mask.
 
@@ -116,7 +135,20 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
     >>> packed_logits(policy, tf.constant([[1, 2]]), tf.constant([[0, 1]]), tf.ones([1, 2, 2], bool)).shape
     TensorShape([1, 2, 50])
     """
-    backbone = model.backbone
+    hidden_states = packed_hidden_states(model.backbone, token_ids, position_ids, mask, sources, training)
+    return model.backbone.token_embedding(hidden_states, reverse=True)
+
+
+def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, training=False):
+    """`GPT2Backbone`'s output (the normalised last hidden states) over packed rows: `[rows, P, hidden]`, or
+    `[rows, K, hidden]` at `sources`; the arguments of `packed_logits`.
+
+    Example:
+    >>> from tf_ppo.models import ModelConfig, build_policy
+    >>> backbone = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50).backbone
+    >>> packed_hidden_states(backbone, tf.constant([[1, 2]]), tf.constant([[0, 1]]), tf.ones([1, 2, 2], bool)).shape
+    TensorShape([1, 2, 16])
+    """
     tokens = backbone.token_embedding(token_ids)  # [pairs, P, hidden], the compute dtype
     positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
     hidden_states = backbone.embeddings_add((tokens, keras.ops.cast(positions, tokens.dtype)))
@@ -128,7 +160,7 @@ def packed_logits(model, token_ids, position_ids, mask, sources=None, training=F
         hidden_states = last_block(hidden_states, decoder_attention_mask=mask, training=training)
     else:  # [pairs, K, hidden]
         hidden_states = block_outputs_at(last_block, hidden_states, mask, sources, training)
-    return backbone.token_embedding(backbone.layer_norm(hidden_states), reverse=True)
+    return backbone.layer_norm(hidden_states)
 
 
 def block_outputs_at(block, hidden_states, mask, sources, training):
