@@ -73,6 +73,10 @@ def parse_args(argv=None):
                         help="a Keras reward model of the policy's size, or a Python function (no model held)")
     parser.add_argument("--old-logprobs", choices=("recompute", "sampler"), default="recompute",
                         help="the old log-probs: a scoring forward pass of the policy, or the sampler's own")
+    parser.add_argument("--padding-free", action="store_true",
+                        help="score and train on packed rows (no padding, each prompt once per group)")
+    parser.add_argument("--eos", action="store_true",
+                        help="let responses end at the end token (variable lengths); without it all are full length")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each transformer block's activations in the backward pass")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
@@ -130,11 +134,11 @@ def build_trainer(args, response_length, total_updates):
         model={"num_layers": args.layers, "hidden_dim": args.hidden, "num_heads": args.heads,
                "intermediate_dim": 4 * args.hidden, "max_sequence_length": context},
         batch_size=args.batch, max_prompt_length=args.prompt_length, truncate_prompts=True,
-        response_length=response_length, temperature=args.temperature, stop_at_eos=False,
+        response_length=response_length, temperature=args.temperature, stop_at_eos=args.eos,
         num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
         rollout_batch_size=args.rollout_batch_size, gradient_checkpointing=args.gradient_checkpointing,
-        lora_rank=args.lora_rank, old_logprobs=args.old_logprobs,
+        lora_rank=args.lora_rank, old_logprobs=args.old_logprobs, padding_free=args.padding_free,
         **({"vocabulary": str(padded_vocabulary(args.vocab))} if args.vocab else {}),
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)

@@ -13,7 +13,13 @@ with a precomputed and with a live reference (one epoch over the first 128 rows 
 seeded random-init policy and uses only the top-level API (`tf_ppo.train`, `sft`, `train_reward_model`,
 `dpo`), so the script runs unchanged against an older checkout.
 
-Or two settings on one checkout, e.g. chunked rollouts at S2 (random-init models of that size):
+Or two settings on one checkout: packed rows against padded ones, every RL algorithm (float32 rounding apart):
+    python scripts/weights_after_updates.py /tmp/padded --all --runs ppo grpo grpo_reference rloo reinforce_pp \
+        reinforce_pp_baseline
+    python scripts/weights_after_updates.py /tmp/packed --all --runs ppo grpo ... --changes '{"padding_free": true}'
+    python scripts/weights_after_updates.py --compare /tmp/padded /tmp/packed --tolerance 1e-5
+
+Or chunked rollouts at S2 (random-init models of that size):
     python scripts/weights_after_updates.py a.npz --updates 1 --random-init \
         --changes '{"batch_size": 128, "model": {"num_layers": 4, "hidden_dim": 256, "num_heads": 4}}'
     python scripts/weights_after_updates.py b.npz --updates 1 --random-init \
@@ -101,8 +107,8 @@ def supervised_weights(run):
     return named("policy", tf_ppo.dpo(config, policy=random_policy(config), show_progress=False).policy)
 
 
-def weights_of(run, updates):
-    return supervised_weights(run) if run in SUPERVISED_RUNS else rl_weights(run, updates)
+def weights_of(run, updates, changes=None):
+    return supervised_weights(run) if run in SUPERVISED_RUNS else rl_weights(run, updates, changes)
 
 
 def compare_files(before_path, after_path):
@@ -139,7 +145,8 @@ def main(argv=None):
     parser.add_argument("--updates", type=int, default=4)
     parser.add_argument("--compare", action="store_true", help="compare two .npz files or two --all directories")
     parser.add_argument("--tolerance", type=float, default=0.0, help="largest difference that passes --compare")
-    parser.add_argument("--changes", type=json.loads, default=None, help="PPOConfig fields as JSON")
+    parser.add_argument("--changes", type=json.loads, default=None,
+                        help="PPOConfig fields as JSON (with --all: of every RL run)")
     parser.add_argument("--random-init", action="store_true", help="start from a random-init policy (seeded)")
     args = parser.parse_args(argv)
     if args.compare:
@@ -150,7 +157,7 @@ def main(argv=None):
         directory = pathlib.Path(args.paths[0])
         directory.mkdir(parents=True, exist_ok=True)
         for run in args.runs or RUNS:
-            weights = weights_of(run, args.updates)
+            weights = weights_of(run, args.updates, args.changes)
             np.savez(directory / f"{run}.npz", **weights)
             print(f"{directory / run}.npz: {len(weights)} arrays, from {tf_ppo.__file__}", flush=True)
         return 0

@@ -114,6 +114,8 @@ class PPOConfig(Checked):
                                                   "its episode; None = response_length")
     tool_timeout: float = field(10.0, "seconds a tool call may run before its answer is a timeout error")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
+    padding_free: bool = field(False, "score and train on packed rows: no padding, each prompt once per group "
+                                      "(GPT-2 models on one replica; others run padded, with a warning)")
     old_logprobs: str = field("recompute", '"recompute" (a policy forward pass scores the samples) or "sampler" '
                                            "(the sampler's log-probs; that pass is skipped)")
     vllm_importance_sampling_correction: bool = field(False, "weigh each token's policy loss by its truncated ratio "
@@ -350,7 +352,7 @@ GROUPS = {
                   "entropy_coef", "old_logprobs", "vllm_importance_sampling_correction",
                   "vllm_importance_sampling_mode", "vllm_importance_sampling_cap"),
     "optimisation": ("num_mini_batches", "learning_rate", "adam_epsilon", "clip_mode", "max_grad_norm",
-                     "max_approx_kl", "max_consecutive_skips", "train_jit"),
+                     "max_approx_kl", "max_consecutive_skips", "train_jit", "padding_free"),
     "evaluation": ("eval_prompts_csv", "eval_every", "eval_size", "eval_pass_k", "eval_pass_samples",
                    "fluency_corpus", "overoptimisation_window", "kl_warning"),
     "run": ("task", "total_updates", "run_dir", "seed", "checkpoint_every", "strategy", "collective_timeout", "sft",

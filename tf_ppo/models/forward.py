@@ -11,15 +11,18 @@ import tensorflow as tf
 
 from tf_ppo.models.heads import trunk_and_head
 from tf_ppo.models.inputs import model_inputs
+from tf_ppo.models.packing import packed_outputs
 
 
-def response_logits(model, sequence_ids, positions):
+def response_logits(model, sequence_ids, positions, packed=None):
     """Logits predicting each response token: the model's output at `positions - 1`.
 
     Args:
         model: policy (logits `[batch, S, V]`) or value model (`[batch, S]`).
         sequence_ids: int32 `[batch, S]` rollout buffer.
         positions: int32 `[batch, R]` from `response_view`.
+        packed: the same rows packed (`tf_ppo.models.packing.Packer`): computed there, without the padding
+            and with each group's prompt once; None = the buffer as it is.
 
     Returns:
         `[batch, R, V]` logits (or `[batch, R]` values).
@@ -30,6 +33,8 @@ def response_logits(model, sequence_ids, positions):
     >>> response_logits(policy, tf.constant([[1, 2, 3]]), tf.constant([[1, 2]])).shape
     TensorShape([1, 2, 5])
     """
+    if packed is not None:
+        return packed_outputs(model, packed)
     # All-True padding mask: attention is causal, so a response position only
     # sees its prompt and earlier response tokens, never the padding after it.
     inputs = model_inputs(model, sequence_ids)

@@ -22,6 +22,7 @@ rows is rounded up to one of `ROW_BUCKETS` sizes: a compiled step traces at most
 """
 
 import math
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -185,3 +186,56 @@ def packed_outputs(model, packed):
     _, head = trunk_and_head(model)
     # The head (the vocabulary projection) runs at the response tokens only.
     return tf.cast(head(tf.gather_nd(hidden_states, packed["sources"])), tf.float32)
+
+
+class Packer:
+    """Packs the rows of a batch for the packed forward passes: identical prompts form a group (at most
+    `group_size` rows: a whole group fits a row of `width` tokens).
+
+    Example:
+        packer = Packer(width=16 + 4 * 32, response_length=32, group_size=4)
+        packed = packer(sequence_ids, prompt_lengths, responses.mask)  # tensors for `packed_outputs`
+    """
+
+    def __init__(self, width, response_length, group_size):
+        self.width, self.response_length, self.group_size = width, response_length, group_size
+
+    def __call__(self, sequence_ids, prompt_lengths, mask):
+        sequence_ids, prompt_lengths = np.asarray(sequence_ids), np.asarray(prompt_lengths)
+        packed = pack_rows(sequence_ids, prompt_lengths, spanned_lengths(mask),
+                           prompt_groups(sequence_ids, prompt_lengths, self.group_size), self.response_length,
+                           self.width)
+        return {name: tf.constant(value) for name, value in packed.items()}
+
+
+def prompt_groups(sequence_ids, prompt_lengths, group_size):
+    """int `[batch]`: the same id for rows with the same prompt, at most `group_size` rows per id.
+
+    Example:
+    >>> prompt_groups(np.array([[1, 2, 9], [1, 2, 8], [1, 3, 8], [1, 2, 7]]), np.array([2, 2, 2, 2]), 2).tolist()
+    [0, 0, 2, 3]
+    """
+    prompts = [tuple(row[:length]) for row, length in zip(np.asarray(sequence_ids).tolist(), prompt_lengths)]
+    current, taken = {}, {}  # prompt -> its open group's id, its rows so far
+    groups = np.zeros(len(prompts), np.int64)
+    for row, prompt in enumerate(prompts):
+        if taken.get(prompt, 0) % group_size == 0:  # the prompt's first row, or its open group is full
+            current[prompt] = row  # a group's id: its first row
+        groups[row] = current[prompt]
+        taken[prompt] = taken.get(prompt, 0) + 1
+    return groups
+
+
+def packer_for(models, prompt_width, response_length, group_size, replicas=1):
+    """A `Packer` when every model packs (`can_pack`) on one replica, else None: the run computes padded rows.
+
+    Example:
+        packer = packer_for([policy, reference], 16, 32, group_size=4)
+    """
+    models = [model for model in models if model is not None]
+    unpackable = [type(model).__name__ for model in models if not can_pack(model)]
+    if unpackable or replicas > 1:
+        why = f"{', '.join(unpackable)} cannot take positions per token" if unpackable else f"{replicas} replicas"
+        warnings.warn(f"padding_free: {why}; scoring and training run on padded rows")
+        return None
+    return Packer(prompt_width + group_size * response_length, response_length, group_size)

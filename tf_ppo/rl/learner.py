@@ -26,14 +26,15 @@ class Learner:
         policy, value_model: the trained models (value_model None without a critic).
         optimizer: a Keras optimizer, built here on the models' variables.
         strategy: the `tf.distribute.Strategy` the models live under.
+        packer: a `tf_ppo.models.packing.Packer`: each minibatch's rows are packed (no padding, prompts once).
 
     Example:
         learner = Learner(config, algorithm, policy, None, keras.optimizers.Adam(1e-4), strategy)
         metrics = learner.optimise(experience, update=1)
     """
 
-    def __init__(self, config, algorithm, policy, value_model, optimizer, strategy):
-        self.config, self.algorithm, self.strategy = config, algorithm, strategy
+    def __init__(self, config, algorithm, policy, value_model, optimizer, strategy, packer=None):
+        self.config, self.algorithm, self.strategy, self.packer = config, algorithm, strategy, packer
         self.policy, self.value_model, self.optimizer = policy, value_model, optimizer
         # De-duplicated: with LoRA the value model shares the policy's adapters.
         self.variables = list({id(v): v for model in (policy, value_model) if model is not None
@@ -48,14 +49,18 @@ class Learner:
     def _loss(self, tensors):
         """One replica's share of the objective (token sums over the GLOBAL token count), and its metrics.
 
-        `tensors` holds the present fields of a minibatch `Experience` (a dict: None does not cross replicas).
+        `tensors` holds the present fields of a minibatch `Experience` (a dict: None does not cross replicas),
+        and its rows packed, when the run packs them.
         """
+        tensors = dict(tensors)
+        packed = tensors.pop("packed", None)
         minibatch = Experience(**tensors)
         logprobs, logits = response_logprobs(self.policy, minibatch.sequence_ids, minibatch.responses,
-                                             self.config.temperature)
+                                             self.config.temperature, packed)
         values = None
         if self.value_model is not None:
-            values = response_logits(self.value_model, minibatch.sequence_ids, minibatch.responses.positions)
+            values = response_logits(self.value_model, minibatch.sequence_ids, minibatch.responses.positions,
+                                     packed)
         return self.algorithm.objective(Forward(logprobs, logits, values), minibatch)
 
     def train_step(self, minibatch):
@@ -65,7 +70,11 @@ class Learner:
             step = learner.train_step(experience.rows(tf.range(16)))
             bool(step["applied"])
         """
-        return self.step(split_batch(self.strategy, minibatch.present()))
+        tensors = minibatch.present()
+        if self.packer is not None:  # the rows' whole responses, the environment's tokens too (context)
+            tensors["packed"] = self.packer(minibatch.sequence_ids, minibatch.responses.positions[:, 0],
+                                            minibatch.model_mask)
+        return self.step(split_batch(self.strategy, tensors))
 
     def optimise(self, experience, update, reward_failure=None):
         """Run the algorithm's epochs over shuffled minibatches; returns the mean of each loss metric.

@@ -49,15 +49,15 @@ class Rollout:
     sampler_divergence: dict = dataclasses.field(default_factory=dict)  # `old_logprobs="recompute"`: sampler_kl, ...
 
 
-def response_logprobs(model, sequence_ids, responses, temperature):
+def response_logprobs(model, sequence_ids, responses, temperature, packed=None):
     """Log-probs `[batch, R]` and logits `[batch, R, V]` of the response tokens, logits / temperature.
 
-    The one path that old (rollout) and new (training) log-probs both take.
+    The one path that old (rollout) and new (training) log-probs both take (`packed`: `response_logits`).
 
     Example:
         logprobs, logits = response_logprobs(policy, experience.sequence_ids, experience.responses, 1.0)
     """
-    logits = response_logits(model, sequence_ids, responses.positions) / temperature
+    logits = response_logits(model, sequence_ids, responses.positions, packed) / temperature
     return masked.logprobs_from_logits(logits, responses.token_ids), logits  # [batch, R], [batch, R, V]
 
 
@@ -73,6 +73,7 @@ class RolloutEngine:
         value_model: the critic (its values feed GAE), or None.
         gold_reward_fn: an independent judge, scored beside the reward, or None.
         environment: a zero-argument function making one episode's environment (multi-turn), or None.
+        packer: a `tf_ppo.models.packing.Packer`: scoring runs on packed rows (no padding, each prompt once).
 
     Example:
         engine = RolloutEngine(config, policy, tokenizer, strategy, [sentiment_reward], (1.0,))
@@ -80,8 +81,9 @@ class RolloutEngine:
     """
 
     def __init__(self, config, policy, tokenizer, strategy, reward_fns, reward_weights, reference=None,
-                 value_model=None, gold_reward_fn=None, environment=None):
+                 value_model=None, gold_reward_fn=None, environment=None, packer=None):
         self.config, self.policy, self.tokenizer, self.strategy = config, policy, tokenizer, strategy
+        self.packer = packer
         self.reward_fns, self.reward_weights, self.gold_reward_fn = reward_fns, reward_weights, gold_reward_fn
         self.reference, self.value_model, self.environment = reference, value_model, environment
         self.family = type(policy).__name__  # the keras-hub CausalLM class: its chat template
@@ -148,22 +150,35 @@ class RolloutEngine:
         sampler's (`batch["sampler_logprobs"]`, `batch["sampler_entropies"]`).
         """
         c = self.config
-        responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
-                                  self.stop_token_ids if c.stop_at_eos else None)
-        if "model_mask" in batch:  # a multi-turn episode's: its turns, not the environment's replies
-            responses = responses._replace(mask=batch["model_mask"])
+        responses, packed = self._responses(batch), batch.get("packed")
         scored = {"responses": responses, "logprobs": batch["sampler_logprobs"],
                   "entropy": batch["sampler_entropies"]}
         if c.old_logprobs == "recompute":
             scored["logprobs"], logits = response_logprobs(self.policy, batch["sequence_ids"], responses,
-                                                           c.temperature)
+                                                           c.temperature, packed)
             scored["entropy"] = masked.entropy_from_logits(logits)
         if self.reference is not None:
             scored["ref_logprobs"], _ = response_logprobs(self.reference, batch["sequence_ids"], responses,
-                                                          c.temperature)
+                                                          c.temperature, packed)
         if self.value_model is not None:
-            scored["values"] = response_logits(self.value_model, batch["sequence_ids"], responses.positions)
+            scored["values"] = response_logits(self.value_model, batch["sequence_ids"], responses.positions, packed)
         return scored
+
+    def _responses(self, batch):
+        """The response view of a batch of rows: up to each response's stop token, or a multi-turn episode's turns."""
+        c = self.config
+        responses = response_view(batch["sequence_ids"], batch["prompt_lengths"], c.response_length,
+                                  self.stop_token_ids if c.stop_at_eos else None)
+        if "model_mask" in batch:  # a multi-turn episode's: its turns, not the environment's replies
+            responses = responses._replace(mask=batch["model_mask"])
+        return responses
+
+    def _with_packed(self, batch):
+        """The batch, and its rows packed when the run packs them (the packing is NumPy: before the compiled pass)."""
+        if self.packer is None:
+            return batch
+        packed = self.packer(batch["sequence_ids"], batch["prompt_lengths"], self._responses(batch).mask)
+        return {**batch, "packed": packed}
 
     def _in_chunks(self, run_chunk, tensors):
         """`run_chunk(chunk, chunk_start)` on `rollout_batch_size` rows at a time; the outputs concatenated.
@@ -299,7 +314,7 @@ class RolloutEngine:
                     "sampler_entropies": tf.constant(episodes.sampler_entropies)}
         sequence_ids = rows["sequence_ids"]
         generated = time.perf_counter()
-        scored = self._in_chunks(lambda chunk, _: self._score(chunk), rows)
+        scored = self._in_chunks(lambda chunk, _: self._score(self._with_packed(chunk)), rows)
         responses = scored["responses"]
         entropy = float(masked.masked_mean(scored["entropy"], responses.mask))
         scoring_done = time.perf_counter()

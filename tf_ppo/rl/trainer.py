@@ -22,10 +22,11 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_ppo.chat import check_chat_template
-from tf_ppo.config import ConfigError, PPOConfig, policy_sections, run_config
+from tf_ppo.config import PPOConfig, policy_sections, run_config
 from tf_ppo.data import load_prompts, prompt_dataset
 from tf_ppo.models import (AdaptersOff, build_value_model, copy_model, enable_lora, frozen_copy, parameter_report,
                            family_for, text_only, tokenizer_for)
+from tf_ppo.models.packing import packer_for
 from tf_ppo.rl import algorithms
 from tf_ppo.rl.callbacks import UpdateCallbacks
 from tf_ppo.rl.evaluator import Evaluator, accuracy_check, fluency
@@ -43,8 +44,8 @@ from tf_ppo.rl.run_files import (EVALUATION_AFTER, EVALUATION_BEFORE, read_evalu
 from tf_ppo.sft import starting_policy
 from tf_ppo.training.checkpoints import CheckpointError, restore_latest
 from tf_ppo.training.compiled import compiled
-from tf_ppo.training.distribute import (agreed_stop_signal, is_chief, resolve_strategy, weights_fingerprint,
-                                       writable_dir)
+from tf_ppo.training.distribute import (agreed_stop_signal, check_replicas, is_chief, resolve_strategy,
+                                       weights_fingerprint, writable_dir)
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.interrupts import signals_stop
 from tf_ppo.training.reporting import RunLog, read_history
@@ -102,7 +103,7 @@ class RLTrainer:
         # Models, optimizer and run state live under the strategy (mirrored across replicas).
         self.strategy = resolve_strategy(strategy if strategy is not None else config.strategy,
                                          config.collective_timeout)
-        self._check_replicas()
+        check_replicas(config, self.strategy.num_replicas_in_sync)
         with self.strategy.scope():
             self.optimizer = adam_for(config.dtype, self.strategy.num_replicas_in_sync, config.learning_rate,
                                       config.adam_epsilon)
@@ -110,11 +111,14 @@ class RLTrainer:
         self.show_progress = show_progress and is_chief(self.strategy)
         with self.strategy.scope():
             self._build_models(policy, value_source)
+            packer = packer_for([self.policy, self.reference, self.value_model], config.max_prompt_length,
+                                config.response_length, self.algorithm.num_generations,
+                                self.strategy.num_replicas_in_sync) if config.padding_free else None
             self.learner = Learner(config, self.algorithm, self.policy, self.value_model, self.optimizer,
-                                   self.strategy)
+                                   self.strategy, packer)
             self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="update")
         self.engine = RolloutEngine(config, self.policy, self.tokenizer, self.strategy, reward_fns, reward_weights,
-                                    self.reference, self.value_model, gold_reward_fn, environment)
+                                    self.reference, self.value_model, gold_reward_fn, environment, packer)
         self.evaluator = Evaluator(self.engine, accuracy_fn)
         self.prompt_ids, self.prompt_lengths = self.engine.encode(prompts)
         self.parameter_report = parameter_report(self._models_by_role(reward_fns))
@@ -132,15 +136,6 @@ class RLTrainer:
             raise CheckpointError(f"{self.run_dir} already holds checkpoints of a run; resume it (resume=True, "
                                   f"tf-ppo train --resume {self.run_dir}) or choose a new run_dir")
         self._advantages = compiled(self.algorithm.advantages)
-
-    def _check_replicas(self):
-        c, replicas = self.config, self.strategy.num_replicas_in_sync
-        if c.mini_batch_size % replicas:
-            raise ConfigError(f"PPOConfig.batch_size / num_mini_batches = {c.mini_batch_size} rollouts per "
-                              f"minibatch must be divisible by the {replicas} replicas")
-        if (c.rollout_batch_size or c.batch_size) % replicas:
-            raise ConfigError(f"PPOConfig.rollout_batch_size={c.rollout_batch_size} rollouts per chunk must "
-                              f"be divisible by the {replicas} replicas")
 
     def _build_models(self, policy, value_source):
         """The policy, and the reference and critic when the algorithm uses them; inside the strategy's scope."""

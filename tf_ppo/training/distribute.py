@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from tf_ppo.config import ConfigError
 from tf_ppo.training.compiled import compiled
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -50,6 +51,20 @@ def resolve_strategy(strategy="auto", timeout_seconds=300):
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return tf.distribute.get_strategy()
+
+
+def check_replicas(config, replicas):
+    """Raise a `ConfigError` when a minibatch or a rollout chunk does not split evenly over the replicas.
+
+    Example:
+        check_replicas(PPOConfig(batch_size=64), strategy.num_replicas_in_sync)
+    """
+    if config.mini_batch_size % replicas:
+        raise ConfigError(f"PPOConfig.batch_size / num_mini_batches = {config.mini_batch_size} rollouts per "
+                          f"minibatch must be divisible by the {replicas} replicas")
+    if (config.rollout_batch_size or config.batch_size) % replicas:
+        raise ConfigError(f"PPOConfig.rollout_batch_size={config.rollout_batch_size} rollouts per chunk must "
+                          f"be divisible by the {replicas} replicas")
 
 
 def split_batch(strategy, tensors):

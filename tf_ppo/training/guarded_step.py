@@ -118,6 +118,7 @@ def guarded_apply(optimizer, variables, gradients, loss, clip_mode="global_norm"
     (False, [1.0])
     """
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    gradients = [summed_duplicates(g) for g in gradients]
     if loss_scaled:
         gradients = [g / optimizer.dynamic_scale for g in gradients]
     grad_norm = tf.linalg.global_norm(gradients)
@@ -134,6 +135,24 @@ def guarded_apply(optimizer, variables, gradients, loss, clip_mode="global_norm"
         apply()
         return grad_norm, finite
     return grad_norm, tf.cond(finite, apply, lambda: tf.constant(False))
+
+
+def summed_duplicates(gradient):
+    """A sparse (`tf.IndexedSlices`) gradient with each row once, its slices summed; any other unchanged.
+
+    The gradient of a gather (an embedding lookup) holds one slice per lookup, so a row looked up twice has two
+    slices, and `tf.linalg.global_norm` of the raw slices would count them apart: a wrong norm, and a wrong clip.
+
+    Example:
+    >>> g = tf.IndexedSlices(tf.constant([[3.0], [4.0]]), tf.constant([0, 0]), tf.constant([2, 1]))
+    >>> float(tf.linalg.global_norm([summed_duplicates(g)])), float(tf.linalg.global_norm([g]))
+    (7.0, 5.0)
+    """
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows, slots = tf.unique(gradient.indices)
+    return tf.IndexedSlices(tf.math.unsorted_segment_sum(gradient.values, slots, tf.shape(rows)[0]), rows,
+                            gradient.dense_shape)
 
 
 def adam_for(dtype, replicas, learning_rate, epsilon=1e-7):

@@ -284,6 +284,25 @@ def test_clip_gradients():
     np.testing.assert_allclose(clipped[0], gradients[0].numpy() / (2 * norm), rtol=1e-6)
 
 
+def test_an_embedding_lookups_gradient_is_measured_and_clipped_as_its_dense_sum():
+    """A row looked up twice has two sparse slices; the norm and the clip are those of the summed gradient."""
+    import keras
+    from tf_ppo.training.guarded_step import guarded_apply
+    table = tf.Variable(RNG.normal(size=(6, 3)).astype(np.float32))
+    ids = tf.constant([[1, 4, 1, 1], [4, 0, 1, 5]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, ids) * tf.constant(RNG.normal(size=(2, 4, 3)), tf.float32))
+    sparse = tape.gradient(loss, table)
+    assert isinstance(sparse, tf.IndexedSlices)
+    dense = tf.convert_to_tensor(sparse).numpy()
+    start = table.numpy()
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.build([table])
+    norm, applied = guarded_apply(optimizer, [table], [sparse], loss, "global_norm", 1.0)
+    np.testing.assert_allclose(float(norm), np.linalg.norm(dense), rtol=1e-6)
+    np.testing.assert_allclose(table.numpy(), start - dense / np.linalg.norm(dense), rtol=1e-5, atol=1e-6)
+
+
 def test_adaptive_kl_controller():
     controller = ppo.AdaptiveKLController(0.2, target=6.0, horizon=10_000)
     beta = 0.2

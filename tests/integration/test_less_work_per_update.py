@@ -1,4 +1,6 @@
-"""`old_logprobs="sampler"`, the sampler-trainer diagnostics and truncated importance sampling on the tiny policy."""
+"""Less work per update, on the tiny policy: `old_logprobs="sampler"` (with the sampler-trainer diagnostics and
+truncated importance sampling of the recompute mode), and `padding_free` packed rows. Each trains to the weights
+of the plain run, within float32 rounding."""
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from tf_ppo import PPOTrainer
+from tf_ppo.models.packing import ROW_BUCKETS
 from tf_ppo.rl import rollout as rollout_module
 from tf_ppo.rl.functional import masked
 
@@ -15,10 +18,13 @@ GRPO = {"algorithm": "grpo", "num_generations": 4, "beta": 0.04, "batch_size": 1
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, sft_policy_path):
-    """Two GRPO updates with sampler log-probs, and two recomputed with truncated importance sampling (a cap of
-    1.5), from the same policy and seed: `{mode: (trainer, result, the models the scoring pass ran)}`."""
-    modes = {"sampler": {"old_logprobs": "sampler"},
-             "corrected": {"vllm_importance_sampling_correction": True, "vllm_importance_sampling_cap": 1.5}}
+    """Two GRPO updates recomputed with truncated importance sampling (a cap of 1.5), two with sampler log-probs
+    on packed rows, and two PPO updates on padded and on packed rows, from the same policy and seed:
+    `{mode: (trainer, result, the models the scoring pass ran)}`."""
+    ppo = {"algorithm": "ppo", "num_generations": None, "beta": None, "num_iterations": 2}
+    modes = {"corrected": {"vllm_importance_sampling_correction": True, "vllm_importance_sampling_cap": 1.5},
+             "sampler": {"old_logprobs": "sampler", "padding_free": True},
+             "ppo": ppo, "ppo_packed": {**ppo, "padding_free": True}}
     runs = {}
     original = rollout_module.response_logprobs
     for name, change in modes.items():
@@ -26,7 +32,7 @@ def runs(tmp_path_factory, sft_policy_path):
         with pytest.MonkeyPatch.context() as patch:  # records which models the scoring pass runs, while it traces
             patch.setattr(rollout_module, "response_logprobs",
                           lambda model, *args: scored_by.append(model) or original(model, *args))
-            trainer = PPOTrainer(tiny_config(tmp_path_factory.mktemp(name), **GRPO, **change), show_progress=False)
+            trainer = PPOTrainer(tiny_config(tmp_path_factory.mktemp(name), **{**GRPO, **change}), show_progress=False)
             runs[name] = trainer, trainer.train(), scored_by
     return runs
 
@@ -53,9 +59,25 @@ def test_sampler_mode_skips_the_policys_scoring_pass(runs):
     assert rollout.sampler_divergence == {}
 
 
-def test_both_modes_train_to_the_same_weights_in_float32(runs):
-    for want, got in zip(runs["corrected"][0].policy.get_weights(), runs["sampler"][0].policy.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5)
+@pytest.mark.parametrize("run, like", [("sampler", "corrected"), ("ppo_packed", "ppo")])
+def test_each_way_trains_to_the_same_weights_in_float32(runs, run, like):
+    (trainer, result, _), (want_trainer, want, _) = runs[run], runs[like]
+    models = [("policy", trainer.policy, want_trainer.policy)]
+    if trainer.value_model is not None:
+        models.append(("critic", trainer.value_model, want_trainer.value_model))
+    for name, model, want_model in models:
+        for want_weights, got in zip(want_model.get_weights(), model.get_weights()):
+            np.testing.assert_allclose(got, want_weights, atol=1e-5, err_msg=name)
+    for row, want_row in zip(result.history, want.history):
+        assert row["score_mean"] == want_row["score_mean"]  # the same samples
+
+
+def test_packed_runs_trace_a_few_shapes_and_pack_every_model(runs):
+    for run in ("sampler", "ppo_packed"):
+        trainer = runs[run][0]
+        assert trainer.learner.packer is trainer.engine.packer is not None
+        for compiled in (trainer.engine._score, trainer.learner.step._step):
+            assert 1 <= compiled.experimental_get_tracing_count() <= ROW_BUCKETS
 
 
 def test_recompute_mode_logs_the_divergence_and_sampler_mode_does_not(runs):
