@@ -31,6 +31,7 @@ import tempfile
 import time
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -40,7 +41,8 @@ from tf_ppo.models import build_backbone, build_policy, load_tokenizer
 from tf_ppo.generation.responses import response_view
 from tf_ppo.rl.rollout import response_logprobs
 
-from padded_vocabulary import padded_vocabulary  # noqa: E402  (benchmarks/ is on the path: run as a script)
+from long_prompts import long_enough  # noqa: E402  (benchmarks/ is on the path: run as a script)
+from padded_vocabulary import padded_vocabulary  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--beta", type=float, default=None,
                         help="KL coefficient of the critic-free algorithms (default: the algorithm's)")
     parser.add_argument("--mini-batches", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="the optimiser's (default: PPOConfig's); 1e-9 keeps every update's rollouts alike")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
     parser.add_argument("--replicas", type=int, default=1,
                         help="MirroredStrategy over this many logical CPUs (the multi-replica path on one machine)")
@@ -75,8 +79,9 @@ def parse_args(argv=None):
                         help="the old log-probs: a scoring forward pass of the policy, or the sampler's own")
     parser.add_argument("--padding-free", action="store_true",
                         help="score and train on packed rows (no padding, each prompt once per group)")
-    parser.add_argument("--eos", action="store_true",
-                        help="let responses end at the end token (variable lengths); without it all are full length")
+    parser.add_argument("--end-logit-shift", type=float, default=None, metavar="S",
+                        help="responses end at the end token, its logit raised by S in the random-init policy "
+                             "(variable lengths; the mean is printed); default: every response is full length")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each transformer block's activations in the backward pass")
     parser.add_argument("--no-generation-jit", action="store_true", help="sample without XLA")
@@ -134,19 +139,24 @@ def build_trainer(args, response_length, total_updates):
         model={"num_layers": args.layers, "hidden_dim": args.hidden, "num_heads": args.heads,
                "intermediate_dim": 4 * args.hidden, "max_sequence_length": context},
         batch_size=args.batch, max_prompt_length=args.prompt_length, truncate_prompts=True,
-        response_length=response_length, temperature=args.temperature, stop_at_eos=args.eos,
+        response_length=response_length, temperature=args.temperature, stop_at_eos=args.end_logit_shift is not None,
         num_mini_batches=args.mini_batches, total_updates=total_updates, **algorithm_fields(args),
         generation_jit=not args.no_generation_jit, train_jit=not args.no_train_jit, fluency_corpus=None, eval_size=args.batch,
         rollout_batch_size=args.rollout_batch_size, gradient_checkpointing=args.gradient_checkpointing,
         lora_rank=args.lora_rank, old_logprobs=args.old_logprobs, padding_free=args.padding_free,
+        **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
         **({"vocabulary": str(padded_vocabulary(args.vocab))} if args.vocab else {}),
         run_dir=tempfile.mkdtemp(prefix="tf_ppo-bench-"), strategy="default")
     tokenizer = load_tokenizer(config.vocabulary, config.merges)
     # Whole training sentences, cut to their last prompt_length - 1 tokens: every prompt has exactly that length.
     frame = read_prompt_csv(config.prompts, require_target=True)
     sentences = [f"{p} {t}" for p, t in zip(frame["input_text"], frame["target"])]
+    sentences = long_enough(sentences, [len(ids) for ids in tokenizer(sentences)], args.prompt_length - 1)
     prompts = [s for s, ids in zip(sentences, tokenizer(sentences)) if len(ids) >= args.prompt_length - 1]
+    keras.utils.set_random_seed(0)  # the same random-init models in every run of a shape
     policy = build_policy(config.model, tokenizer.vocabulary_size())
+    if args.end_logit_shift is not None:
+        raise_end_token(policy, tokenizer.end_token_id, args.end_logit_shift)
     reward_model = None
     if args.reward == "model":
         reward_model = RewardModel(build_backbone(config.model, tokenizer.vocabulary_size()), tokenizer,
@@ -156,6 +166,14 @@ def build_trainer(args, response_length, total_updates):
         trainer = PPOTrainer(config, reward_fn=reward_model or length_reward, prompts=prompts, policy=policy,
                              show_progress=False, strategy=replica_strategy(args.replicas))
     return trainer, reward_model
+
+
+def raise_end_token(policy, end_token_id, shift):
+    """Raise a GPT-2 policy's end-token logit by `shift` at every position: the final layer norm's bias moves
+    along the end token's (tied) embedding. A random-init policy then ends its responses at variable lengths."""
+    end = policy.backbone.token_embedding.embeddings.numpy()[end_token_id]  # [hidden]
+    layer_norm = policy.backbone.layer_norm
+    layer_norm.beta.assign(layer_norm.beta.numpy() + shift * end / np.dot(end, end))
 
 
 def replica_strategy(replicas):
@@ -184,7 +202,7 @@ class PhasePeaks:
     """
 
     # phase -> (the trainer's part that runs it, its method)
-    METHODS = {"generation": ("engine", "sample"), "scoring": ("engine", "_score"), "reward": ("engine", "_rewards"),
+    METHODS = {"generation": ("engine", "_sampled"), "scoring": ("engine", "_score"), "reward": ("engine", "_rewards"),
                "optimisation": ("learner", "optimise")}
 
     def __init__(self, trainer):
@@ -390,6 +408,11 @@ def timed_updates(trainer, reward_model, args, peak):
         "generated_tokens_per_second": round(args.batch * args.response_length / phase["generate"]),
         "seconds_generation": round(phase["generate"], 4),
         "seconds_scoring_forwards": round(phase["score"] + phase["reward"], 4),
+        "seconds_scoring": round(phase["score"], 4), "seconds_reward": round(phase["reward"], 4),
+        "mean_response_length": round(statistics.mean(row["response_length"] for row in logs), 2),
+        # The share of the padded buffer's tokens (prompt + response slots) that are padding after a response's end.
+        "padding_share": round(1 - (args.prompt_length + statistics.mean(row["response_length"] for row in logs))
+                               / (args.prompt_length + args.response_length), 3),
         "seconds_optimisation": round(phase["optimise"], 4),
         "gflop_per_update": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
         "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / median / 1e9 / peak, 3),
@@ -543,6 +566,8 @@ def main(argv=None):
     for name, key in [("generation", "seconds_generation"), ("scoring forwards + reward", "seconds_scoring_forwards"),
                       ("optimisation", "seconds_optimisation"), ("whole update", "seconds_per_update_median")]:
         print(f"{name:28s}{result[key]:>18.4f}")
+    print(f"responses of {result['mean_response_length']} tokens on average: {result['padding_share']:.1%} of the "
+          f"padded buffer's tokens are padding")
     print(f"{result['gflop_per_update']} GFLOP per update, {result['achieved_gflops']} GFLOP/s achieved, "
           f"{result['fraction_of_peak']:.1%} of the {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak")
     models = (f"value model {result['value_model_parameters']:,} parameters" if result["value_model_parameters"]

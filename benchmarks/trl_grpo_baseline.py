@@ -27,6 +27,7 @@ import tempfile
 import pandas as pd
 import torch
 from datasets import Dataset
+from long_prompts import long_enough
 from padded_vocabulary import padded_vocabulary
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2TokenizerFast
 from trl import GRPOConfig, GRPOTrainer
@@ -68,7 +69,9 @@ class TruncatingTokenizer(GPT2TokenizerFast):
 def prompts(tokenizer, count, length):
     """Training sentences as texts of exactly `length` tokens: start token + their last `length - 1` tokens."""
     frame = pd.read_csv(DATA / "train_data.csv", keep_default_na=False)
-    ids = tokenizer([f"{p} {t}" for p, t in zip(frame.input_text, frame.target)])["input_ids"]
+    sentences = [f"{p} {t}" for p, t in zip(frame.input_text, frame.target)]
+    sentences = long_enough(sentences, [len(row) for row in tokenizer(sentences)["input_ids"]], length - 1)
+    ids = tokenizer(sentences)["input_ids"]
     texts = [tokenizer.decode([tokenizer.eos_token_id] + row[-(length - 1):]) for row in ids if len(row) >= length - 1]
     texts = [text for text in texts if len(tokenizer(text)["input_ids"]) == length][:count]  # round trip kept
     if len(texts) < count:

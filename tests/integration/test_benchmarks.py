@@ -79,13 +79,17 @@ def test_benchmark_scaling_times_generation_per_response_length_each_in_its_own_
     assert (tmp_path / "growth.png").stat().st_size > 10_000
 
 
-def test_benchmark_runs_lora_with_a_reward_function(capsys):
+def test_benchmark_runs_lora_with_a_reward_function_packed_rows_sampler_logprobs_and_early_ends(capsys):
     ppo_throughput.main(TINY + ["--response-length", "4", "--updates", "1", "--ppo-epochs", "1", "--lora-rank", "2",
-                                "--reward", "function"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                                "--reward", "function", "--padding-free", "--old-logprobs", "sampler",
+                                "--end-logit-shift", "8"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
     # LoRA: the reference is the policy with its adapters off, holding no weights of its own.
     assert result["reference_model"] == "AdaptersOff" and result["reference_parameters"] == 0
     assert result["seconds_per_update_median"] > 0 and "peak_tensor_mb_optimisation" in result
+    assert result["mean_response_length"] < 4 and result["padding_share"] > 0  # the end token, raised, ends some
+    assert f"{result['padding_share']:.1%} of the padded buffer's tokens are padding" in out
 
 
 def test_memory_table_recovers_the_costs_it_was_given_and_sizes_the_rows():

@@ -70,11 +70,11 @@ def test_compiled_steps_trace_once(great_run):
         assert fn.experimental_get_tracing_count() == 1, fn
 
 
-def test_same_seed_same_run_and_chunked_rollouts_with_gradient_checkpointing_give_the_same_update(
+def test_same_seed_same_run_and_chunked_packed_rollouts_with_gradient_checkpointing_give_the_same_update(
         tmp_path, sft_policy_path):
-    # The third run samples and scores its 16 rollouts 8 at a time, and recomputes every block's
-    # activations in the backward pass: the same samples, the same update.
-    changes = [{}, {}, {"rollout_batch_size": 8, "gradient_checkpointing": True}]
+    # The third run samples and scores its 16 rollouts 8 at a time, on packed rows (no padding), and recomputes
+    # every block's activations in the backward pass: the same samples, the same update.
+    changes = [{}, {}, {"rollout_batch_size": 8, "gradient_checkpointing": True, "padding_free": True}]
     runs = [train(tiny_config(tmp_path / str(i), total_updates=2, batch_size=16, eval_size=16, **change),
                   show_progress=False)
             for i, change in enumerate(changes)]

@@ -232,47 +232,11 @@ class PPOConfig(Checked):
         if self.batch_size % self.num_mini_batches:
             fail(self, "batch_size", f"must be divisible by num_mini_batches={self.num_mini_batches}, "
                                      f"got {self.batch_size}")
-        self._check_algorithm()
+        check_algorithm(self)
         if self.model.preset is None and self.sequence_length > self.model.max_sequence_length:
             fail(self, "response_length",
                  f"max_prompt_length + response_length = {self.sequence_length} exceeds the model's "
                  f"context model.max_sequence_length={self.model.max_sequence_length}")
-
-    def _check_algorithm(self):
-        """The algorithm's name and fields: a field another algorithm owns must stay at its default."""
-        from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
-        from tf_ppo.rl.functional.estimators import LOSS_TYPES, SCALE_REWARDS
-        from tf_ppo.rl.functional.importance import IMPORTANCE_SAMPLING_MODES
-        check_choice(self, "algorithm", tuple(sorted(ALGORITHMS)))
-        algorithm = ALGORITHMS[self.algorithm]
-        defaults = {field.name: field.default for field in dataclasses.fields(self)}
-        owned = set().union(*(cls.fields for cls in ALGORITHMS.values()))
-        for name in sorted(owned - set(algorithm.fields)):
-            if getattr(self, name) != defaults[name]:
-                fail(self, name, f"is not used by algorithm={self.algorithm!r} (its own fields: "
-                                 f"{', '.join(algorithm.fields) or 'none'})")
-        for name in ("epsilon", "overlong_penalty"):
-            check_positive(self, name)
-        for name in ("num_iterations", "num_generations"):
-            if getattr(self, name) is not None:
-                check_positive(self, name)
-        if self.beta is not None and self.beta < 0:
-            fail(self, "beta", f"must be >= 0, got {self.beta!r}")
-        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
-            fail(self, "epsilon_high", f"must be >= epsilon={self.epsilon}, got {self.epsilon_high!r}")
-        if self.dual_clip is not None and not self.dual_clip > 1:
-            fail(self, "dual_clip", f"must be > 1 (or None), got {self.dual_clip!r}")
-        check_choice(self, "loss_type", LOSS_TYPES)
-        check_choice(self, "scale_rewards", SCALE_REWARDS)
-        check_choice(self, "vllm_importance_sampling_mode", IMPORTANCE_SAMPLING_MODES)
-        if not 0 <= self.overlong_buffer <= self.response_length:
-            fail(self, "overlong_buffer", f"must be in [0, response_length={self.response_length}], "
-                                          f"got {self.overlong_buffer!r}")
-        generations = algorithm.generations(self)
-        if self.batch_size % generations:
-            fail(self, "batch_size", f"counts rollouts, so it must be a multiple of num_generations="
-                                     f"{generations}, got {self.batch_size}")
-        algorithm.validate(self, lambda name, message: fail(self, name, message))
 
     def section(self, group):
         """The fields of one group of `GROUPS` (model, rollout, algorithm, optimisation, evaluation, run).
@@ -361,6 +325,47 @@ GROUPS = {
 # PPOConfig fields that are sections
 NESTED = {"model": ModelConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 SECTIONS = (PPOConfig, ModelConfig, SFTConfig, RewardConfig, DPOConfig)  # the reference's order
+
+
+def check_algorithm(config):
+    """Check a PPOConfig's algorithm: its name, and that a field another algorithm owns stays at its default.
+
+    Example:
+        check_algorithm(PPOConfig(algorithm="grpo", num_generations=4))
+    """
+    from tf_ppo.rl.algorithms import ALGORITHMS  # imports TensorFlow: only once a config is made
+    from tf_ppo.rl.functional.estimators import LOSS_TYPES, SCALE_REWARDS
+    from tf_ppo.rl.functional.importance import IMPORTANCE_SAMPLING_MODES
+    check_choice(config, "algorithm", tuple(sorted(ALGORITHMS)))
+    algorithm = ALGORITHMS[config.algorithm]
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    owned = set().union(*(cls.fields for cls in ALGORITHMS.values()))
+    for name in sorted(owned - set(algorithm.fields)):
+        if getattr(config, name) != defaults[name]:
+            fail(config, name, f"is not used by algorithm={config.algorithm!r} (its own fields: "
+                             f"{', '.join(algorithm.fields) or 'none'})")
+    for name in ("epsilon", "overlong_penalty"):
+        check_positive(config, name)
+    for name in ("num_iterations", "num_generations"):
+        if getattr(config, name) is not None:
+            check_positive(config, name)
+    if config.beta is not None and config.beta < 0:
+        fail(config, "beta", f"must be >= 0, got {config.beta!r}")
+    if config.epsilon_high is not None and config.epsilon_high < config.epsilon:
+        fail(config, "epsilon_high", f"must be >= epsilon={config.epsilon}, got {config.epsilon_high!r}")
+    if config.dual_clip is not None and not config.dual_clip > 1:
+        fail(config, "dual_clip", f"must be > 1 (or None), got {config.dual_clip!r}")
+    check_choice(config, "loss_type", LOSS_TYPES)
+    check_choice(config, "scale_rewards", SCALE_REWARDS)
+    check_choice(config, "vllm_importance_sampling_mode", IMPORTANCE_SAMPLING_MODES)
+    if not 0 <= config.overlong_buffer <= config.response_length:
+        fail(config, "overlong_buffer", f"must be in [0, response_length={config.response_length}], "
+                                      f"got {config.overlong_buffer!r}")
+    generations = algorithm.generations(config)
+    if config.batch_size % generations:
+        fail(config, "batch_size", f"counts rollouts, so it must be a multiple of num_generations="
+                                 f"{generations}, got {config.batch_size}")
+    algorithm.validate(config, lambda name, message: fail(config, name, message))
 
 
 RLConfig = PPOConfig  # the name that says what it configures: any RL algorithm

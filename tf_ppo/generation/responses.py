@@ -8,6 +8,7 @@ its response from `prompt_lengths[i]` on (`tf_ppo.generation.sampling`).
 
 import collections
 
+import numpy as np
 import tensorflow as tf
 
 Responses = collections.namedtuple("Responses", ["positions", "token_ids", "mask"])
@@ -60,3 +61,23 @@ def response_tokens(responses, stop_token_ids):
     """
     return tf.ragged.boolean_mask(responses.token_ids,
                                   responses.mask & ~is_stop_token(responses.token_ids, stop_token_ids))
+
+
+def detokenize(tokenizer, token_ids):
+    """Texts of a ragged `[batch, None]` batch of token ids (invalid UTF-8 replaced).
+
+    Example:
+        texts = detokenize(tokenizer, tf.ragged.constant([[464, 3807]]))
+    """
+    texts = tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings
+    return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+            for text in np.asarray(texts).tolist()]
+
+
+def detokenize_ids(tokenizer, token_ids):
+    """The text of one list of token ids.
+
+    Example:
+        text = detokenize_ids(tokenizer, [464, 3807])
+    """
+    return detokenize(tokenizer, tf.ragged.constant([np.asarray(token_ids, np.int32).tolist()], tf.int32))[0]

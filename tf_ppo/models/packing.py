@@ -17,8 +17,10 @@ DPO's `tf_ppo.preference.shared_prompt` layout generalised to any number of resp
 several groups per row (the rows of a group are those with the same `groups` id; a row alone is a group of one).
 
 The outputs come back in the rollout's `[batch, R]` layout (`sources`), so no loss sees the packing. A row
-is `width` tokens, enough for a whole group (`max_prompt_length + G * response_length`), and the number of
-rows is rounded up to one of `ROW_BUCKETS` sizes: a compiled step traces at most that many shapes per batch size.
+is `width` tokens (the trainer's: a whole group, `max_prompt_length + G * response_length`). Responses fill
+the open row in order; one that does not fit starts the next row, with its own copy of its prompt. The
+number of rows is rounded up to one of `ROW_BUCKETS` sizes: a compiled step traces at most that many shapes
+per batch size.
 """
 
 import math
@@ -31,7 +33,7 @@ from tf_ppo.models.families import packing_adapter
 from tf_ppo.models.heads import trunk_and_head
 from tf_ppo.models.lora import AdaptersOff
 
-ROW_BUCKETS = 8  # packed row counts a batch size can take (each a compiled shape)
+ROW_BUCKETS = 16  # packed row counts a batch size can take (each a compiled shape)
 
 
 def backbone_of(model):
@@ -76,7 +78,7 @@ def pack_rows(sequence_ids, prompt_lengths, response_lengths, groups, response_l
         prompt_lengths: int `[batch]`; response_lengths: int `[batch]` (`spanned_lengths`), 0 allowed.
         groups: int `[batch]`: rows with the same id share their prompt (consecutive or not).
         response_length: R, the width of the `[batch, R]` layout the outputs come back in.
-        width: tokens per packed row; at least the largest group's prompt plus its responses.
+        width: tokens per packed row; at least any row's prompt plus its response.
 
     Returns:
         A dict of NumPy arrays: `token_ids`, `position_ids`, `group_ids` (1, 2, ... within a row; 0 = padding),
@@ -94,45 +96,38 @@ def pack_rows(sequence_ids, prompt_lengths, response_lengths, groups, response_l
     """
     sequence_ids, prompt_lengths = np.asarray(sequence_ids), np.asarray(prompt_lengths)
     response_lengths, groups = np.asarray(response_lengths), np.asarray(groups)
+    batch = len(groups)
+    packed = {name: np.zeros([batch, width], np.int32)  # at most a row per response; cut to the rows used
+              for name in ("token_ids", "position_ids", "group_ids", "member_ids")}
+    sources = np.zeros([batch, response_length, 2], np.int32)
     members = {}  # group id -> its batch rows, in batch order
     for row, group in enumerate(groups.tolist()):
         members.setdefault(group, []).append(row)
-    sizes = {group: int(prompt_lengths[rows[0]] + response_lengths[rows].sum()) for group, rows in members.items()}
-    placed, ends = _first_fit(sizes, width)  # group -> (packed row, offset); tokens used per packed row
-    packed = {name: np.zeros([_bucketed(len(ends), len(members)), width], np.int32)
-              for name in ("token_ids", "position_ids", "group_ids", "member_ids")}
-    sources = np.zeros([len(groups), response_length, 2], np.int32)
-    in_row = {}  # packed row -> groups placed so far
+    packed_row, column, groups_in_row = -1, width, 0  # the open packed row (none yet), its next free column
     for group, rows in members.items():
-        packed_row, column = placed[group]
-        in_row[packed_row] = in_row.get(packed_row, 0) + 1
         prompt = int(prompt_lengths[rows[0]])
         if np.any(sequence_ids[rows, :prompt] != sequence_ids[rows[0], :prompt]):
             raise ValueError(f"pack_rows: the rows of group {group} do not share their prompt")
-        _write(packed, packed_row, column, sequence_ids[rows[0], :prompt], 0, in_row[packed_row], 0)
-        last_prompt_column, column = column + prompt - 1, column + prompt
-        for member, row in enumerate(rows, start=1):
+        prompt_in_row = False  # whether the open row holds this group's prompt
+        for row in rows:
             length = int(response_lengths[row])
-            _write(packed, packed_row, column, sequence_ids[row, prompt: prompt + length], prompt,
-                   in_row[packed_row], member)
+            if prompt + length > width:
+                raise ValueError(f"pack_rows: row {row} needs {prompt + length} tokens, more than a row's "
+                                 f"width={width}")
+            if column + length + (0 if prompt_in_row else prompt) > width:  # the next row (a new prompt copy)
+                packed_row, column, groups_in_row, prompt_in_row = packed_row + 1, 0, 0, False
+            if not prompt_in_row:
+                groups_in_row, member = groups_in_row + 1, 0
+                _write(packed, packed_row, column, sequence_ids[row, :prompt], 0, groups_in_row, 0)
+                last_prompt_column, column, prompt_in_row = column + prompt - 1, column + prompt, True
+            member += 1
+            _write(packed, packed_row, column, sequence_ids[row, prompt: prompt + length], prompt, groups_in_row,
+                   member)
             sources[row, :length, 0] = packed_row
             sources[row, :length, 1] = np.concatenate([[last_prompt_column], column + np.arange(length - 1)])[:length]
             column += length
-    return {**packed, "sources": sources}
-
-
-def _first_fit(sizes, width):
-    """Each group's (packed row, offset), placed in the first row it fits; and the tokens used per row."""
-    placed, ends = {}, []
-    for group, size in sizes.items():
-        if size > width:
-            raise ValueError(f"pack_rows: group {group} needs {size} tokens, more than a row's width={width}")
-        packed_row = next((i for i, end in enumerate(ends) if end + size <= width), len(ends))
-        if packed_row == len(ends):
-            ends.append(0)
-        placed[group] = packed_row, ends[packed_row]
-        ends[packed_row] += size
-    return placed, ends
+    rows_used = _bucketed(packed_row + 1, batch)
+    return {**{name: value[:rows_used] for name, value in packed.items()}, "sources": sources}
 
 
 def _bucketed(rows, most_rows):

@@ -94,8 +94,10 @@ class Learner:
                     "ppo_epochs": 0, "applied_steps": 0}
         rng = np.random.default_rng([c.seed, update])  # per update, so a resumed run shuffles the same way
         steps, epochs_done = [], 0
+        # Packed, a minibatch draws whole groups, so their rows share their prompt (computed once); padded, rows.
+        group_size = self.algorithm.num_generations if self.packer is not None else 1
         for _ in range(epochs):
-            order = rng.permutation(c.batch_size)
+            order = shuffled_rows(rng, c.batch_size, group_size)
             epoch = [self.train_step(experience.rows(rows)) for rows in np.split(order, c.num_mini_batches)]
             steps += epoch
             epochs_done += 1
@@ -111,3 +113,16 @@ class Learner:
         means = {key: float(np.mean([step[key] for step in kept])) if kept else float("nan") for key in steps[0]}
         return {**means, "skipped_steps": applied.count(False), "ppo_epochs": epochs_done,
                 "applied_steps": len(kept)}
+
+
+def shuffled_rows(rng, rows, group_size=1):
+    """A permutation of `rows` rows; with `group_size` > 1, of whole groups of that many consecutive rows.
+
+    With `group_size` 1 it is `rng.permutation(rows)`.
+
+    Example:
+    >>> shuffled_rows(np.random.default_rng(0), 6, 3).reshape(2, 3)[:, 0] % 3
+    array([0, 0])
+    """
+    groups = rng.permutation(rows // group_size)
+    return (groups[:, None] * group_size + np.arange(group_size)).ravel()

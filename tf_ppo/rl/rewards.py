@@ -265,3 +265,19 @@ def reward_functions(reward_fn, config):
         raise ConfigError(f"PPOConfig.reward_weights has {len(config.reward_weights)} weights for "
                           f"{len(reward_fns)} reward functions")
     return reward_fns, config.reward_weights or weights or (1.0,) * len(reward_fns)
+
+
+def weighted_rewards(reward_fns, reward_weights, texts, prompt_texts, conversations):
+    """`(weighted scores [batch], each function's scores by name, failure or None)`.
+
+    A reward function that raises gives NaN scores, so the non-finite guard
+    skips the update (and says which function failed) instead of ending the run.
+
+    Example:
+        scores, each, failure = weighted_rewards([length_reward], (1.0,), texts, prompt_texts, None)
+    """
+    try:
+        scores, each = combined_scores(reward_fns, reward_weights, texts, prompt_texts, conversations)
+    except RewardFunctionFailed as error:
+        return np.full(len(texts), np.nan), {}, str(error)
+    return scores, (each if len(reward_fns) > 1 else {}), None

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from tf_ppo.chat import chat_format, no_template_error, stop_token_ids
 from tf_ppo.data import encode_prompts, is_conversation, prompt_token_counts, start_token_ids
-from tf_ppo.generation.responses import is_stop_token, response_tokens, response_view
+from tf_ppo.generation.responses import (detokenize, detokenize_ids, is_stop_token, response_tokens,
+                                        response_view)
 from tf_ppo.generation.sampling import Sampled, Turn, sample_responses, sample_turn
 from tf_ppo.models.forward import response_logits
 from tf_ppo.rl.episodes import concatenate_episodes, run_episodes
@@ -27,7 +28,7 @@ from tf_ppo.rl.experience import Experience
 from tf_ppo.rl.functional import masked
 from tf_ppo.rl.functional.estimators import overlong_penalty
 from tf_ppo.rl.functional.importance import sampler_divergence
-from tf_ppo.rl.rewards import RewardFunctionFailed, combined_scores, compute_scores
+from tf_ppo.rl.rewards import compute_scores, weighted_rewards
 from tf_ppo.training.compiled import compiled
 from tf_ppo.training.distribute import compiled_per_replica, gather, replica_row_offset, split_batch
 
@@ -252,8 +253,8 @@ class RolloutEngine:
             environments = [self.environment() for _ in range(len(prompt_ids[rows]))]
             parts.append(run_episodes(self.turn_sampler(seed, start, greedy), environments, prompt_ids[rows],
                                       prompt_lengths[rows], prompt_texts[rows], c.response_length, tokenize,
-                                      self._detokenize_ids, self.stop_token_ids, c.max_turns,
-                                      c.max_tokens_per_turn))
+                                      functools.partial(detokenize_ids, self.tokenizer), self.stop_token_ids,
+                                      c.max_turns, c.max_tokens_per_turn))
         return concatenate_episodes(parts)
 
     def turn_sampler(self, seed, chunk_start=0, greedy=False):
@@ -328,7 +329,8 @@ class RolloutEngine:
         if episodes is not None:  # the episode's total: its environment's step rewards too
             scores = scores + episodes.step_rewards.sum(axis=1, dtype=np.float64)
             step_rewards = tf.constant(episodes.step_rewards)
-        scores, loss_mask = self._shape(scores, responses, None if episodes is None else episodes.finished)
+        scores, loss_mask = shaped(self.config, scores, responses, self.stop_token_ids,
+                                   None if episodes is None else episodes.finished)
         experience = Experience(sequence_ids, responses, scored["logprobs"], tf.constant(scores, tf.float32),
                                 loss_mask, scored.get("ref_logprobs"), scored.get("values"),
                                 step_rewards=step_rewards)
@@ -340,29 +342,11 @@ class RolloutEngine:
                         "reward": time.perf_counter() - scoring_done}, episodes, rows["sampler_logprobs"],
                        divergence)
 
-    def _shape(self, scores, responses, finished=None):
-        """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`.
-
-        A multi-turn episode has ended when its environment said done (`finished`), else it was truncated.
-        """
-        c = self.config
-        ended = finished if finished is not None else np.any(
-            is_stop_token(responses.token_ids, self.stop_token_ids).numpy(), axis=1)  # [batch]
-        if c.missing_eos_penalty is not None:
-            scores = scores - c.missing_eos_penalty * ~ended
-        if c.overlong_buffer:
-            lengths = tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)
-            scores = scores + overlong_penalty(lengths, c.response_length, c.overlong_buffer,
-                                               c.overlong_penalty).numpy()
-        loss_mask = responses.mask
-        if c.mask_truncated_completions:
-            loss_mask = responses.mask & tf.constant(ended)[:, None]
-        return scores, loss_mask
-
     def prompt_texts(self, sequence_ids, prompt_lengths):
         """Each row's prompt as the policy saw it, decoded (chat-rendered, for conversations); no start token."""
         start = len(start_token_ids(self.tokenizer))  # 0 when the tokenizer has no start token (Qwen, ...)
-        return self._detokenize(tf.RaggedTensor.from_tensor(sequence_ids[:, start:], lengths=prompt_lengths - start))
+        prompts = tf.RaggedTensor.from_tensor(sequence_ids[:, start:], lengths=prompt_lengths - start)
+        return detokenize(self.tokenizer, prompts)
 
     def conversations_of(self, sequence_ids, prompt_lengths):
         """The conversation each row's prompt renders, or None when the prompts are texts."""
@@ -372,25 +356,31 @@ class RolloutEngine:
         return [self.conversations[tuple(row[:length].tolist())] for row, length in zip(rows, lengths)]
 
     def _rewards(self, texts, prompt_texts, conversations):
-        """`(weighted scores [batch], each function's scores by name, failure or None)`.
-
-        A reward function that raises gives NaN scores, so the non-finite guard
-        skips the update (and says which function failed) instead of ending the run.
-        """
-        try:
-            scores, each = combined_scores(self.reward_fns, self.reward_weights, texts, prompt_texts, conversations)
-        except RewardFunctionFailed as error:
-            return np.full(len(texts), np.nan), {}, str(error)
-        return scores, (each if len(self.reward_fns) > 1 else {}), None
+        return weighted_rewards(self.reward_fns, self.reward_weights, texts, prompt_texts, conversations)
 
     def decode(self, responses):
         """Response texts, without the stop token and the padding after it."""
-        return self._detokenize(response_tokens(responses, self.stop_token_ids))
+        return detokenize(self.tokenizer, response_tokens(responses, self.stop_token_ids))
 
-    def _detokenize_ids(self, token_ids):
-        return self._detokenize(tf.ragged.constant([np.asarray(token_ids, np.int32).tolist()], tf.int32))[0]
 
-    def _detokenize(self, token_ids):
-        texts = self.tokenizer.detokenize(token_ids)  # ragged [batch, None] -> [batch] strings
-        return [text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-                for text in np.asarray(texts).tolist()]
+def shaped(config, scores, responses, stop_token_ids, finished=None):
+    """`(scores [batch] with the missing-EOS and overlong penalties, loss mask [batch, R])`.
+
+    A multi-turn episode has ended when its environment said done (`finished`), else it was truncated.
+
+    Example:
+        scores, loss_mask = shaped(config, scores, experience.responses, (50256,))
+    """
+    c = config
+    ended = finished if finished is not None else np.any(
+        is_stop_token(responses.token_ids, stop_token_ids).numpy(), axis=1)  # [batch]
+    if c.missing_eos_penalty is not None:
+        scores = scores - c.missing_eos_penalty * ~ended
+    if c.overlong_buffer:
+        lengths = tf.reduce_sum(tf.cast(responses.mask, tf.int32), axis=1)
+        scores = scores + overlong_penalty(lengths, c.response_length, c.overlong_buffer,
+                                           c.overlong_penalty).numpy()
+    loss_mask = responses.mask
+    if c.mask_truncated_completions:
+        loss_mask = responses.mask & tf.constant(ended)[:, None]
+    return scores, loss_mask

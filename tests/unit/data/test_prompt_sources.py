@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from tests.conftest import tiny_config
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import DataError, load_prompts
+from tf_ppo.generation.responses import detokenize
 from tf_ppo.rl.trainer import PPOTrainer
 
 # Real-looking reviews: the shipped sentences, with IMDB's "<br />" line breaks in some.
@@ -47,7 +48,8 @@ def test_ppo_on_the_first_tokens_of_imdb_reviews_from_tfds(tmp_path, sft_policy)
         trainer = PPOTrainer(config, policy=sft_policy, show_progress=False)
     lengths = trainer.prompt_lengths - 1  # without the start token
     assert len(lengths) == len(REVIEWS) and lengths.min() == 2 and lengths.max() == 6
-    first = trainer.engine._detokenize(tf.RaggedTensor.from_tensor(trainer.prompt_ids[:1, 1:], lengths=lengths[:1]))[0]
+    prompts = tf.RaggedTensor.from_tensor(trainer.prompt_ids[:1, 1:], lengths=lengths[:1])
+    first = detokenize(trainer.tokenizer, prompts)[0]
     assert REVIEWS[0].startswith(first)
     result = trainer.train()
     assert len(result.history) == 2
