@@ -154,9 +154,13 @@ def generate(policy, prompt_ids, prompt_lengths, seed, response_length,
 
 
 def sample_responses(policy, prompt_ids, prompt_lengths, seed, response_length, temperature=1.0, top_k=0, top_p=1.0,
-                     row_offset=0):
+                     row_offset=0, stop_token_ids=()):
     """`generate`, with what the sampler saw: a `Sampled` whose log-probs and entropies are those of every
     sampled token (the rollout's `old_logprobs="sampler"` reads them).
+
+    With `stop_token_ids`, a row writes nothing after its first stop token (its slots stay 0), and sampling
+    ends once every row has stopped: the steps past the last response's end are not run. The tokens up to
+    each stop are those sampled without it (each row draws its own noise).
 
     Example:
     >>> from tf_ppo.models import BigramLM
@@ -168,7 +172,7 @@ def sample_responses(policy, prompt_ids, prompt_lengths, seed, response_length, 
     batch_size = tf.shape(prompt_ids)[0]
     buffer = tf.concat([prompt_ids, tf.zeros([batch_size, response_length], prompt_ids.dtype)], axis=1)
     total_length = tf.shape(buffer)[1]  # dynamic: the SavedModel takes any prompt and response length
-    turn = Turn(prompt_lengths, tf.fill([batch_size], total_length), stop_token_ids=())
+    turn = Turn(prompt_lengths, tf.fill([batch_size], total_length), tuple(stop_token_ids))
     return sample_turn(policy, buffer, None, turn, prompt_ids.shape[1], response_length, seed, temperature, top_k,
                        top_p, row_offset)
 

@@ -138,7 +138,8 @@ class RolloutEngine:
         row_offset = chunk_start + replica_row_offset(tf.shape(batch["prompt_ids"])[0])
         top_k, top_p = (1, 1.0) if greedy else (c.top_k, c.top_p)
         sampled = sample_responses(self.policy, batch["prompt_ids"], batch["prompt_lengths"], seed,
-                                   c.response_length, c.temperature, top_k, top_p, row_offset)
+                                   c.response_length, c.temperature, top_k, top_p, row_offset,
+                                   self.stop_token_ids if c.stop_at_eos else ())
         positions = response_view(sampled.buffer, batch["prompt_lengths"], c.response_length).positions
         return {"sequence_ids": sampled.buffer, "logprobs": tf.gather(sampled.logprobs, positions, batch_dims=1),
                 "entropies": tf.gather(sampled.entropies, positions, batch_dims=1)}

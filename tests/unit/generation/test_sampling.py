@@ -7,7 +7,7 @@ from tf_ppo.rl.functional import masked
 from tf_ppo.config import PPOConfig
 from tf_ppo.data import encode_prompts
 from tf_ppo.models import load_tokenizer
-from tf_ppo.generation.sampling import generate, sample_next_token
+from tf_ppo.generation.sampling import generate, sample_next_token, sample_responses
 from tf_ppo.models.forward import response_logits
 from tf_ppo.generation.responses import response_view
 
@@ -74,3 +74,19 @@ def test_response_logprobs_match_per_row_computation(sft_policy):
         logits = sft_policy({"token_ids": alone, "padding_mask": tf.ones_like(alone, tf.bool)})
         want = masked.logprobs_from_logits(logits[0, length - 1: length + 5], alone[0, length:])
         np.testing.assert_allclose(batched[row], want, atol=1e-5)
+
+
+def test_sampling_with_stop_tokens_keeps_each_response_up_to_its_stop_and_writes_nothing_after(sft_policy):
+    tokenizer = load_tokenizer(PPOConfig().vocabulary, PPOConfig().merges)
+    prompt_ids, lengths = encode_prompts(tokenizer, PROMPTS * 4, 12)
+    end = (tokenizer.end_token_id,)
+    sample = tf.function(lambda stops: sample_responses(sft_policy, prompt_ids, lengths, tf.constant([5, 6]), 24,
+                                                        stop_token_ids=stops), jit_compile=True)
+    free, stopped = sample(()), sample(end)
+    free_view, view = response_view(free.buffer, lengths, 24, end), response_view(stopped.buffer, lengths, 24, end)
+    mask = view.mask.numpy()
+    assert 0 < mask.sum(axis=1).min() < 24 and np.array_equal(mask, free_view.mask.numpy())  # some end early
+    np.testing.assert_array_equal(view.token_ids.numpy()[mask], free_view.token_ids.numpy()[mask])
+    np.testing.assert_array_equal(view.token_ids.numpy()[~mask], 0)  # nothing written after a stop
+    np.testing.assert_allclose(np.take_along_axis(stopped.logprobs.numpy(), view.positions.numpy(), 1)[mask],
+                               np.take_along_axis(free.logprobs.numpy(), view.positions.numpy(), 1)[mask], atol=1e-6)
