@@ -48,7 +48,8 @@ from tf_ppo.preference.losses import preference_loss
 from tf_ppo.preference.pairs import encode_responses, preference_pairs
 from tf_ppo.training.reporting import DPO_PANELS, plot_curves, read_history
 from tf_ppo.preference.reward_training import read_preferences, split_rows
-from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps, packs_pairs
+from tf_ppo.models.packing import can_pack
+from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps
 from tf_ppo.sft import starting_policy
 from tf_ppo.training.guarded_step import adam_for
 from tf_ppo.training.supervised import SupervisedLoop, epoch_batches
@@ -180,7 +181,7 @@ class DPOTrainer:
         self.chat = chat_format(self.tokenizer, config.model.chat_template, type(self.policy).__name__, train_pairs[0])
         self.train_pairs = self._encode(*train_pairs)
         self.heldout_pairs = self._encode(*preference_pairs(*heldout_rows))
-        self.packed = settings.share_prompt and packs_pairs(self.policy)
+        self.packed = settings.share_prompt and can_pack(self.policy)
         if self.packed:
             self.train_pairs, self.heldout_pairs = pack_pairs(**self.train_pairs), pack_pairs(**self.heldout_pairs)
         reference_note = ("none (log-probs precomputed once, before training)"

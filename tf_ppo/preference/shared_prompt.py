@@ -16,7 +16,7 @@ responses, so each position has two targets, one per response.
 
 At the DPO benchmark's shape (prompts of about 30 of 64 tokens) a pair costs about 100 positions
 instead of 128. It needs a model whose positions can be given token by token: keras-hub's GPT-2 (learned
-absolute positions, `TransformerDecoder` blocks). `packs_pairs` says whether a model is one; the DPO
+absolute positions, `TransformerDecoder` blocks). `tf_ppo.models.packing.can_pack` says whether a model is one; the DPO
 trainer runs any other model's two sequences apart.
 """
 import numpy as np
@@ -26,21 +26,6 @@ from tf_ppo.models import AdaptersOff
 from tf_ppo.models.families import adapter_for
 
 PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3  # segment ids
-
-
-def packs_pairs(model):
-    """True when `packed_logits` can run `model` (a keras-hub GPT-2 causal LM, or one with its adapters off).
-
-    Example:
-    >>> from tf_ppo.models import BigramLM, ModelConfig, build_policy
-    >>> packs_pairs(build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50))
-    True
-    >>> packs_pairs(BigramLM(vocabulary_size=5, hidden_dim=2))
-    False
-    """
-    if isinstance(model, AdaptersOff):
-        return packs_pairs(model.policy)
-    return adapter_for(model).packs_prompts
 
 
 def pack_pairs(chosen_ids, chosen_padding, chosen_response, rejected_ids, rejected_padding, rejected_response):

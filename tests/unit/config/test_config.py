@@ -297,7 +297,8 @@ def test_a_group_algorithm_without_num_generations_gets_a_usable_default():
 @pytest.mark.parametrize("changes, message", [
     ({"old_logprobs": "vllm"}, "PPOConfig.old_logprobs must be one of"),
     ({"vllm_importance_sampling_mode": "token"}, "PPOConfig.vllm_importance_sampling_mode must be one of"),
-    ({"vllm_importance_sampling_cap": 0.0}, "PPOConfig.vllm_importance_sampling_cap must be a positive number, got 0.0"),
+    ({"vllm_importance_sampling_cap": 0.0},
+     "PPOConfig.vllm_importance_sampling_cap must be a positive number, got 0.0"),
     ({"vllm_importance_sampling_correction": True, "old_logprobs": "sampler"},
      "PPOConfig.vllm_importance_sampling_correction corrects the sampler's log-probs toward recomputed ones"),
 ])

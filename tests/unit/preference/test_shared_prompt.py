@@ -10,7 +10,8 @@ from tf_ppo import PPOConfig
 from tf_ppo.preference.dpo import sequence_logps
 from tf_ppo.models import AdaptersOff, BigramLM, ModelConfig, build_policy, copy_model, enable_lora
 from tf_ppo.preference.shared_prompt import (CHOSEN, PAD, PROMPT, REJECTED, attention_mask, pack_pairs, packed_logits,
-                                  packed_pair_logps, packs_pairs)
+                                  packed_pair_logps)
+from tf_ppo.models.packing import can_pack
 
 VOCABULARY = 40
 LENGTH = 12
@@ -138,6 +139,6 @@ def test_pack_pairs_refuses_pairs_whose_prompts_differ():
 
 
 def test_only_gpt2_policies_are_packed(policy):
-    assert packs_pairs(policy) and packs_pairs(AdaptersOff(policy))
-    assert not packs_pairs(BigramLM(vocabulary_size=VOCABULARY, hidden_dim=4))
+    assert can_pack(policy) and can_pack(AdaptersOff(policy))
+    assert not can_pack(BigramLM(vocabulary_size=VOCABULARY, hidden_dim=4))
     assert PPOConfig().dpo.share_prompt and not PPOConfig(dpo={"share_prompt": False}).dpo.share_prompt

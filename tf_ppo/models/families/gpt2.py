@@ -108,13 +108,6 @@ def is_pre_norm_gpt2(backbone):
         and layer._cross_attention_layer is None for layer in backbone.transformer_layers)
 
 
-def is_pre_norm_gpt2(backbone):
-    """True for a keras-hub `GPT2Backbone` whose layers are pre-norm self-attention decoders."""
-    return isinstance(backbone, keras_hub.models.GPT2Backbone) and all(
-        isinstance(layer, keras_hub.layers.TransformerDecoder) and layer.normalize_first
-        and layer._cross_attention_layer is None for layer in backbone.transformer_layers)
-
-
 def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
     """The logits of packed rows: `model`'s own forward pass with given positions and attention mask.
 
