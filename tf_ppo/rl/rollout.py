@@ -153,12 +153,12 @@ class RolloutEngine:
         """
         c = self.config
         responses, packed = self._responses(batch), batch.get("packed")
-        scored = {"responses": responses, "logprobs": batch["sampler_logprobs"],
-                  "entropy": batch["sampler_entropies"]}
-        if c.old_logprobs == "recompute":
-            scored["logprobs"], logits = response_logprobs(self.policy, batch["sequence_ids"], responses,
-                                                           c.temperature, packed)
-            scored["entropy"] = masked.entropy_from_logits(logits)
+        if c.old_logprobs == "sampler":
+            scored = {"responses": responses, "logprobs": batch["sampler_logprobs"],
+                      "entropy": batch["sampler_entropies"]}
+        else:
+            logprobs, logits = response_logprobs(self.policy, batch["sequence_ids"], responses, c.temperature, packed)
+            scored = {"responses": responses, "logprobs": logprobs, "entropy": masked.entropy_from_logits(logits)}
         if self.reference is not None:
             scored["ref_logprobs"], _ = response_logprobs(self.reference, batch["sequence_ids"], responses,
                                                           c.temperature, packed)

@@ -72,14 +72,25 @@ def single_turn(setup):
     return single, prompt_ids, prompt_lengths, single.sample(prompt_ids, prompt_lengths, SEED).numpy()
 
 
+def assert_same_tokens_up_to_the_single_turns_stop(episode_ids, single_ids, prompt_lengths, config, stop_token_ids):
+    """The episodes' tokens are the single-turn responses' up to their first stop token (after it, the single
+    turn writes nothing, the episode goes on)."""
+    single = response_view(tf.constant(single_ids), tf.constant(prompt_lengths), config.response_length,
+                           stop_token_ids)
+    episode = response_view(tf.constant(episode_ids), tf.constant(prompt_lengths), config.response_length)
+    mask = single.mask.numpy()
+    assert not mask.all() and mask.sum() > len(mask)  # some responses stop early, none at once
+    np.testing.assert_array_equal(episode.token_ids.numpy()[mask], single.token_ids.numpy()[mask])
+
+
 def test_an_environment_that_never_answers_samples_exactly_the_single_turn_tokens(setup, single_turn):
     single, prompt_ids, prompt_lengths, sequence_ids = single_turn
     # A turn samples at least one token, so response_length turns let every episode fill its slots.
     episodes = engine(setup, Silent, max_turns=setup[0].response_length).run_episodes(prompt_ids, prompt_lengths,
                                                                                       SEED)
     assert episodes.turns.max() > 2  # the cache was carried over several turns
-    np.testing.assert_array_equal(view(setup, episodes.sequence_ids, prompt_lengths).token_ids,
-                                  view(setup, sequence_ids, prompt_lengths).token_ids)
+    assert_same_tokens_up_to_the_single_turns_stop(episodes.sequence_ids, sequence_ids, prompt_lengths, setup[0],
+                                                   single.stop_token_ids)
     assert episodes.model_mask.all() and not episodes.environment_mask.any() and not episodes.finished.any()
 
 
@@ -241,8 +252,8 @@ def test_other_caches_carry_episodes_too(family, tmp_path):
     single = made["single"].sample(prompt_ids, prompt_lengths, SEED).numpy()
     silent = made["silent"].run_episodes(prompt_ids, prompt_lengths, SEED)
     assert silent.turns.max() > 1
-    np.testing.assert_array_equal(view((config,), silent.sequence_ids, prompt_lengths).token_ids,
-                                  view((config,), single, prompt_lengths).token_ids)
+    assert_same_tokens_up_to_the_single_turns_stop(silent.sequence_ids, single, prompt_lengths, config,
+                                                   made["single"].stop_token_ids)
     echo = made["echo"].run_episodes(prompt_ids, prompt_lengths, SEED)
     assert echo.environment_mask.any()
     responses = view((config,), echo.sequence_ids, prompt_lengths)
