@@ -25,7 +25,6 @@ import tensorflow as tf
 
 from tf_ppo import DPOTrainer, PPOConfig
 from tf_ppo.models import policy_from_config, tokenizer_for
-from tf_ppo.preference.shared_prompt import CHOSEN, PROMPT, REJECTED
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from long_pairs import long_pairs, write_pairs_csv  # noqa: E402
@@ -77,11 +76,10 @@ def build_trainer(args, precompute, pairs_csv):
 
 def sequence_lengths(pairs):
     """The set of tokens per sequence (prompt + response) of encoded pairs, packed or not."""
-    if "segments" in pairs:
-        segments = pairs["segments"]
-        shared = (segments == PROMPT).sum(1)
-        return {int(n) for n in (shared + (segments == CHOSEN).sum(1))} | {
-            int(n) for n in (shared + (segments == REJECTED).sum(1))}
+    if "member_ids" in pairs:  # a row per pair: members 0 (the prompt), 1 (chosen), 2 (rejected)
+        members, real = pairs["member_ids"], pairs["group_ids"] > 0
+        shared = ((members == 0) & real).sum(1)
+        return {int(n) for n in (shared + (members == 1).sum(1))} | {int(n) for n in (shared + (members == 2).sum(1))}
     return {int(n) for n in pairs["chosen_padding"].sum(1)} | {int(n) for n in pairs["rejected_padding"].sum(1)}
 
 

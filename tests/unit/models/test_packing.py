@@ -1,6 +1,7 @@
 """Padding-free packed rows (`tf_ppo.models.packing`): the outputs and gradients of packed groups are those of
 the unpacked rollout buffer, for a policy, a critic and the reference under LoRA, with empty, one-token and
-full responses, groups split across minibatches, and multi-turn masks with holes."""
+full responses, groups split across minibatches, and multi-turn masks with holes; and the packed GPT-2 forward
+pass is keras-hub's own."""
 
 import numpy as np
 import pytest
@@ -9,8 +10,9 @@ import tensorflow as tf
 from tf_ppo.generation.responses import Responses
 from tf_ppo.models import AdaptersOff, BigramLM, ModelConfig, build_policy, build_value_model, copy_model, enable_lora
 from tf_ppo.models.forward import response_logits
-from tf_ppo.models.packing import (ROW_BUCKETS, can_pack, pack_rows, packed_attention_mask, packed_outputs,
-                                   spanned_lengths)
+from tf_ppo.models.families import gpt2
+from tf_ppo.models.packing import (ROW_BUCKETS, Packer, can_pack, pack_rows, packed_attention_mask, packed_outputs,
+                                   packed_row_outputs, spanned_lengths)
 from tf_ppo.rl.functional import masked
 
 VOCABULARY, PROMPT_WIDTH, R, G = 40, 6, 5, 3
@@ -144,7 +146,7 @@ def test_a_padding_slot_attends_to_itself_only_and_bad_groups_are_named():
     mask = packed_attention_mask(tf.constant([[1, 1, 0]]), tf.constant([[0, 1, 0]]))[0].numpy()
     assert mask[2].tolist() == [False, False, True]
     buffer, prompts, responses = rollout_buffer(PROMPT_LENGTHS, RESPONSE_LENGTHS)
-    with pytest.raises(ValueError, match="row 6 needs 8 tokens, more than a row's width=6"):
+    with pytest.raises(ValueError, match="row 6 needs 8 tokens and 2 outputs, more than a row's width=6"):
         pack_rows(buffer, prompts, np.full(12, 2), np.arange(12) // G, R, 6)
     with pytest.raises(ValueError, match="the rows of group 0 do not share their prompt"):
         pack_rows(buffer, prompts, np.full(12, 2), np.zeros(12, int), R, 200)
@@ -153,3 +155,59 @@ def test_a_padding_slot_attends_to_itself_only_and_bad_groups_are_named():
 def test_only_families_that_take_positions_per_token_pack(policy):
     assert can_pack(policy) and can_pack(build_value_model(CONFIG, policy, VOCABULARY))
     assert not can_pack(BigramLM(vocabulary_size=5, hidden_dim=2))
+
+
+def test_the_packed_forward_pass_of_a_plain_sequence_is_the_models_own(policy):
+    """Guards the copy of keras-hub's GPT-2 forward pass (`gpt2.packed_hidden_states`): fails if keras-hub's
+    changes. With `sources`, the last block runs through its sublayers (`block_outputs_at`) there only."""
+    length = PROMPT_WIDTH + R
+    ids = tf.constant(np.random.default_rng(1).integers(0, VOCABULARY, size=[3, length]), tf.int32)
+    padding = tf.sequence_mask([length, 7, 1], length)
+    own = policy({"token_ids": ids, "padding_mask": padding})
+    causal_padding = tf.broadcast_to(padding[:, None, :], [3, length, length])
+    positions = tf.broadcast_to(tf.range(length), [3, length])
+
+    def logits(sources=None):
+        states = gpt2.packed_hidden_states(policy.backbone, ids, positions, causal_padding, sources)
+        return policy.backbone.token_embedding(states, reverse=True)
+
+    real = padding.numpy()
+    np.testing.assert_allclose(logits().numpy()[real], own.numpy()[real], rtol=1e-6, atol=1e-6)
+    sources = tf.constant([[0, 5, 10], [6, 2, 3], [0, 0, 0]])
+    np.testing.assert_allclose(logits(sources).numpy(), tf.gather(own, sources, batch_dims=1).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_computes_at_most_sources_per_row_outputs(policy):
+    buffer, prompts, responses = rollout_buffer(PROMPT_LENGTHS, RESPONSE_LENGTHS)
+    mask = responses.mask.numpy()
+    packed = pack_rows(buffer, prompts, spanned_lengths(mask), np.arange(12) // G, R, PROMPT_WIDTH + G * R,
+                       sources_per_row=R)
+    assert packed["row_sources"].shape[1] == R
+    # Each row's outputs: its groups' last prompt tokens and every response token but the last.
+    used = [len(set(packed["sources"][packed["sources"][:, :, 0] == row][:, 1][mask[packed["sources"][:, :, 0]
+                                                                                    == row]])) for row in range(3)]
+    assert all(0 < count <= R for count in used)
+    want = response_logits(policy, tf.constant(buffer), responses.positions).numpy()
+    got = packed_outputs(policy, {name: tf.constant(value) for name, value in packed.items()}).numpy()
+    np.testing.assert_allclose(got[mask], want[mask], atol=1e-5)
+
+
+def test_a_row_per_group_keeps_the_groups_in_order_unbucketed():
+    buffer, prompts, responses = rollout_buffer(PROMPT_LENGTHS, RESPONSE_LENGTHS)
+    packed = pack_rows(buffer, prompts, spanned_lengths(responses.mask.numpy()), np.arange(12) // G, R,
+                       PROMPT_WIDTH + G * R, row_per_group=True)
+    assert packed["token_ids"].shape[0] == 4  # no bucket padding
+    assert ((packed["group_ids"] > 0).sum(1) == np.array(PROMPT_LENGTHS) + np.reshape(RESPONSE_LENGTHS, [4, G]).sum(1)
+            ).all()
+    assert packed["sources"][:, 0, 0][np.asarray(RESPONSE_LENGTHS) > 0].tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3]
+
+
+def test_the_packer_computes_g_times_r_outputs_per_row_in_float32_under_mixed_precision(policy):
+    buffer, prompts, responses = rollout_buffer(PROMPT_LENGTHS, RESPONSE_LENGTHS)
+    packed = Packer(PROMPT_WIDTH, R, G)(buffer, prompts, responses.mask.numpy())
+    outputs = packed_row_outputs(copy_model(policy, "mixed_bfloat16"), packed)
+    assert outputs.dtype == tf.float32 and outputs.shape[1:] == [G * R, VOCABULARY]
+    want = response_logits(policy, tf.constant(buffer), responses.positions).numpy()
+    mask = responses.mask.numpy()
+    np.testing.assert_allclose(tf.gather_nd(outputs, packed["sources"]).numpy()[mask], want[mask], atol=0.1)

@@ -1,5 +1,5 @@
-"""Packed preference pairs (`tf_ppo.preference.shared_prompt`): the packed forward pass is the model's own, and a
-packed pair's log-probs are those of its two sequences, against a float64 reference, with truncated,
+"""Packed preference pairs (`tf_ppo.preference.shared_prompt`, over `tf_ppo.models.packing`): a packed pair's
+log-probs are those of its two sequences, against a float64 reference, with truncated,
 empty and one-token responses, under LoRA and mixed precision; the DPO trainer packs only models it can.
 """
 import numpy as np
@@ -9,8 +9,7 @@ import tensorflow as tf
 from tf_ppo import PPOConfig
 from tf_ppo.preference.dpo import sequence_logps
 from tf_ppo.models import AdaptersOff, BigramLM, ModelConfig, build_policy, copy_model, enable_lora
-from tf_ppo.preference.shared_prompt import (CHOSEN, PAD, PROMPT, REJECTED, attention_mask, pack_pairs, packed_logits,
-                                  packed_pair_logps)
+from tf_ppo.preference.shared_prompt import pack_pairs, packed_pair_logps
 from tf_ppo.models.packing import can_pack
 
 VOCABULARY = 40
@@ -79,22 +78,6 @@ def test_packed_log_probs_are_those_of_the_two_sequences_against_float64(policy,
     assert chosen.numpy()[2] == 0.0 and rejected.numpy()[4] == 0.0  # an empty response has log-prob 0
 
 
-def test_packed_logits_of_a_plain_sequence_are_the_models_own(policy):
-    """Guards the copy of keras-hub's GPT-2 forward pass in `packed_logits`: fails if keras-hub's changes."""
-    ids = tf.constant(np.random.default_rng(1).integers(0, VOCABULARY, size=[3, LENGTH]), tf.int32)
-    padding = tf.sequence_mask([LENGTH, 7, 1], LENGTH)
-    own = policy({"token_ids": ids, "padding_mask": padding})
-    segments = tf.where(padding, PROMPT, PAD)
-    packed = packed_logits(policy, ids, tf.broadcast_to(tf.range(LENGTH), [3, LENGTH]), attention_mask(segments))
-    real = padding.numpy()
-    np.testing.assert_allclose(packed.numpy()[real], own.numpy()[real], rtol=1e-6, atol=1e-6)
-    # With sources the last block runs through its sublayers (`_block_outputs_at`), at those positions only.
-    sources = tf.constant([[0, 5, 11], [6, 2, 3], [0, 0, 0]])
-    at_sources = packed_logits(policy, ids, tf.broadcast_to(tf.range(LENGTH), [3, LENGTH]), attention_mask(segments),
-                               sources)
-    np.testing.assert_allclose(at_sources.numpy(), tf.gather(own, sources, batch_dims=1).numpy(), rtol=1e-5, atol=1e-5)
-
-
 def test_the_gradient_of_the_packed_log_probs_is_that_of_the_two_sequences(policy):
     sides = encoded_pairs(PROMPTS[:4], CHOSEN_LENGTHS[:4], REJECTED_LENGTHS[:4], seed=3)
     packed = pack_pairs(*sides)
@@ -116,14 +99,20 @@ def test_pack_pairs_layout():
     chosen_ids, rejected_ids = sides[0][0], sides[3][0]
     assert packed["token_ids"][0].tolist() == chosen_ids[:4].tolist() + rejected_ids[2:5].tolist()
     assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 2, 3, 4]
-    assert packed["segments"][0].tolist() == [PROMPT] * 2 + [CHOSEN] * 2 + [REJECTED] * 3
-    # Logits only where a response token is predicted; the last prompt token (1) predicts both responses' first.
-    assert packed["sources"][0].tolist() == [1, 2, 4, 5]
-    assert packed["targets"][0].tolist() == [[chosen_ids[2], rejected_ids[2]], [chosen_ids[3], 0], [0, rejected_ids[3]],
-                                             [0, rejected_ids[4]]]
-    assert packed["target_mask"][0].tolist() == [[True, True], [True, False], [False, True], [False, True]]
-    mask = attention_mask(tf.constant(packed["segments"]))[0].numpy()
-    assert not mask[4:, 2:4].any() and mask[4:, :2].all() and mask[2:4, :].all()
+    assert packed["member_ids"][0].tolist() == [0, 0, 1, 1, 2, 2, 2]  # prompt, chosen, rejected
+    # Outputs only where a response token is predicted; the last prompt token (1) predicts both responses' first.
+    assert packed["row_sources"][0].tolist()[:4] == [1, 2, 4, 5]
+    assert packed["slots"][0].tolist() == [[0, 1, 0], [0, 2, 3]]
+    assert packed["targets"][0].tolist() == [chosen_ids[2:4].tolist() + [0], rejected_ids[2:5].tolist()]
+    assert packed["target_mask"][0].tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_pairs_of_different_lengths_get_a_row_each():
+    packed = pack_pairs(*encoded_pairs(PROMPTS, CHOSEN_LENGTHS, REJECTED_LENGTHS))
+    real = packed["group_ids"] > 0
+    assert real.shape[0] == len(PROMPTS) and (packed["group_ids"][real] == 1).all()
+    # prompt + chosen + rejected per row (the rejected response of pair 3 cut by LENGTH, pair 4's prompt fills it)
+    assert real.sum(1).tolist() == [3 + 4 + 6, 1 + 1 + 1, 4 + 0 + 3, 5 + 2 + 7, LENGTH]
 
 
 def test_pack_pairs_refuses_pairs_whose_prompts_differ():

@@ -6,9 +6,8 @@ keras-hub changes them. A family without an adapter of its own uses the generic 
 keras-hub `CausalLM` through keras-hub's own cache. An adapter answers:
 
     adapter.decoder(model)        the decoding cache the sampler steps (start / first_step / grow / step)
-    adapter.packs_prompts         whether positions and attention masks can be given token by token
-    adapter.packed_logits(...)    the forward pass over packed rows (the families that pack)
-    adapter.packed_hidden_states(...)  the same for a backbone alone (a policy's, a critic's)
+    adapter.packs_backbone(b)     whether a backbone's positions and attention masks can be given per token
+    adapter.packed_hidden_states(...)  its forward pass over packed rows (tf_ppo.models.packing)
 
 Example:
 >>> from tf_ppo.models import BigramLM, ModelConfig, build_policy

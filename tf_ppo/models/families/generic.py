@@ -36,11 +36,10 @@ class Adapter:
 
     Example:
     >>> from tf_ppo.models import BigramLM
-    >>> Adapter.matches(BigramLM(vocabulary_size=5, hidden_dim=2)), Adapter.packs_prompts
+    >>> Adapter.matches(BigramLM(vocabulary_size=5, hidden_dim=2)), Adapter.packs_backbone(None)
     (True, False)
     """
 
-    packs_prompts = False  # whether `packed_logits` can run the family
     fixed_length = None  # the sequence length the SavedModel's score and value pad to; None = any length
 
     @staticmethod
@@ -51,11 +50,6 @@ class Adapter:
     def decoder(model):
         """The decoding cache the sampler steps (`start`, `grow`, `step`)."""
         return KerasHubCache(model)
-
-    @staticmethod
-    def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
-        raise TypeError(f"{type(model).__name__}: its positions cannot be given token by token, so its prompts "
-                        f"cannot be packed (tf_ppo packs keras-hub GPT-2 models)")
 
     @staticmethod
     def packs_backbone(backbone):

@@ -1,7 +1,7 @@
 """The GPT-2 family adapter: a faster decoding cache and prompt packing, through keras-hub's private GPT-2 internals.
 
 Both reach into keras-hub's `TransformerDecoder` (its private sublayers) and repeat parts of
-`GPT2Backbone`'s graph; tests/unit/models/test_families.py and tests/unit/preference/test_shared_prompt.py compare them with
+`GPT2Backbone`'s graph; tests/unit/models/test_families.py and tests/unit/models/test_packing.py compare them with
 keras-hub's own cache and call, so a keras-hub release that changes those layers fails there, not
 silently.
 """
@@ -23,8 +23,6 @@ class Adapter(generic.Adapter):
     True
     """
 
-    packs_prompts = True
-
     @staticmethod
     def matches(model):
         return GPT2Cache.supports(model)
@@ -32,10 +30,6 @@ class Adapter(generic.Adapter):
     @staticmethod
     def decoder(model):
         return GPT2Cache(model)
-
-    @staticmethod
-    def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
-        return packed_logits(model, token_ids, position_ids, mask, sources, training)
 
     @staticmethod
     def packs_backbone(backbone):
@@ -108,33 +102,20 @@ def is_pre_norm_gpt2(backbone):
         and layer._cross_attention_layer is None for layer in backbone.transformer_layers)
 
 
-def packed_logits(model, token_ids, position_ids, mask, sources=None, training=False):
-    """The logits of packed rows: `model`'s own forward pass with given positions and attention mask.
-
-    Args:
-        token_ids, position_ids: int32 `[pairs, P]`.
-        mask: bool `[pairs, P, P]`, the keys each query may attend to (`attention_mask`).
-        sources: optional int32 `[pairs, K]`: the logits at these positions only (`[pairs, K, vocab]`);
-            the output projection, the largest matmul of a big vocabulary, skips the rest.
-
-    This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
-    normalisation) and `GPT2CausalLM`'s reversed-embedding logits, with the positions and the attention
-    mask given per token, and with `sources` the last block computed there only (`block_outputs_at`);
-    tests/unit/preference/test_shared_prompt.py fails if it ever differs from the model's own call.
-
-    Example:
-    >>> from tf_ppo.models import ModelConfig, build_policy
-    >>> policy = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50)
-    >>> packed_logits(policy, tf.constant([[1, 2]]), tf.constant([[0, 1]]), tf.ones([1, 2, 2], bool)).shape
-    TensorShape([1, 2, 50])
-    """
-    hidden_states = packed_hidden_states(model.backbone, token_ids, position_ids, mask, sources, training)
-    return model.backbone.token_embedding(hidden_states, reverse=True)
-
-
 def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, training=False):
     """`GPT2Backbone`'s output (the normalised last hidden states) over packed rows: `[rows, P, hidden]`, or
-    `[rows, K, hidden]` at `sources`; the arguments of `packed_logits`.
+    `[rows, K, hidden]` at `sources`.
+
+    Args:
+        token_ids, position_ids: int32 `[rows, P]`.
+        mask: bool `[rows, P, P]`, the keys each query may attend to (`tf_ppo.models.packing.packed_attention_mask`).
+        sources: optional int32 `[rows, K]`: the states at these positions only; the last block's queries and
+            feed-forward skip the rest.
+
+    This is keras-hub's `GPT2Backbone` graph (token + position embedding, the blocks, the final
+    normalisation) with the positions and the attention mask given per token, and with `sources` the last
+    block computed there only (`block_outputs_at`); tests/unit/models/test_packing.py fails if it ever
+    differs from the model's own call.
 
     Example:
     >>> from tf_ppo.models import ModelConfig, build_policy
@@ -142,7 +123,7 @@ def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, 
     >>> packed_hidden_states(backbone, tf.constant([[1, 2]]), tf.constant([[0, 1]]), tf.ones([1, 2, 2], bool)).shape
     TensorShape([1, 2, 16])
     """
-    tokens = backbone.token_embedding(token_ids)  # [pairs, P, hidden], the compute dtype
+    tokens = backbone.token_embedding(token_ids)  # [rows, P, hidden], the compute dtype
     positions = keras.ops.take(backbone.position_embedding.position_embeddings, position_ids, axis=0)
     hidden_states = backbone.embeddings_add((tokens, keras.ops.cast(positions, tokens.dtype)))
     hidden_states = backbone.embeddings_dropout(hidden_states, training=training)
@@ -151,26 +132,26 @@ def packed_hidden_states(backbone, token_ids, position_ids, mask, sources=None, 
         hidden_states = block(hidden_states, decoder_attention_mask=mask, training=training)
     if sources is None:
         hidden_states = last_block(hidden_states, decoder_attention_mask=mask, training=training)
-    else:  # [pairs, K, hidden]
+    else:  # [rows, K, hidden]
         hidden_states = block_outputs_at(last_block, hidden_states, mask, sources, training)
     return backbone.layer_norm(hidden_states)
 
 
 def block_outputs_at(block, hidden_states, mask, sources, training):
-    """A keras-hub `TransformerDecoder`'s outputs at `sources` only `[pairs, K, hidden]`: keys and values from
+    """A keras-hub `TransformerDecoder`'s outputs at `sources` only `[rows, K, hidden]`: keys and values from
     every position, queries, residuals and the feed-forward at the sources alone.
 
     The last block's states at the prompt positions feed nothing (no later block reads their keys and values,
     and they predict no response token), so its query, output projection and feed-forward skip them. This
     repeats `TransformerDecoder.call` (pre-normalisation, no cross-attention, as GPT-2's blocks) through the
-    block's private sublayers; tests/unit/preference/test_shared_prompt.py fails if it ever differs from the block's own call.
+    block's private sublayers; tests/unit/models/test_packing.py fails if it ever differs from the block's own call.
     """
     sequence_length = tf.shape(mask)[-1]
     causal = tf.range(sequence_length)[None, :] <= tf.range(sequence_length)[:, None]  # [P, P]: key <= query
-    rows_mask = tf.gather(mask & causal, sources, batch_dims=1)  # [pairs, K, P]
-    normalised = block._self_attention_layer_norm(hidden_states)  # [pairs, P, hidden]
+    rows_mask = tf.gather(mask & causal, sources, batch_dims=1)  # [rows, K, P]
+    normalised = block._self_attention_layer_norm(hidden_states)  # [rows, P, hidden]
     attended = block._self_attention_layer(query=tf.gather(normalised, sources, batch_dims=1), value=normalised,
-                                           attention_mask=rows_mask, training=training)  # [pairs, K, hidden]
+                                           attention_mask=rows_mask, training=training)  # [rows, K, hidden]
     states = tf.gather(hidden_states, sources, batch_dims=1) + block._self_attention_dropout(attended,
                                                                                             training=training)
     feedforward = block._feedforward_output_dense(block._feedforward_intermediate_dense(
