@@ -202,6 +202,22 @@ def packed_attention_mask(group_ids, member_ids):
     return (same_group & own_context) | itself
 
 
+def packed_states(backbone, packed, training=False):
+    """A backbone's last hidden states at each packed row's `row_sources` `[rows, K, hidden]`: its family's
+    forward pass over the rows, the last block at the sources only.
+
+    Example:
+    >>> from tf_ppo.models import ModelConfig, build_policy
+    >>> backbone = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50).backbone
+    >>> packed = pack_rows(np.array([[5, 6, 7, 8]]), np.array([2]), np.array([2]), np.array([0]), 2, 4)
+    >>> packed_states(backbone, {name: tf.constant(value) for name, value in packed.items()}).shape
+    TensorShape([1, 4, 16])
+    """
+    mask = packed_attention_mask(packed["group_ids"], packed["member_ids"])
+    return packing_adapter(backbone).packed_hidden_states(backbone, packed["token_ids"], packed["position_ids"],
+                                                          mask, packed["row_sources"], training)
+
+
 def packed_row_outputs(model, packed, training=False):
     """The model's outputs at each packed row's `row_sources`: logits `[rows, K, V]` (a policy) or values
     `[rows, K]` (a critic), float32. The last block and the head run there only.
@@ -216,12 +232,8 @@ def packed_row_outputs(model, packed, training=False):
     if isinstance(model, AdaptersOff):
         with model.switched_off():
             return packed_row_outputs(model.policy, packed, training)
-    backbone = model.backbone
-    mask = packed_attention_mask(packed["group_ids"], packed["member_ids"])
-    hidden_states = packing_adapter(backbone).packed_hidden_states(
-        backbone, packed["token_ids"], packed["position_ids"], mask, packed["row_sources"], training)  # [rows, K, h]
     _, head = trunk_and_head(model)
-    return tf.cast(head(hidden_states), tf.float32)
+    return tf.cast(head(packed_states(model.backbone, packed, training)), tf.float32)
 
 
 def packed_outputs(model, packed):
@@ -277,6 +289,50 @@ def prompt_groups(sequence_ids, prompt_lengths, group_size):
         groups[row] = current[prompt]
         taken[prompt] = taken.get(prompt, 0) + 1
     return groups
+
+
+def pack_last_tokens(token_ids, lengths, groups, width):
+    """Pack whole sequences so that each one's last token gets an output (a reward model's score): the rows
+    of a group (the same `groups` id) share their longest common prefix, computed once.
+
+    Each sequence is its group's prefix, then the rest of its tokens and one placeholder, as a `pack_rows`
+    response: the output that predicts the placeholder is the one at the sequence's last token. The
+    placeholder's own output is never read, and no other token attends to it.
+
+    Args:
+        token_ids: int `[N, L]`, each row's tokens first; lengths: int `[N]`, at least 1.
+        groups: `[N]`, rows with the same id may share a prefix (e.g. their prompt's id).
+        width: tokens per packed row, at least `max(lengths) + 1`.
+
+    Returns:
+        `(packed, last)`: `pack_rows`' dict (without `sources`), and `last` int32 `[N, 2]`, the (row, slot of
+        `row_sources`) of each sequence's last token.
+
+    Example:
+    >>> packed, last = pack_last_tokens(np.array([[5, 6, 7], [5, 6, 9], [5, 8, 0]]), np.array([3, 3, 2]),
+    ...                                 np.array([0, 0, 0]), width=10)
+    >>> packed["token_ids"].tolist()  # the prefix 5, then 6 7 _, 6 9 _ and 8 _ (each placeholder: any id)
+    [[5, 6, 7, 7, 6, 9, 9, 8, 0, 0]]
+    >>> packed["row_sources"][0, last[:, 1]].tolist()  # the columns of tokens 7, 9 and 8
+    [2, 5, 7]
+    """
+    token_ids, lengths, groups = np.asarray(token_ids), np.asarray(lengths), np.array(groups, np.int64)
+    if np.any(lengths < 1):
+        raise ValueError("pack_last_tokens: every sequence needs at least one token")
+    buffer = np.concatenate([token_ids, token_ids[:, -1:]], axis=1)  # a column for the last one's placeholder
+    prefixes = np.zeros(len(lengths), np.int64)
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        shortest = int(lengths[rows].min())
+        differs = np.any(token_ids[rows, :shortest] != token_ids[rows[0], :shortest], axis=0)  # [shortest]
+        prefixes[rows] = np.argmax(differs) if differs.any() else shortest
+        if prefixes[rows[0]] == 0:  # not even the first token shared: a group per row
+            groups[rows], prefixes[rows] = -1 - rows, 1
+    rest = lengths - prefixes + 1  # [N]: the tokens past the prefix, and the placeholder
+    packed = pack_rows(buffer, prefixes, rest, groups, int(rest.max()), width)
+    sources = packed.pop("sources")
+    last = sources[np.arange(len(lengths)), rest - 1]  # the slot predicting the placeholder: the last token's
+    return packed, last.astype(np.int32)
 
 
 def packer_for(models, prompt_width, response_length, group_size, replicas=1):
