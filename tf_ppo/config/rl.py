@@ -115,8 +115,7 @@ class PPOConfig(Checked):
     tool_timeout: float = field(10.0, "seconds a tool call may run before its answer is a timeout error")
     train_jit: bool = field(True, "XLA for the scoring forwards and the training step (8-11% faster on CPU here)")
     padding_free: bool = field(False, "score and train on packed rows: no padding, each prompt once per group "
-                                      "(GPT-2 models, a RewardModel too, on one replica; others run padded, with "
-                                      "a warning)")
+                                      "(GPT-2 models on one replica; others run padded, with a warning)")
     old_logprobs: str = field("recompute", '"recompute" (a policy forward pass scores the samples) or "sampler" '
                                            "(the sampler's log-probs; that pass is skipped)")
     vllm_importance_sampling_correction: bool = field(False, "weigh each token's policy loss by its truncated ratio "

@@ -85,8 +85,9 @@ def pack_rows(sequence_ids, prompt_lengths, response_lengths, groups, response_l
         width: tokens per packed row; at least any row's prompt plus its response.
         sources_per_row: K, the outputs a row computes (the positions that predict a response token); at
             least any response's length. Default: `width`.
-        row_per_group: each group starts a row of its own, row i holding the i-th group (DPO's pairs); the
-            default fills each row with as many groups as fit, and rounds the rows up to a bucket.
+        row_per_group: each group starts a row of its own, so row i holds the i-th group when each fits one
+            row (DPO's pairs); the default fills each row with as many groups as fit, and rounds the rows up to
+            a bucket.
 
     Returns:
         A dict of NumPy arrays: `token_ids`, `position_ids`, `group_ids` (1, 2, ... within a row; 0 = padding),
@@ -121,7 +122,7 @@ def pack_rows(sequence_ids, prompt_lengths, response_lengths, groups, response_l
         if np.any(sequence_ids[rows, :prompt] != sequence_ids[rows[0], :prompt]):
             raise ValueError(f"pack_rows: the rows of group {group} do not share their prompt")
         if row_per_group:
-            row_state.close()
+            row_state.next_row()
         prompt_column = None  # where the open row holds this group's prompt
         for row in rows:
             length = int(response_lengths[row])
@@ -129,7 +130,7 @@ def pack_rows(sequence_ids, prompt_lengths, response_lengths, groups, response_l
                 raise ValueError(f"pack_rows: row {row} needs {prompt + length} tokens and {length} outputs, more "
                                  f"than a row's width={width} and sources_per_row={sources_per_row}")
             if not row_state.fits(length + (0 if prompt_column is not None else prompt), length):
-                row_state.close()  # the next row, with a new copy of the prompt
+                row_state.next_row()  # the next row, with a new copy of the prompt
                 prompt_column = None
             if prompt_column is None:
                 prompt_column = row_state.write(packed, sequence_ids[row, :prompt], 0, new_group=True)
@@ -162,7 +163,7 @@ class _OpenRow:
     def fits(self, tokens, outputs):
         return self.column + tokens <= self.width and self.slot + outputs <= self.sources_per_row
 
-    def close(self):
+    def next_row(self):
         self.row, self.column, self.slot, self.groups = self.row + 1, 0, 0, 0
 
     def write(self, packed, token_ids, first_position, new_group=False):
@@ -202,22 +203,6 @@ def packed_attention_mask(group_ids, member_ids):
     return (same_group & own_context) | itself
 
 
-def packed_states(backbone, packed, training=False):
-    """A backbone's last hidden states at each packed row's `row_sources` `[rows, K, hidden]`: its family's
-    forward pass over the rows, the last block at the sources only.
-
-    Example:
-    >>> from tf_ppo.models import ModelConfig, build_policy
-    >>> backbone = build_policy(ModelConfig(num_layers=1, hidden_dim=16, num_heads=2), 50).backbone
-    >>> packed = pack_rows(np.array([[5, 6, 7, 8]]), np.array([2]), np.array([2]), np.array([0]), 2, 4)
-    >>> packed_states(backbone, {name: tf.constant(value) for name, value in packed.items()}).shape
-    TensorShape([1, 4, 16])
-    """
-    mask = packed_attention_mask(packed["group_ids"], packed["member_ids"])
-    return packing_adapter(backbone).packed_hidden_states(backbone, packed["token_ids"], packed["position_ids"],
-                                                          mask, packed["row_sources"], training)
-
-
 def packed_row_outputs(model, packed, training=False):
     """The model's outputs at each packed row's `row_sources`: logits `[rows, K, V]` (a policy) or values
     `[rows, K]` (a critic), float32. The last block and the head run there only.
@@ -232,8 +217,12 @@ def packed_row_outputs(model, packed, training=False):
     if isinstance(model, AdaptersOff):
         with model.switched_off():
             return packed_row_outputs(model.policy, packed, training)
+    backbone = model.backbone
+    mask = packed_attention_mask(packed["group_ids"], packed["member_ids"])
+    hidden_states = packing_adapter(backbone).packed_hidden_states(
+        backbone, packed["token_ids"], packed["position_ids"], mask, packed["row_sources"], training)  # [rows, K, h]
     _, head = trunk_and_head(model)
-    return tf.cast(head(packed_states(model.backbone, packed, training)), tf.float32)
+    return tf.cast(head(hidden_states), tf.float32)
 
 
 def packed_outputs(model, packed):
@@ -289,50 +278,6 @@ def prompt_groups(sequence_ids, prompt_lengths, group_size):
         groups[row] = current[prompt]
         taken[prompt] = taken.get(prompt, 0) + 1
     return groups
-
-
-def pack_last_tokens(token_ids, lengths, groups, width):
-    """Pack whole sequences so that each one's last token gets an output (a reward model's score): the rows
-    of a group (the same `groups` id) share their longest common prefix, computed once.
-
-    Each sequence is its group's prefix, then the rest of its tokens and one placeholder, as a `pack_rows`
-    response: the output that predicts the placeholder is the one at the sequence's last token. The
-    placeholder's own output is never read, and no other token attends to it.
-
-    Args:
-        token_ids: int `[N, L]`, each row's tokens first; lengths: int `[N]`, at least 1.
-        groups: `[N]`, rows with the same id may share a prefix (e.g. their prompt's id).
-        width: tokens per packed row, at least `max(lengths) + 1`.
-
-    Returns:
-        `(packed, last)`: `pack_rows`' dict (without `sources`), and `last` int32 `[N, 2]`, the (row, slot of
-        `row_sources`) of each sequence's last token.
-
-    Example:
-    >>> packed, last = pack_last_tokens(np.array([[5, 6, 7], [5, 6, 9], [5, 8, 0]]), np.array([3, 3, 2]),
-    ...                                 np.array([0, 0, 0]), width=10)
-    >>> packed["token_ids"].tolist()  # the prefix 5, then 6 7 _, 6 9 _ and 8 _ (each placeholder: any id)
-    [[5, 6, 7, 7, 6, 9, 9, 8, 0, 0]]
-    >>> packed["row_sources"][0, last[:, 1]].tolist()  # the columns of tokens 7, 9 and 8
-    [2, 5, 7]
-    """
-    token_ids, lengths, groups = np.asarray(token_ids), np.asarray(lengths), np.array(groups, np.int64)
-    if np.any(lengths < 1):
-        raise ValueError("pack_last_tokens: every sequence needs at least one token")
-    buffer = np.concatenate([token_ids, token_ids[:, -1:]], axis=1)  # a column for the last one's placeholder
-    prefixes = np.zeros(len(lengths), np.int64)
-    for group in np.unique(groups):
-        rows = np.flatnonzero(groups == group)
-        shortest = int(lengths[rows].min())
-        differs = np.any(token_ids[rows, :shortest] != token_ids[rows[0], :shortest], axis=0)  # [shortest]
-        prefixes[rows] = np.argmax(differs) if differs.any() else shortest
-        if prefixes[rows[0]] == 0:  # not even the first token shared: a group per row
-            groups[rows], prefixes[rows] = -1 - rows, 1
-    rest = lengths - prefixes + 1  # [N]: the tokens past the prefix, and the placeholder
-    packed = pack_rows(buffer, prefixes, rest, groups, int(rest.max()), width)
-    sources = packed.pop("sources")
-    last = sources[np.arange(len(lengths)), rest - 1]  # the slot predicting the placeholder: the last token's
-    return packed, last.astype(np.int32)
 
 
 def packer_for(models, prompt_width, response_length, group_size, replicas=1):

@@ -22,11 +22,7 @@ from tf_ppo.training.compiled import compiled
 from tf_ppo.config import PPOConfig  # noqa: F401  used by the doctests
 from tf_ppo.data import DataError, prepend_start_token
 from tf_ppo.models import load_tokenizer  # noqa: F401  used by the doctests
-from tf_ppo.models.families import packing_adapter
 from tf_ppo.models.inputs import model_inputs
-from tf_ppo.models.packing import pack_last_tokens, packed_states
-
-TEXTS_PER_PACKED_ROW = 4  # a packed row's width, in whole texts of max_length (more fit when they share a prompt)
 
 
 def join_texts(prompts, responses):
@@ -93,7 +89,6 @@ class RewardModel(keras.Model):
         # 1.3x faster on CPU at the performance issue's S2 shape).
         self._encode_texts = compiled(self._encode_texts_fn, input_signature=[tf.TensorSpec([None], tf.string)] * 2)
         self._normalised_scores = compiled(self._normalised_scores_fn, jit_compile=True)
-        self._normalised_packed_scores = compiled(self._normalised_packed_scores_fn, jit_compile=True)
         self.build(None)
 
     def build(self, input_shape):
@@ -111,32 +106,13 @@ class RewardModel(keras.Model):
         scores = self.gain * raw_scores + self.offset
         return scores if self.clip is None else tf.clip_by_value(scores, -self.clip, self.clip)
 
-    def score_texts(self, prompts, responses, padding_free=False):
+    def score_texts(self, prompts, responses):
         """Normalised rewards of `prompt + response` texts, float32 `[N]` (compiled, traced once).
 
         Also the PPO reward interface: `tf_ppo.train(config, reward_fn=reward_model)`.
-
-        Args:
-            padding_free: score packed rows (`tf_ppo.models.packing.pack_last_tokens`): the texts of one prompt
-                share their common first tokens, computed once, and no padding is computed. The scores are the
-                padded ones within float32 rounding. A backbone whose positions cannot be given per token
-                (any but keras-hub GPT-2) is scored padded. The trainer sets it from `PPOConfig.padding_free`.
         """
         token_ids, padding_mask = self._encode_texts(tf.constant(prompts, tf.string), tf.constant(responses, tf.string))
-        if padding_free and packing_adapter(self.backbone) is not None:
-            return self._packed_scores(token_ids, padding_mask, prompts)
         return self._normalised_scores(token_ids, padding_mask)
-
-    def _packed_scores(self, token_ids, padding_mask, prompts):
-        _, groups = np.unique(np.asarray(prompts, dtype=str), return_inverse=True)  # a group per prompt
-        packed, last = pack_last_tokens(token_ids.numpy(), padding_mask.numpy().sum(axis=1), groups,
-                                        width=TEXTS_PER_PACKED_ROW * (self.max_length + 1))
-        return self._normalised_packed_scores({name: tf.constant(value) for name, value in packed.items()},
-                                              tf.constant(last))
-
-    def _normalised_packed_scores_fn(self, packed, last):
-        states = packed_states(self.backbone, packed)  # [rows, K, hidden]
-        return self.normalise(tf.squeeze(self.head(tf.gather_nd(states, last)), axis=-1))  # [N]
 
     def _encode_texts_fn(self, prompts, responses):
         return encode_texts(self.tokenizer, prompts, responses, self.max_length)

@@ -72,9 +72,9 @@ def compute_scores(reward_fn, texts, prompts=None, conversations=None):
     return scores
 
 
-def _scores_of(reward_fns, texts, prompts, conversations, padding_free=False):
+def _scores_of(reward_fns, texts, prompts, conversations):
     """Each reward function's checked scores; the `async def` ones are awaited together, on one event loop."""
-    returned = [_call(reward_fn, texts, prompts, conversations, padding_free) for reward_fn in reward_fns]
+    returned = [_call(reward_fn, texts, prompts, conversations) for reward_fn in reward_fns]
     waiting = [i for i, value in enumerate(returned) if inspect.isawaitable(value)]
     outcomes = run_concurrently([_awaiting(returned[i]) for i in waiting]) if waiting else []
     for i, outcome in zip(waiting, outcomes):
@@ -84,12 +84,11 @@ def _scores_of(reward_fns, texts, prompts, conversations, padding_free=False):
     return [_checked(reward_fn, scores, len(texts)) for reward_fn, scores in zip(reward_fns, returned)]
 
 
-def _call(reward_fn, texts, prompts, conversations, padding_free=False):
+def _call(reward_fn, texts, prompts, conversations):
     """What `reward_fn` returns for these texts (a coroutine, for an `async def` one)."""
     try:
-        if hasattr(reward_fn, "score_texts"):  # a RewardModel (packed rows asked only of it)
-            return reward_fn.score_texts(prompts, texts, padding_free=True) if padding_free else reward_fn.score_texts(
-                prompts, texts)
+        if hasattr(reward_fn, "score_texts"):
+            return reward_fn.score_texts(prompts, texts)
         if _takes_completions(reward_fn):
             return _call_trl_style(reward_fn, texts, prompts, conversations)
         if _takes_prompts(reward_fn):
@@ -199,10 +198,8 @@ def reward_names(reward_fns):
     return names
 
 
-def combined_scores(reward_fns, weights, texts, prompts=None, conversations=None, padding_free=False):
+def combined_scores(reward_fns, weights, texts, prompts=None, conversations=None):
     """The weighted sum of several rewards, and each function's own scores by name (`reward_names`).
-
-    `padding_free`: a `RewardModel` scores packed rows (`RewardModel.score_texts`).
 
     Example:
     >>> def length(texts): return [len(text) for text in texts]
@@ -211,7 +208,7 @@ def combined_scores(reward_fns, weights, texts, prompts=None, conversations=None
     >>> total.tolist(), sorted(each)
     ([2.5, 1.5], ['length', 'one'])
     """
-    each = dict(zip(reward_names(reward_fns), _scores_of(reward_fns, texts, prompts, conversations, padding_free)))
+    each = dict(zip(reward_names(reward_fns), _scores_of(reward_fns, texts, prompts, conversations)))
     total = sum(weight * scores for weight, scores in zip(weights, each.values()))
     return np.asarray(total, dtype=np.float64), each
 
@@ -270,7 +267,7 @@ def reward_functions(reward_fn, config):
     return reward_fns, config.reward_weights or weights or (1.0,) * len(reward_fns)
 
 
-def weighted_rewards(reward_fns, reward_weights, texts, prompt_texts, conversations, padding_free=False):
+def weighted_rewards(reward_fns, reward_weights, texts, prompt_texts, conversations):
     """`(weighted scores [batch], each function's scores by name, failure or None)`.
 
     A reward function that raises gives NaN scores, so the non-finite guard
@@ -280,7 +277,7 @@ def weighted_rewards(reward_fns, reward_weights, texts, prompt_texts, conversati
         scores, each, failure = weighted_rewards([length_reward], (1.0,), texts, prompt_texts, None)
     """
     try:
-        scores, each = combined_scores(reward_fns, reward_weights, texts, prompt_texts, conversations, padding_free)
+        scores, each = combined_scores(reward_fns, reward_weights, texts, prompt_texts, conversations)
     except RewardFunctionFailed as error:
         return np.full(len(texts), np.nan), {}, str(error)
     return scores, (each if len(reward_fns) > 1 else {}), None

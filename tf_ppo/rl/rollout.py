@@ -357,8 +357,7 @@ class RolloutEngine:
         return [self.conversations[tuple(row[:length].tolist())] for row, length in zip(rows, lengths)]
 
     def _rewards(self, texts, prompt_texts, conversations):
-        return weighted_rewards(self.reward_fns, self.reward_weights, texts, prompt_texts, conversations,
-                                self.config.padding_free)
+        return weighted_rewards(self.reward_fns, self.reward_weights, texts, prompt_texts, conversations)
 
     def decode(self, responses):
         """Response texts, without the stop token and the padding after it."""
